@@ -1,0 +1,1 @@
+"""ml_collections configs: `configs/NAME.py:ARG` → `get_config(ARG)`."""

@@ -1,0 +1,51 @@
+"""Packaging for unclip-jax."""
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "jax>=0.4.30",
+    "flax>=0.10.0",
+    "optax>=0.2.3",
+    "orbax-checkpoint>=0.6.0",
+    "ml_collections>=0.1.1",
+    "einops>=0.8.0",
+    "transformers>=4.40",
+    "tokenizers>=0.19",
+    "safetensors>=0.4",
+    "tensorflow-datasets>=4.9.6",
+    "tensorflow-cpu>=2.16; platform_machine=='x86_64'",
+    "tensorflow>=2.16; platform_machine!='x86_64'",
+    "importlib_resources>=6.0",
+    "pillow>=10.0",
+    "tqdm>=4.66",
+    "numpy>=1.26",
+]
+
+TEST = [
+    "pytest>=8.0",
+    "pytest-timeout>=2.3",
+    "torch>=2.3",
+    "diffusers>=0.30",
+    "scipy>=1.11",
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
+]
+
+setup(
+    name="unclip-jax",
+    version="0.1.0",
+    description="unCLIP (hierarchical text-conditional image generation with CLIP latents) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["unclip_jax", "unclip_jax.*", "configs"]),
+    include_package_data=True,
+    package_data={"unclip_jax": ["assets/**/*"]},
+    install_requires=RUNTIME,
+    extras_require={
+        "test": TEST,
+        "tpu": ["jax[tpu]>=0.4.30"],
+        "cuda": ["jax[cuda12]>=0.4.30"],
+    },
+    entry_points={"console_scripts": ["unclip-jax=unclip_jax.cli:main"]},
+)

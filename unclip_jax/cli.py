@@ -1,0 +1,76 @@
+"""`unclip-jax` console script.
+
+Each subcommand lives in the module that does its work; that module defines
+`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their
+subcommand runs, so `unclip-jax --help` is instant and one command's heavy imports
+(TensorFlow, torch) never slow another.
+
+User mistakes (`UserError`, `ValueError`, missing files) are printed as one line
+`unclip-jax: error: ...` with exit status 2; nothing is written on error.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# name → (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("unclip_jax.diffusion.demo", "sample a 2-D toy distribution with every sampler (no weights needed)"),
+    "convert-clip": ("unclip_jax.clip.convert", "import a Hugging Face CLIP directory into an Orbax checkpoint"),
+    "data": ("unclip_jax.data.cli", "build datasets: `data build shapes|folder`"),
+    "embed": ("unclip_jax.data.embed", "precompute CLIP embeddings for a dataset"),
+    "train": ("unclip_jax.train.cli", "train one stage from a config"),
+    "sample": ("unclip_jax.pipeline_cli", "generate images from prompts"),
+    "vary": ("unclip_jax.pipeline_cli", "variations of images"),
+    "interpolate": ("unclip_jax.pipeline_cli", "interpolate between two images"),
+    "textdiff": ("unclip_jax.pipeline_cli", "edit an image toward a caption change"),
+    "convert-karlo": ("unclip_jax.karlo", "import Karlo (diffusers unCLIP layout) weights"),
+    "eval": ("unclip_jax.eval.cli", "evaluate a model (CLIP score, FD, diversity, prior metrics)"),
+    "bench": ("unclip_jax.bench", "benchmarks: pmap vs jit-sharded, vs PyTorch"),
+}
+
+
+def _setup_env() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def build_parser(load: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unclip-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if name == load:
+            mod = importlib.import_module(module)
+            adder = getattr(mod, f"add_arguments_{name.replace('-', '_')}", None) or mod.add_arguments
+            adder(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_env()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in COMMANDS:
+        command = None
+    parser = build_parser(load=command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 1
+    from unclip_jax.errors import UserError
+
+    mod = importlib.import_module(args._module)
+    runner = getattr(mod, f"run_{args.command.replace('-', '_')}", None) or mod.run
+    try:
+        return int(runner(args) or 0)
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"unclip-jax: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Flax Linen models: shared layers, diffusion prior, AR prior, ADM UNet."""
