@@ -1,0 +1,143 @@
+"""CPU-scale unCLIP on the built-in `unclip_shapes` dataset: 16 → 64 → 256 pixels.
+
+`--config configs/shapes.py:STAGE` with STAGE one of clip, prior, ar_prior, decoder,
+upsampler1, upsampler2 (default: decoder).
+"""
+import ml_collections as mlc
+
+from configs import common
+
+EMBED_DIM = 128        # CLIP joint embedding size
+TEXT_WIDTH = 128       # CLIP text transformer width
+TEXT_LEN = 32          # tokens per caption
+
+
+def clip_model():
+    return mlc.ConfigDict(dict(
+        kind="clip",
+        embed_dim=EMBED_DIM,
+        text=dict(vocab_size=1024, context_length=TEXT_LEN, width=TEXT_WIDTH, layers=4,
+                  heads=4, mlp_ratio=4.0, activation="quick_gelu", eos_token_id=2,
+                  pad_token_id=0),
+        vision=dict(image_size=64, patch_size=8, width=128, layers=4, heads=4, mlp_ratio=4.0,
+                    activation="quick_gelu"),
+        layer_norm_eps=1e-5,
+        logit_scale_init=2.6592,
+        tokenizer="",           # HF tokenizer directory ('' = build from the dataset captions)
+        dtype="float32",
+        remat=False,
+    ))
+
+
+def clip_ref():
+    return mlc.ConfigDict(dict(model=clip_model(), checkpoint=""))
+
+
+def data(image_size, **kw):
+    d = dict(name="unclip_shapes", data_dir="", image_size=image_size, low_res_size=0,
+             crop_size=0, degradation="none", embeddings_dir="", shuffle_buffer=2048)
+    d.update(kw)
+    return mlc.ConfigDict(d)
+
+
+def prior():
+    model = mlc.ConfigDict(dict(
+        kind="diffusion_prior", width=256, layers=4, heads=4, mlp_ratio=4.0,
+        embed_dim=EMBED_DIM, text_width=TEXT_WIDTH, text_len=TEXT_LEN,
+        normalize="scale", embed_scale=17.2,   # 'scale' (×17.2 of L2-normalised) | 'meanstd'
+        clamp=10.0, dropout=0.0, remat=False, dtype="float32"))
+    return common.stage_config(
+        "prior", model,
+        diffusion_cfg=common.diffusion(predict="x0", variance="fixed_small", sample_steps="64",
+                                       clip_denoised=False, guidance_scale=4.0),
+        clip=clip_ref(), data=data(64),
+        train_cfg=common.train(batch_size=64, steps=4000, lr=3e-4, b2=0.96, eps=1e-6,
+                               weight_decay=6e-2, ema_decay=0.999),
+    )
+
+
+def ar_prior():
+    model = mlc.ConfigDict(dict(
+        kind="ar_prior", width=256, layers=4, heads=4, mlp_ratio=4.0,
+        embed_dim=EMBED_DIM, text_width=TEXT_WIDTH, text_len=TEXT_LEN,
+        pca_components=32, num_buckets=256, dot_buckets=64, dropout=0.0, remat=False,
+        dtype="float32"))
+    cfg = common.stage_config(
+        "ar_prior", model, clip=clip_ref(), data=data(64),
+        train_cfg=common.train(batch_size=64, steps=4000, lr=3e-4, b2=0.91, eps=1e-10,
+                               weight_decay=4e-2, ema_decay=0.999))
+    return cfg
+
+
+def unet(image_size, model_channels, channel_mult, num_res_blocks, attention_resolutions,
+         *, out_channels, low_res=False, conditional=True):
+    return mlc.ConfigDict(dict(
+        kind="unet",
+        image_size=image_size,
+        in_channels=3,
+        out_channels=out_channels,              # 6 = ε and learned-range variance
+        model_channels=model_channels,
+        channel_mult=tuple(channel_mult),
+        num_res_blocks=num_res_blocks,
+        attention_resolutions=tuple(attention_resolutions),  # resolutions with attention
+        num_head_channels=32,
+        dropout=0.1,
+        resblock_updown=True,
+        use_scale_shift_norm=True,
+        low_res_channels=3 if low_res else 0,   # upsampler: low-res image concatenated
+        embed_dim=EMBED_DIM if conditional else 0,   # z_i conditioning (decoder)
+        clip_tokens=4 if conditional else 0,         # extra context tokens from z_i
+        text_width=TEXT_WIDTH if conditional else 0,  # CLIP token states as encoder_kv
+        text_len=TEXT_LEN if conditional else 0,
+        remat=False,
+        dtype="float32",
+    ))
+
+
+def decoder():
+    model = unet(16, 64, (1, 2, 2), 2, (8, 4), out_channels=6)
+    cfg = common.stage_config(
+        "decoder", model,
+        diffusion_cfg=common.diffusion(predict="eps", variance="learned_range", loss="hybrid",
+                                       sample_steps="50", guidance_scale=3.0),
+        clip=clip_ref(), data=data(16),
+        train_cfg=common.train(batch_size=64, steps=6000, lr=3e-4))
+    with cfg.unlocked():
+        cfg.train.text_drop = 0.5
+        cfg.train.image_embed_drop = 0.1
+    return cfg
+
+
+def upsampler1():
+    model = unet(64, 32, (1, 2, 2, 4), 2, (), out_channels=3, low_res=True, conditional=False)
+    return common.stage_config(
+        "upsampler1", model,
+        diffusion_cfg=common.diffusion(predict="eps", variance="fixed_small",
+                                       sample_steps="ddim27", sampler="ddim"),
+        data=data(64, low_res_size=16, crop_size=32, degradation="blur"),
+        train_cfg=common.train(batch_size=32, steps=4000, lr=2e-4))
+
+
+def upsampler2():
+    model = unet(256, 16, (1, 2, 2, 4), 1, (), out_channels=3, low_res=True, conditional=False)
+    return common.stage_config(
+        "upsampler2", model,
+        diffusion_cfg=common.diffusion(schedule="linear", predict="eps", variance="fixed_small",
+                                       sample_steps="ddim15", sampler="ddim"),
+        data=data(256, low_res_size=64, crop_size=64, degradation="bsr"),
+        train_cfg=common.train(batch_size=16, steps=3000, lr=2e-4))
+
+
+def clip():
+    return common.stage_config(
+        "clip", clip_model(), data=data(64),
+        train_cfg=common.train(batch_size=128, steps=3000, lr=5e-4, b2=0.98, eps=1e-6,
+                               weight_decay=0.1, ema_decay=0.999))
+
+
+BUILDERS = dict(decoder=decoder, clip=clip, prior=prior, ar_prior=ar_prior,
+                upsampler1=upsampler1, upsampler2=upsampler2)
+
+
+def get_config(arg=None):
+    return common.pick(arg, BUILDERS)
