@@ -1,0 +1,325 @@
+"""unCLIP autoregressive prior: CLIP image embeddings as a sequence of discrete tokens.
+
+Codec (fitted once on training embeddings, numpy; applied with jnp so it runs under jit):
+  z_i [B, D] ─PCA→ coefficients [B, K] ─per-component quantiles→ tokens [B, K] in [0, num_buckets)
+  and a "dot token" in [0, dot_buckets): the cosine z_i·z_t quantised by its own training
+  quantiles. The model reads the sequence [dot token, component tokens...].
+
+  * PCA (`fit_pca`): SVD of the centred data. The *relative* reconstruction MSE is
+    E‖z − ẑ‖² / E‖z − mean‖² (the unexplained fraction of variance; paper: 319 of 1024
+    dimensions keep it under 1%), see `pca_relative_mse` / `num_components_for`.
+  * Quantiser (`fit_quantizer`): for each component, num_buckets − 1 edges at the training
+    quantiles j/num_buckets, so every bucket holds an equal share of the training data. A
+    value's token is the number of edges ≤ it. Each bucket's centre (used to decode) is the mean
+    of the training values that fell in it; an empty bucket (ties) uses the midpoint of its edges.
+  * At sampling the dot token is drawn uniformly from the buckets at or above the
+    `dot_quantile` quantile; as buckets carry equal training mass this samples the top
+    (1 − dot_quantile) part of the training distribution of z_i·z_t (paper: the top half).
+
+Model (`ARPrior`): the same causal-Transformer body as the diffusion prior (models/prior.py):
+  [text token states (L, projected), z_t (projected), dot token, component tokens 0..K-2]
+with learned positional embeddings (S = L + 1 + K positions). Component tokens share one
+bucket-embedding table; the positional embedding tells components apart. The output at the
+dot position predicts component 0, the output at component k−1 predicts component k, so
+`__call__` returns logits [B, K, num_buckets]. Learned null text / null z_t replace the
+caption where drop_text is True (classifier-free guidance).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from unclip_jax.errors import UserError
+from unclip_jax.models.layers import dense
+from unclip_jax.models.prior import (CausalStack, TextConditioning, check_text_inputs,
+                                     compute_dtype, cosine)
+
+# ----------------------------------------------------------------------------- PCA
+
+
+def fit_pca(z_i, num_components: int) -> dict[str, np.ndarray]:
+    """PCA of z_i [N, D] → {'mean': [D], 'components': [K, D] (orthonormal rows),
+    'explained_variance': [K], 'total_variance': []} (float32 numpy; variances per example)."""
+    z = np.asarray(z_i, np.float64)
+    if z.ndim != 2:
+        raise UserError(f"fit_pca needs z_i of shape [N, D], got {z.shape}")
+    N, D = z.shape
+    if not 1 <= num_components <= min(N, D):
+        raise UserError(f"num_components={num_components} must be between 1 and "
+                        f"min(N, D)={min(N, D)}; lower model.pca_components or use more embeddings")
+    mean = z.mean(0)
+    _, s, vt = np.linalg.svd(z - mean, full_matrices=False)
+    var = s ** 2 / N
+    return {"mean": mean.astype(np.float32),
+            "components": vt[:num_components].astype(np.float32),
+            "explained_variance": var[:num_components].astype(np.float32),
+            "total_variance": np.float32(var.sum())}
+
+
+def pca_project(pca, z):
+    """z [..., D] → coefficients [..., K]."""
+    return (jnp.asarray(z, jnp.float32) - pca["mean"]) @ jnp.asarray(pca["components"]).T
+
+
+def pca_reconstruct(pca, coeffs):
+    """coefficients [..., K] → z [..., D]."""
+    return jnp.asarray(coeffs, jnp.float32) @ jnp.asarray(pca["components"]) + pca["mean"]
+
+
+def pca_relative_mse(pca, z) -> float:
+    """E‖z − reconstruct(project(z))‖² / E‖z − mean‖² over z [N, D] (0 = perfect)."""
+    z = jnp.asarray(z, jnp.float32)
+    err = jnp.sum((z - pca_reconstruct(pca, pca_project(pca, z))) ** 2)
+    return float(err / jnp.maximum(jnp.sum((z - pca["mean"]) ** 2), 1e-30))
+
+
+def num_components_for(z_i, max_relative_mse: float = 0.01) -> int:
+    """Fewest PCA components whose relative reconstruction MSE on z_i [N, D] is ≤ the target."""
+    z = np.asarray(z_i, np.float64)
+    s = np.linalg.svd(z - z.mean(0), compute_uv=False) ** 2
+    unexplained = 1.0 - np.cumsum(s) / s.sum()
+    return int(np.argmax(unexplained <= max_relative_mse) + 1)
+
+
+# ----------------------------------------------------------------------------- quantiser
+
+
+def quantize(quant, x):
+    """Values x [..., K] → tokens [..., K] int32 (number of component edges ≤ x)."""
+    edges = jnp.asarray(quant["edges"])                     # [K, nb - 1]
+    return jnp.sum(jnp.asarray(x, jnp.float32)[..., None] >= edges, axis=-1).astype(jnp.int32)
+
+
+def dequantize(quant, tokens):
+    """Tokens [..., K] → bucket centres [..., K] float32."""
+    centers = jnp.asarray(quant["centers"])                 # [K, nb]
+    K = centers.shape[0]
+    return centers[jnp.arange(K), jnp.asarray(tokens)]
+
+
+def fit_quantizer(coeffs, num_buckets: int) -> dict[str, np.ndarray]:
+    """Per-component quantile buckets from training values coeffs [N, K].
+
+    → {'edges': [K, num_buckets − 1], 'centers': [K, num_buckets]} float32 numpy.
+    """
+    c = np.asarray(coeffs, np.float64)
+    if c.ndim != 2 or c.shape[0] < 2:
+        raise UserError(f"fit_quantizer needs coeffs of shape [N>=2, K], got {c.shape}")
+    if num_buckets < 2:
+        raise UserError(f"num_buckets={num_buckets}; it must be at least 2")
+    K = c.shape[1]
+    edges = np.quantile(c, np.arange(1, num_buckets) / num_buckets, axis=0).T      # [K, nb-1]
+    tokens = (c[..., None] >= edges[None]).sum(-1)                                  # [N, K]
+    sums = np.zeros((K, num_buckets))
+    counts = np.zeros((K, num_buckets))
+    comp = np.broadcast_to(np.arange(K), tokens.shape)
+    np.add.at(sums, (comp, tokens), c)
+    np.add.at(counts, (comp, tokens), 1.0)
+    lo = np.concatenate([c.min(0)[:, None], edges], axis=1)                         # [K, nb]
+    hi = np.concatenate([edges, c.max(0)[:, None]], axis=1)
+    centers = np.where(counts > 0, sums / np.maximum(counts, 1), 0.5 * (lo + hi))
+    return {"edges": edges.astype(np.float32), "centers": centers.astype(np.float32)}
+
+
+# ----------------------------------------------------------------------------- codec
+
+
+def fit_codec(z_i, z_t, num_components: int, num_buckets: int, dot_buckets: int) -> dict:
+    """Fit PCA, component quantiser and dot-product quantiser on training pairs z_i, z_t [N, D].
+
+    → {'pca': fit_pca(...), 'quant': fit_quantizer(...), 'dot': fit_quantizer(...) over the
+    cosine z_i·z_t (one component)}. A pytree of numpy arrays (save it with the params).
+    """
+    z_i = np.asarray(z_i, np.float32)
+    pca = fit_pca(z_i, num_components)
+    quant = fit_quantizer(np.asarray(pca_project(pca, z_i)), num_buckets)
+    dots = np.asarray(cosine(z_i, np.asarray(z_t, np.float32)))[:, None]
+    return {"pca": pca, "quant": quant, "dot": fit_quantizer(dots, dot_buckets)}
+
+
+def encode_tokens(codec, z_i):
+    """z_i [B, D] → component tokens [B, K] int32."""
+    return quantize(codec["quant"], pca_project(codec["pca"], z_i))
+
+
+def decode_tokens(codec, tokens):
+    """Component tokens [B, K] → z_i [B, D] float32."""
+    return pca_reconstruct(codec["pca"], dequantize(codec["quant"], tokens))
+
+
+def dot_tokens(codec, z_i, z_t):
+    """Quantised cosine z_i·z_t: [B, D], [B, D] → [B] int32."""
+    return quantize(codec["dot"], cosine(z_i, z_t)[:, None])[:, 0]
+
+
+def training_tokens(codec, z_i, z_t):
+    """The model's token sequence [B, K + 1]: dot token first, then the K component tokens."""
+    return jnp.concatenate([dot_tokens(codec, z_i, z_t)[:, None], encode_tokens(codec, z_i)],
+                           axis=1)
+
+
+def sample_dot_tokens(key, batch: int, dot_buckets: int, dot_quantile: float = 0.5):
+    """[batch] dot tokens uniform over buckets ≥ the `dot_quantile` quantile (equal-mass buckets,
+    so this draws from the top (1 − dot_quantile) of the training distribution)."""
+    if not 0.0 <= dot_quantile < 1.0:
+        raise UserError(f"dot_quantile={dot_quantile} must be in [0, 1) (paper: 0.5)")
+    low = min(int(math.ceil(dot_quantile * dot_buckets)), dot_buckets - 1)
+    return jax.random.randint(key, (batch,), low, dot_buckets, dtype=jnp.int32)
+
+
+def check_codec(codec, model: "ARPrior"):
+    """UserError unless the codec's sizes match the model config."""
+    K, D = np.shape(codec["pca"]["components"])
+    nb = np.shape(codec["quant"]["centers"])[1]
+    nd = np.shape(codec["dot"]["centers"])[1]
+    if (K, D, nb, nd) != (model.pca_components, model.embed_dim, model.num_buckets,
+                          model.dot_buckets):
+        raise UserError(
+            f"codec (components={K}, embed_dim={D}, buckets={nb}, dot_buckets={nd}) does not "
+            f"match the model config (pca_components={model.pca_components}, embed_dim="
+            f"{model.embed_dim}, num_buckets={model.num_buckets}, dot_buckets="
+            f"{model.dot_buckets}); refit with fit_codec using the config's sizes")
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class ARPrior(nn.Module):
+    """unCLIP AR prior. See the module docstring for the sequence.
+
+    __call__(tokens [B, K+1] int (dot token first), z_t [B, D], text_states [B, L, Wt],
+             text_mask [B, L] bool, drop_text [B] bool | None, deterministic=True,
+             return_hidden=False)
+      → logits [B, K, num_buckets] float32 (component k predicted from position k−1),
+        or (logits, hidden [B, L+1+K, W]) with return_hidden. tokens[:, K] is not read.
+    """
+    width: int
+    layers: int
+    heads: int
+    embed_dim: int
+    text_width: int
+    text_len: int
+    pca_components: int
+    num_buckets: int
+    dot_buckets: int
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    remat: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens, z_t, text_states, text_mask, drop_text=None,
+                 deterministic: bool = True, return_hidden: bool = False):
+        check_text_inputs(text_states, text_mask, z_t, text_len=self.text_len,
+                          text_width=self.text_width, embed_dim=self.embed_dim)
+        K = self.pca_components
+        if tuple(tokens.shape) != (z_t.shape[0], K + 1):
+            raise UserError(f"tokens has shape {tuple(tokens.shape)}; it must be "
+                            f"[B, pca_components + 1] = [{z_t.shape[0]}, {K + 1}] "
+                            "(dot token first; see training_tokens)")
+        B = z_t.shape[0]
+        prefix, valid = TextConditioning(self.width, self.text_len, self.dtype, name="cond")(
+            z_t, text_states, text_mask, drop_text)
+        embed = lambda n, name: nn.Embed(
+            n, self.width, dtype=self.dtype, param_dtype=jnp.float32, name=name,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                        ("vocab", "embed")))
+        dot = embed(self.dot_buckets, "dot_embed")(tokens[:, :1])
+        comps = embed(self.num_buckets, "token_embed")(tokens[:, 1:K])
+        seq = jnp.concatenate([prefix.astype(self.dtype), dot, comps], axis=1)
+        valid = jnp.concatenate([valid, jnp.ones((B, K), bool)], axis=1)
+        hidden = CausalStack(self.width, self.layers, self.heads, self.mlp_ratio, self.dropout,
+                             self.remat, self.dtype, name="stack")(seq, valid, deterministic)
+        L = self.text_len
+        logits = dense(self.num_buckets, ("embed", "vocab"), "head", jnp.float32)(
+            hidden[:, L + 1:L + 1 + K])
+        return (logits, hidden) if return_hidden else logits
+
+
+def from_config(model_cfg) -> ARPrior:
+    """`ARPrior` from a `model` config section (configs/shapes.py:ar_prior)."""
+    if model_cfg.kind != "ar_prior":
+        raise UserError(f"model.kind={model_cfg.kind!r}; an AR prior needs 'ar_prior' "
+                        "(use configs/...:ar_prior)")
+    return ARPrior(
+        width=model_cfg.width, layers=model_cfg.layers, heads=model_cfg.heads,
+        embed_dim=model_cfg.embed_dim, text_width=model_cfg.text_width,
+        text_len=model_cfg.text_len, pca_components=model_cfg.pca_components,
+        num_buckets=model_cfg.num_buckets, dot_buckets=model_cfg.dot_buckets,
+        mlp_ratio=model_cfg.mlp_ratio, dropout=model_cfg.dropout, remat=model_cfg.remat,
+        dtype=compute_dtype(model_cfg.dtype))
+
+
+def dummy_inputs(model: ARPrior, batch: int = 1) -> tuple:
+    """Zero inputs of the right shapes for `model.init(key, *dummy_inputs(model))`."""
+    return (jnp.zeros((batch, model.pca_components + 1), jnp.int32),
+            jnp.ones((batch, model.embed_dim)),
+            jnp.zeros((batch, model.text_len, model.text_width)),
+            jnp.ones((batch, model.text_len), bool))
+
+
+def ar_loss(logits, tokens):
+    """Mean cross-entropy (nats per token) of logits [B, K, nb] against tokens[:, 1:] [B, K]."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), tokens[:, 1:]))
+
+
+def _guided_logits(params, model, tokens, cond, guidance_scale):
+    """Logits [B, K, nb]; with guidance_scale != 1 one batched [cond; uncond] call combined as
+    uncond + s·(cond − uncond)."""
+    z_t, text, mask = cond["z_t"], cond["text_states"], cond["text_mask"]
+    if guidance_scale == 1.0:
+        return model.apply(params, tokens, z_t, text, mask, None)
+    B = z_t.shape[0]
+    two = lambda a: jnp.concatenate([a, a], axis=0)
+    drop = jnp.concatenate([jnp.zeros((B,), bool), jnp.ones((B,), bool)])
+    out = model.apply(params, two(tokens), two(z_t), two(text), two(mask), drop)
+    return out[B:] + guidance_scale * (out[:B] - out[B:])
+
+
+def ar_sample(params, model: ARPrior, codec, cond: Mapping[str, Any], key,
+              temperature: float = 1.0, guidance_scale: float = 1.0, dot_quantile: float = 0.5):
+    """Sample z_i autoregressively in one compiled loop.
+
+    cond = {'z_t': [B, D], 'text_states': [B, L, Wt], 'text_mask': [B, L] bool}. The dot token
+    is drawn from the top (1 − dot_quantile) of its training distribution, then K component
+    tokens one at a time (a fixed [B, K+1] buffer in `lax.fori_loop`; the causal mask makes the
+    not-yet-written entries irrelevant). temperature 0 decodes greedily.
+    Returns (z_i [B, D] float32 from decode_tokens, tokens [B, K+1] int32).
+    """
+    if temperature < 0:
+        raise UserError(f"temperature={temperature} must be ≥ 0 (0 = greedy)")
+    if guidance_scale < 0:
+        raise UserError(f"guidance_scale={guidance_scale} must be ≥ 0 (1 = no guidance)")
+    check_codec(codec, model)
+    B = cond["z_t"].shape[0]
+    dot = sample_dot_tokens(jax.random.fold_in(key, 0), B, model.dot_buckets, dot_quantile)
+    tokens = _sample_loop(params, model, cond, dot, jax.random.fold_in(key, 1),
+                          float(temperature), float(guidance_scale))
+    return decode_tokens(codec, tokens[:, 1:]), tokens
+
+
+@functools.partial(jax.jit, static_argnums=(1, 5, 6))
+def _sample_loop(params, model, cond, dot, key, temperature, guidance_scale):
+    K = model.pca_components
+    B = dot.shape[0]
+    buf = jnp.zeros((B, K + 1), jnp.int32).at[:, 0].set(dot)
+
+    def body(k, buf):
+        logits = _guided_logits(params, model, buf, cond, guidance_scale)
+        lk = jax.lax.dynamic_index_in_dim(logits, k, axis=1, keepdims=False)   # [B, nb]
+        if temperature == 0.0:
+            tok = jnp.argmax(lk, axis=-1)
+        else:
+            tok = jax.random.categorical(jax.random.fold_in(key, k), lk / temperature, axis=-1)
+        return jax.lax.dynamic_update_index_in_dim(buf, tok.astype(jnp.int32)[:, None], k + 1,
+                                                   axis=1)
+
+    return jax.lax.fori_loop(0, K, body, buf)
