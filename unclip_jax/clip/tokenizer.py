@@ -1,0 +1,148 @@
+"""Caption tokenizers: a wrapper around any Hugging Face tokenizer, and a small BPE builder.
+
+`Tokenizer(path, context_length)(captions)` → (ids int32 [B, L], mask bool [B, L]), padded and
+truncated to L = context_length. Over-long captions are cut with a `warnings.warn` that says
+how many tokens were dropped; the end-of-text token is always kept last.
+
+`build_tokenizer(captions, vocab_size, out_dir)` trains a BPE with the `tokenizers` library and
+saves it in the Hugging Face format (loadable by `PreTrainedTokenizerFast` / `AutoTokenizer`).
+Its conventions:
+  normaliser      NFKC, lowercase (`normalize_caption` is the same on the Python side)
+  pre-tokeniser   split on whitespace; words end with the suffix "</w>" so decoding restores
+                  the single spaces: decode(encode(x)) == normalize_caption(x)
+  special tokens  <pad> = 0, <bos> = 1, <unk> = 2, and <eos> = the LAST id of the vocabulary.
+                  Every encoding is "<bos> caption <eos>" padded with <pad>.
+The end-of-text token has the largest id so that CLIP's legacy pooling rule (argmax of the
+ids, used when the model config says `eos_token_id: 2`, as configs/shapes.py does) lands on
+it; setting the model's `eos_token_id` to `Tokenizer.eos_token_id` (first-match rule) pools at
+the same position.
+"""
+from __future__ import annotations
+
+import os
+import unicodedata
+import warnings
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from unclip_jax.errors import UserError
+
+PAD, BOS, UNK, EOS = "<pad>", "<bos>", "<unk>", "<eos>"
+WORD_SUFFIX = "</w>"
+
+
+def normalize_caption(text: str) -> str:
+    """What the built tokenizer sees: NFKC, lowercase, whitespace runs collapsed, stripped."""
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def _check_captions(captions: Sequence[str]) -> list[str]:
+    if isinstance(captions, str):
+        raise UserError("captions must be a list of strings, got a single string; wrap it "
+                        "in a list")
+    captions = list(captions)
+    if not captions:
+        raise UserError("no captions given; pass a non-empty list of strings")
+    for i, c in enumerate(captions):
+        if not isinstance(c, str):
+            raise UserError(f"caption {i} is a {type(c).__name__}, not a string")
+        if not c.strip():
+            raise UserError(f"caption {i} is empty (or only whitespace); give every image a "
+                            "non-empty caption, or use the empty-prompt embedding explicitly")
+    return captions
+
+
+class Tokenizer:
+    """Tokenise captions with a Hugging Face tokenizer directory to a fixed context length.
+
+    `path`: a directory loadable by `transformers.AutoTokenizer` (a CLIP checkpoint's
+    tokenizer files, or one written by `build_tokenizer`). Alternatively pass a loaded HF
+    tokenizer as `hf_tokenizer`.
+    """
+
+    def __init__(self, path: str | None = None, context_length: int = 77, hf_tokenizer=None):
+        if hf_tokenizer is None:
+            if not path or not os.path.isdir(path):
+                raise UserError(f"tokenizer directory {path!r} does not exist; pass a directory "
+                                "with tokenizer.json (e.g. from `build_tokenizer` or a CLIP "
+                                "checkpoint)")
+            from transformers import AutoTokenizer
+            hf_tokenizer = AutoTokenizer.from_pretrained(path)
+        if hf_tokenizer.pad_token_id is None:
+            raise UserError("the tokenizer has no padding token; set `pad_token` in its "
+                            "tokenizer_config.json")
+        self.hf = hf_tokenizer
+        self.context_length = int(context_length)
+        if self.context_length < 2:
+            raise UserError(f"context_length {context_length} is too small; it must hold at "
+                            "least the start and end tokens")
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.hf.eos_token_id)
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.hf.pad_token_id)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    def __call__(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """captions (list of B strings) → (ids int32 [B, L], mask bool [B, L] True = token)."""
+        captions = _check_captions(captions)
+        L = self.context_length
+        lengths = [len(ids) for ids in
+                   self.hf(captions, truncation=False, verbose=False)["input_ids"]]
+        over = [(i, n - L) for i, n in enumerate(lengths) if n > L]
+        if over:
+            worst = max(cut for _, cut in over)
+            warnings.warn(
+                f"{len(over)} caption(s) longer than the context length {L} were truncated "
+                f"(up to {worst} tokens cut; caption {over[0][0]} lost {over[0][1]}); the "
+                "end-of-text token is kept", stacklevel=2)
+        enc = self.hf(captions, padding="max_length", truncation=True, max_length=L,
+                      return_tensors="np")
+        ids = np.asarray(enc["input_ids"], np.int32)
+        mask = np.asarray(enc["attention_mask"]).astype(bool)
+        return ids, mask
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Token ids (with or without specials / padding) → text without special tokens."""
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def build_tokenizer(captions: Iterable[str], vocab_size: int, out_dir: str,
+                    context_length: int = 77) -> str:
+    """Train a BPE of at most `vocab_size` ids (specials included) on `captions` and save it
+    to `out_dir` in the Hugging Face format. Returns `out_dir`.
+
+    The vocabulary may come out smaller than `vocab_size` on a small corpus; <eos> is always
+    the last id (see the module docstring).
+    """
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    captions = _check_captions(list(captions))
+    if vocab_size < 8:
+        raise UserError(f"vocab_size {vocab_size} is too small; use at least 8")
+    tok = RustTokenizer(models.BPE(unk_token=UNK, end_of_word_suffix=WORD_SUFFIX))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.BPEDecoder(suffix=WORD_SUFFIX)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, special_tokens=[PAD, BOS, UNK],
+                                  end_of_word_suffix=WORD_SUFFIX, show_progress=False)
+    tok.train_from_iterator(captions, trainer=trainer)
+    tok.add_special_tokens([EOS])
+    bos, eos = tok.token_to_id(BOS), tok.token_to_id(EOS)
+    assert eos == tok.get_vocab_size() - 1, "<eos> must be the last id"
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, bos), (EOS, eos)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        model_max_length=context_length, padding_side="right", truncation_side="right")
+    fast.save_pretrained(out_dir)
+    return out_dir
