@@ -64,7 +64,9 @@ def ar_prior():
 def decoder():
     cfg = shapes.decoder()
     with cfg.unlocked():
-        cfg.model = shapes.unet(64, 512, (1, 2, 3, 4), 3, (32, 16, 8), out_channels=6)
+        # context width 2048 = GLIDE's text-transformer width (the encoder_kv input width)
+        cfg.model = shapes.unet(64, 512, (1, 2, 3, 4), 3, (32, 16, 8), out_channels=6,
+                                context_dim=2048)
         cfg.model.num_head_channels = 64
         cfg.model.embed_dim = EMBED_DIM
         cfg.model.text_width = TEXT_WIDTH

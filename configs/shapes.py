@@ -70,7 +70,14 @@ def ar_prior():
 
 
 def unet(image_size, model_channels, channel_mult, num_res_blocks, attention_resolutions,
-         *, out_channels, low_res=False, conditional=True):
+         *, out_channels, low_res=False, conditional=True, context_dim=None):
+    """`model` section of an ADM UNet (unclip_jax.models.unet.UNet.from_config).
+
+    conditional: decoder (z_i + CLIP text tokens as attention context); otherwise only the
+    timestep (and, with low_res, the low-resolution image) condition it. context_dim defaults
+    to 2 × model_channels.
+    """
+    context_dim = 2 * model_channels if context_dim is None else context_dim
     return mlc.ConfigDict(dict(
         kind="unet",
         image_size=image_size,
@@ -86,9 +93,11 @@ def unet(image_size, model_channels, channel_mult, num_res_blocks, attention_res
         use_scale_shift_norm=True,
         low_res_channels=3 if low_res else 0,   # upsampler: low-res image concatenated
         embed_dim=EMBED_DIM if conditional else 0,   # z_i conditioning (decoder)
+        norm_groups=min(32, model_channels),    # GroupNorm groups (divide every level width)
         clip_tokens=4 if conditional else 0,         # extra context tokens from z_i
-        text_width=TEXT_WIDTH if conditional else 0,  # CLIP token states as encoder_kv
+        text_width=TEXT_WIDTH if conditional else 0,  # width of the CLIP token states (input)
         text_len=TEXT_LEN if conditional else 0,
+        context_dim=context_dim if conditional else 0,  # context width after projection
         remat=False,
         dtype="float32",
     ))
