@@ -1,0 +1,113 @@
+"""Training metrics: TensorBoard event files, `metrics.jsonl`, FLOP counts, PNG sample grids.
+
+Only process 0 writes. Scalars go to `WORKDIR/tensorboard` (tf.summary) and one JSON line per
+log step to `WORKDIR/metrics.jsonl`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+
+def compiled_flops(compiled, num_devices: int = 1) -> float | None:
+    """FLOPs of one call of a compiled XLA program (`jitted.lower(...).compile()`).
+
+    XLA's cost analysis describes the per-device SPMD program, so the total is that times
+    `num_devices` (work replicated across devices counts once per device). None when XLA
+    gives no estimate."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"]) * num_devices
+
+
+def _plugin_metadata(plugin: str) -> bytes:
+    """Serialized `SummaryMetadata` naming the TensorBoard plugin ('scalars', 'images') so
+    raw `tf.summary.write` events display like `tf.summary.scalar/image` ones (the
+    `tensorboard` package itself is not required to write them)."""
+    from tensorflow.core.framework import summary_pb2
+    meta = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
+    return meta.SerializeToString()
+
+
+class MetricWriter:
+    """Write scalar dicts to TensorBoard and `metrics.jsonl` (process 0 only)."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled and jax.process_index() == 0
+        self._tb = None
+        self._jsonl = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            import tensorflow as tf  # heavy: only imported by the writing process
+            tf.config.set_visible_devices([], "GPU")
+            self._tf = tf
+            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+    def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in scalars.items()}
+        with self._tb.as_default():
+            for k, v in clean.items():
+                self._tf.summary.write(k, self._tf.constant(v, self._tf.float32), step=step,
+                                       metadata=_plugin_metadata("scalars"))
+        self._tb.flush()
+        row = {"step": int(step), **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+
+    def write_images(self, step: int, name: str, images: np.ndarray) -> None:
+        """Images [N, H, W, C] in [-1, 1] as one PNG grid under tag `name`."""
+        if self.enabled:
+            import io
+            from PIL import Image
+            grid = image_grid(images)
+            buf = io.BytesIO()
+            Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buf, "PNG")
+            data = [str(grid.shape[1]).encode(), str(grid.shape[0]).encode(), buf.getvalue()]
+            with self._tb.as_default():
+                self._tf.summary.write(name, self._tf.constant(data), step=step,
+                                       metadata=_plugin_metadata("images"))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+
+
+def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
+    """[N, H, W, C] floats in [-1, 1] → one uint8 [rows·H, cols·W, C] grid."""
+    images = np.asarray(images, np.float32)
+    n, h, w, c = images.shape
+    cols = cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.zeros((rows * h, cols * w, c), np.uint8)
+    u8 = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = u8[i]
+    return grid
+
+
+def save_png_grid(images: np.ndarray, path: str) -> str:
+    """Save `image_grid(images)` as a PNG at `path`."""
+    from PIL import Image
+    grid = image_grid(images)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    return path
