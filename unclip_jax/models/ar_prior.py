@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unclip_jax.diffusion.guidance import classifier_free_guidance
 from unclip_jax.errors import UserError
 from unclip_jax.models.layers import dense
 from unclip_jax.models.prior import (CausalStack, TextConditioning, check_text_inputs,
@@ -272,16 +273,16 @@ def ar_loss(logits, tokens):
 
 
 def _guided_logits(params, model, tokens, cond, guidance_scale):
-    """Logits [B, K, nb]; with guidance_scale != 1 one batched [cond; uncond] call combined as
-    uncond + s·(cond − uncond)."""
+    """Logits [B, K, nb]; with guidance_scale != 1 one batched [cond; uncond] call combined by
+    `diffusion.guidance.classifier_free_guidance` (uncond + s·(cond − uncond))."""
     z_t, text, mask = cond["z_t"], cond["text_states"], cond["text_mask"]
     if guidance_scale == 1.0:
         return model.apply(params, tokens, z_t, text, mask, None)
     B = z_t.shape[0]
     two = lambda a: jnp.concatenate([a, a], axis=0)
     drop = jnp.concatenate([jnp.zeros((B,), bool), jnp.ones((B,), bool)])
-    out = model.apply(params, two(tokens), two(z_t), two(text), two(mask), drop)
-    return out[B:] + guidance_scale * (out[:B] - out[B:])
+    doubled = lambda toks, _: model.apply(params, toks, two(z_t), two(text), two(mask), drop)
+    return classifier_free_guidance(doubled, guidance_scale)(tokens, jnp.zeros((B,), jnp.int32))
 
 
 def ar_sample(params, model: ARPrior, codec, cond: Mapping[str, Any], key,

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unclip_jax.diffusion.guidance import classifier_free_guidance
 from unclip_jax.errors import UserError
 from unclip_jax.models.layers import (LayerNorm, MLP, Transformer, causal_mask, dense,
                                       timestep_embedding)
@@ -286,25 +287,25 @@ def prior_model_fn(params, model: DiffusionPrior, z_t, text_states, text_mask,
                    guidance_scale: float = 1.0, clamp: float | None = None):
     """`model_fn(x_t [B, D], t [B]) → x0 [B, D]` for the diffusion samplers.
 
-    With guidance_scale != 1 the conditional and unconditional predictions come from one
-    batched call over [cond; uncond] (the second half sets drop_text) and are combined as
-    uncond + s·(cond − uncond). `clamp` (e.g. model.clamp) clips the returned x0 to ±clamp.
-    `t` is the original-schedule timestep, which the samplers pass as t_model.
+    `t` is the original-schedule timestep (what the samplers pass as t_model). With
+    guidance_scale != 1 the conditional and unconditional predictions come from one batched
+    call over [cond; uncond] (the second half sets drop_text), combined by
+    `diffusion.guidance.classifier_free_guidance`. `clamp` (e.g. model.clamp) clips the
+    returned x0 to ±clamp (in normalised space).
     """
     B = z_t.shape[0]
-    guided = guidance_scale != 1.0
 
-    def model_fn(x_t, t):
+    def cond_fn(x_t, t):
         t = jnp.broadcast_to(jnp.asarray(t), (B,))
-        if guided:
-            two = lambda a: jnp.concatenate([a, a], axis=0)
-            drop = jnp.concatenate([jnp.zeros((B,), bool), jnp.ones((B,), bool)])
-            out = model.apply(params, two(x_t), two(t), two(z_t), two(text_states),
-                              two(text_mask), drop)
-            cond, uncond = out[:B], out[B:]
-            out = uncond + guidance_scale * (cond - uncond)
-        else:
-            out = model.apply(params, x_t, t, z_t, text_states, text_mask, None)
-        return jnp.clip(out, -clamp, clamp) if clamp is not None else out
+        return model.apply(params, x_t, t, z_t, text_states, text_mask, None)
 
-    return model_fn
+    def doubled_fn(x_t, t):
+        two = lambda a: jnp.concatenate([a, a], axis=0)
+        drop = jnp.concatenate([jnp.zeros((B,), bool), jnp.ones((B,), bool)])
+        return model.apply(params, x_t, t, two(z_t), two(text_states), two(text_mask), drop)
+
+    fn = (cond_fn if guidance_scale == 1.0 else
+          classifier_free_guidance(doubled_fn, guidance_scale, predict="x0"))
+    if clamp is None:
+        return fn
+    return lambda x_t, t: jnp.clip(fn(x_t, t), -clamp, clamp)
