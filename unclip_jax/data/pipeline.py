@@ -148,7 +148,8 @@ def _synthetic(config, b: int, seed: int, process_index: int, identity: dict) ->
 
 # --------------------------------------------------------------------------- real data
 
-def _decode(encoded) -> tf.Tensor:
+def decode(encoded) -> tf.Tensor:
+    """Encoded PNG/JPEG bytes → float32 [H, W, 3] in [-1, 1]."""
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     return tf.cast(image, tf.float32) / 127.5 - 1.0
 
@@ -162,7 +163,7 @@ def _preprocess(stage: str, data) -> Callable:
     def fn(ex, seed):
         if stage in ("prior", "ar_prior"):
             return {"index": ex["index"]}
-        image = _decode(ex["image"])
+        image = decode(ex["image"])
         if stage == "clip":
             s = int(data.image_size)
             return {"image": degrade.resize(image, s), "caption": ex["caption"]}
