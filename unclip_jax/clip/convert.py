@@ -162,7 +162,7 @@ def convert_weights(state: dict[str, np.ndarray], model_cfg) -> dict:
                 f"CLIP parameter {name} has shape {tuple(state[name].shape)} (→ "
                 f"{value.shape} for {'/'.join(path)}) but config.json implies "
                 f"{tuple(spec.shape)}; the weights do not match config.json")
-        out[path] = np.ascontiguousarray(value)
+        out[path] = np.array(value, np.float32, order="C")  # (ascontiguousarray makes 0-d 1-d)
         used.add(name)
     unused = [k for k in state if k not in used and not k.endswith(IGNORED_KEYS)]
     if unused:
