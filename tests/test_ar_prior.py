@@ -1,0 +1,269 @@
+"""AR prior: PCA / quantiser codec, model shapes and causality, loss, overfit + sampling,
+sharding and paper-size parameter count."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from configs import paper, shapes
+from unclip_jax import parallel
+from unclip_jax.errors import UserError
+from unclip_jax.models import ar_prior as ar
+from unclip_jax.models.ar_prior import ARPrior
+
+B, D, L, WT, K, NB, ND = 4, 16, 5, 24, 6, 8, 4
+
+
+def tiny(dtype=jnp.float32, **kw):
+    args = dict(width=32, layers=2, heads=4, embed_dim=D, text_width=WT, text_len=L,
+                pca_components=K, num_buckets=NB, dot_buckets=ND, dtype=dtype)
+    args.update(kw)
+    return ARPrior(**args)
+
+
+def inputs(seed=0, batch=B):
+    r = np.random.default_rng(seed)
+    tokens = np.concatenate([r.integers(0, ND, size=(batch, 1)),
+                             r.integers(0, NB, size=(batch, K))], axis=1)
+    z_t = jnp.asarray(r.normal(size=(batch, D)), jnp.float32)
+    text = jnp.asarray(r.normal(size=(batch, L, WT)), jnp.float32)
+    lengths = r.integers(2, L + 1, size=batch)
+    mask = jnp.asarray(np.arange(L)[None] < lengths[:, None])
+    return jnp.asarray(tokens, jnp.int32), z_t, text, mask
+
+
+def init(model, batch=B):
+    return model.init(jax.random.key(0), *inputs(batch=batch))
+
+
+def low_rank(n=400, rank=4, noise=1e-3, seed=0):
+    r = np.random.default_rng(seed)
+    return (r.normal(size=(n, rank)) * np.arange(rank, 0, -1)) @ r.normal(size=(rank, D)) \
+        + noise * r.normal(size=(n, D)) + 3.0
+
+
+# ----------------------------------------------------------------------------- codec
+
+def test_pca_orthonormal_and_error_falls():
+    z = np.random.default_rng(0).normal(size=(300, D)) * np.linspace(3, 0.1, D)
+    errs = []
+    for k in (1, 4, 8, 12, D):
+        pca = ar.fit_pca(z, k)
+        c = pca["components"]
+        np.testing.assert_allclose(c @ c.T, np.eye(k), atol=1e-5)
+        errs.append(ar.pca_relative_mse(pca, z))
+        # relative MSE = unexplained variance fraction
+        np.testing.assert_allclose(errs[-1], 1 - pca["explained_variance"].sum()
+                                   / pca["total_variance"], atol=1e-4)
+    assert all(a > b for a, b in zip(errs, errs[1:]))
+    assert errs[-1] < 1e-6
+    with pytest.raises(UserError, match="pca_components"):
+        ar.fit_pca(z, D + 1)
+
+
+def test_num_components_for_low_rank_data():
+    z = low_rank(rank=4)
+    assert ar.num_components_for(z, 0.01) == 4
+    assert ar.pca_relative_mse(ar.fit_pca(z, 4), z) < 0.01
+    assert ar.pca_relative_mse(ar.fit_pca(z, 3), z) > 0.01
+
+
+def test_quantizer_range_equal_mass_and_round_trip():
+    r = np.random.default_rng(0)
+    x = r.normal(size=(4000, 3)) * np.array([1.0, 5.0, 0.1])
+    q = ar.fit_quantizer(x, 64)
+    tok = np.asarray(ar.quantize(q, x))
+    assert tok.min() >= 0 and tok.max() <= 63 and tok.dtype == np.int32
+    for k in range(3):   # quantile buckets hold equal shares of the training data
+        counts = np.bincount(tok[:, k], minlength=64)
+        assert counts.min() >= 4000 / 64 - 2 and counts.max() <= 4000 / 64 + 2
+    assert np.all(np.diff(q["centers"], axis=1) > 0)
+    # each interior centre lies inside its bucket
+    e = q["edges"]
+    assert np.all(q["centers"][:, 1:-1] >= e[:, :-1]) and np.all(q["centers"][:, 1:-1] <= e[:, 1:])
+
+    def rel_err(nb):
+        qq = ar.fit_quantizer(x, nb)
+        back = np.asarray(ar.dequantize(qq, ar.quantize(qq, x)))
+        return np.sqrt(np.mean((back - x) ** 2, 0)) / x.std(0)
+
+    rel64, rel512 = rel_err(64), rel_err(512)
+    assert np.all(rel64 < 0.1) and np.all(rel512 < rel64 / 2), (rel64, rel512)
+    # unseen values beyond the training range land in the end buckets
+    edge = np.asarray(ar.quantize(q, np.array([[-1e3, 1e3, 0.0]])))
+    assert edge[0, 0] == 0 and edge[0, 1] == 63
+
+
+def test_codec_round_trip_and_tokens():
+    z_i = low_rank(rank=K, noise=1e-4)
+    z_t = z_i + np.random.default_rng(1).normal(size=z_i.shape)
+    codec = ar.fit_codec(z_i, z_t, K, 256, ND)
+    tok = ar.training_tokens(codec, z_i, z_t)
+    assert tok.shape == (len(z_i), K + 1)
+    assert int(tok[:, 0].max()) < ND and int(tok[:, 1:].max()) < 256
+    rec = np.asarray(ar.decode_tokens(codec, tok[:, 1:]))
+    rel = np.sum((rec - z_i) ** 2) / np.sum((z_i - z_i.mean(0)) ** 2)
+    assert rel < 0.01, rel
+
+
+def test_dot_token_from_top_half():
+    r = np.random.default_rng(0)
+    z_i = r.normal(size=(500, D))
+    z_t = z_i + 2.0 * r.normal(size=z_i.shape)
+    codec = ar.fit_codec(z_i, z_t, K, NB, 16)
+    dots = np.asarray(ar.cosine(z_i, z_t))
+    drawn = ar.sample_dot_tokens(jax.random.key(0), 2000, 16, 0.5)
+    assert int(drawn.min()) == 8 and int(drawn.max()) == 15
+    centres = np.asarray(ar.dequantize(codec["dot"], drawn[:, None]))[:, 0]
+    assert centres.min() >= np.median(dots)
+    # the training distribution does reach below the median: the draw is a real restriction
+    assert int(ar.dot_tokens(codec, z_i, z_t).min()) < 8
+    with pytest.raises(UserError, match="dot_quantile"):
+        ar.sample_dot_tokens(jax.random.key(0), 2, 16, 1.0)
+
+
+# ----------------------------------------------------------------------------- model
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_forward_shapes_and_dtypes(dtype):
+    ref = tiny()
+    params = init(ref)
+    x = inputs()
+    logits, hidden = tiny(dtype).apply(params, *x, return_hidden=True)
+    assert logits.shape == (B, K, NB) and logits.dtype == jnp.float32
+    assert hidden.shape == (B, L + 1 + K, 32)
+    if dtype == jnp.bfloat16:
+        ref_logits = ref.apply(params, *x)
+        err = float(jnp.max(jnp.abs(logits - ref_logits)))
+        assert 0 < err < 0.1 * float(jnp.max(jnp.abs(ref_logits)))
+
+
+def test_causal_next_token_prediction():
+    model = tiny()
+    params = init(model)
+    tokens, z_t, text, mask = inputs()
+    base = model.apply(params, tokens, z_t, text, mask)
+    for j in range(K):   # change component j (tokens[:, j+1]): logits for components ≤ j fixed
+        changed = tokens.at[:, j + 1].set((tokens[:, j + 1] + 1) % NB)
+        out = model.apply(params, changed, z_t, text, mask)
+        np.testing.assert_allclose(out[:, :j + 1], base[:, :j + 1], atol=1e-5)
+        if j + 1 < K:
+            assert float(jnp.max(jnp.abs(out[:, j + 1:] - base[:, j + 1:]))) > 1e-4
+    # the dot token conditions every component
+    out = model.apply(params, tokens.at[:, 0].set((tokens[:, 0] + 1) % ND), z_t, text, mask)
+    assert float(jnp.min(jnp.max(jnp.abs(out - base), axis=(1, 2)))) > 1e-4
+
+
+def test_dropped_text_ignores_text_and_z_t():
+    model = tiny()
+    params = init(model)
+    tokens, z_t, text, mask = inputs()
+    _, z_t2, text2, mask2 = inputs(seed=1)
+    drop = jnp.array([True, True, False, False])
+    a = model.apply(params, tokens, z_t, text, mask, drop)
+    b = model.apply(params, tokens, z_t2, text2, mask2, drop)
+    np.testing.assert_allclose(a[drop], b[drop], atol=1e-5)
+    assert float(jnp.min(jnp.max(jnp.abs(a[~drop] - b[~drop]), axis=(1, 2)))) > 1e-4
+
+
+def test_bad_inputs_name_the_fix():
+    model = tiny()
+    params = init(model)
+    tokens, z_t, text, mask = inputs()
+    with pytest.raises(UserError, match="pca_components"):
+        model.apply(params, tokens[:, :K], z_t, text, mask)
+    codec = ar.fit_codec(low_rank(), low_rank(seed=1), K, NB + 1, ND)
+    with pytest.raises(UserError, match="refit"):
+        ar.ar_sample(params, model, codec, dict(z_t=z_t, text_states=text, text_mask=mask),
+                     jax.random.key(0))
+    with pytest.raises(UserError, match="ar_prior"):
+        ar.from_config(shapes.prior().model)
+
+
+def test_ar_loss_is_cross_entropy():
+    r = np.random.default_rng(0)
+    logits = r.normal(size=(3, K, NB)).astype(np.float32)
+    tokens = np.concatenate([np.zeros((3, 1), int), r.integers(0, NB, size=(3, K))], 1)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want = -np.mean(np.take_along_axis(logp, tokens[:, 1:, None], -1))
+    np.testing.assert_allclose(float(ar.ar_loss(jnp.asarray(logits), jnp.asarray(tokens))),
+                               want, rtol=1e-5)
+
+
+def test_overfit_then_sample_reproduces_tokens():
+    """~200 Adam steps on one batch: cross-entropy falls ≥ 10×, and greedy ar_sample then
+    reproduces each example's training tokens (dot token fixed by dot_quantile=0.75)."""
+    model = tiny(width=64)
+    n = 6
+    r = np.random.default_rng(2)
+    z_i, z_t = r.normal(size=(200, D)), r.normal(size=(200, D))
+    codec = ar.fit_codec(z_i, z_i + z_t, K, NB, ND)
+    _, zt, text, mask = inputs(seed=3, batch=n)
+    tokens = ar.training_tokens(codec, z_i[:n], np.asarray(zt)).at[:, 0].set(ND - 1)
+    params = model.init(jax.random.key(0), tokens, zt, text, mask)
+    opt = optax.adam(2e-3)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(p, s):
+        loss, g = jax.value_and_grad(
+            lambda p: ar.ar_loss(model.apply(p, tokens, zt, text, mask), tokens))(p)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    hist = []
+    for _ in range(200):
+        params, opt_state, loss = step(params, opt_state)
+        hist.append(float(loss))
+    print(f"AR prior overfit: cross-entropy {hist[0]:.3f} -> {hist[-1]:.4f} "
+          f"({hist[0] / hist[-1]:.0f}x)")
+    assert hist[-1] * 10 <= hist[0]
+    cond = dict(z_t=zt, text_states=text, text_mask=mask)
+    z, got = ar.ar_sample(params, model, codec, cond, jax.random.key(1), temperature=0.0,
+                          dot_quantile=0.75)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(tokens))
+    np.testing.assert_allclose(z, ar.decode_tokens(codec, tokens[:, 1:]), atol=1e-5)
+    # low temperature with guidance 1.5 still decodes the memorised tokens
+    _, got2 = ar.ar_sample(params, model, codec, cond, jax.random.key(2), temperature=0.05,
+                           guidance_scale=1.5, dot_quantile=0.75)
+    assert float(np.mean(np.asarray(got2) == np.asarray(tokens))) > 0.9
+
+
+def test_sharded_init_matches_unsharded(devices8):
+    model = tiny()
+    x = inputs(batch=8)
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, devices8)
+    params, _ = parallel.init_sharded(lambda k: model.init(k, *x), mesh, parallel.DEFAULT_RULES,
+                                      jax.random.key(0))
+    p = params["params"]
+    assert p["head"]["kernel"].sharding.spec == P("fsdp", "tensor")
+    assert p["token_embed"]["embedding"].sharding.spec == P("tensor", "fsdp")
+    assert p["stack"]["transformer"]["layers_0"]["mlp"]["fc2"]["kernel"].sharding.spec == \
+        P("tensor", "fsdp")
+    ref = nn.meta.unbox(model.init(jax.random.key(0), *x))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, atol=1e-6),
+                 params, ref)
+    xs = parallel.global_batch(tuple(np.asarray(a) for a in x), mesh)
+    with mesh:
+        out = jax.jit(model.apply)(params, *xs)
+    np.testing.assert_allclose(np.asarray(out), model.apply(ref, *x), atol=1e-5)
+
+
+def test_paper_parameter_count():
+    cfg = paper.ar_prior()
+    model = ar.from_config(cfg.model)
+    tree = jax.eval_shape(lambda k: model.init(k, *ar.dummy_inputs(model)), jax.random.key(0))
+    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nn.meta.unbox(tree)))
+    print(f"paper AR prior parameters: {count:,}")
+    assert 0.7e9 < count < 1.4e9
+
+
+def test_shapes_config_builds():
+    cfg = shapes.ar_prior()
+    model = ar.from_config(cfg.model)
+    assert model.pca_components == cfg.model.pca_components
+    assert isinstance(cfg.model, mlc.ConfigDict)
