@@ -45,8 +45,10 @@ def prior():
         kind="diffusion_prior", width=256, layers=4, heads=4, mlp_ratio=4.0,
         embed_dim=EMBED_DIM, text_width=TEXT_WIDTH, text_len=TEXT_LEN,
         normalize="scale", embed_scale=17.2,   # 'scale' (×17.2 of L2-normalised) | 'meanstd'
-        clamp=10.0, dropout=0.0, remat=False, dtype="float32"))
-    return common.stage_config(
+        clamp=10.0,                             # clip sampled x0 to ±clamp (normalised space)
+        sample_candidates=2,                    # best-of-N by z_i·z_t at sampling (paper: 2)
+        dropout=0.0, remat=False, dtype="float32"))
+    cfg = common.stage_config(
         "prior", model,
         diffusion_cfg=common.diffusion(predict="x0", variance="fixed_small", sample_steps="64",
                                        clip_denoised=False, guidance_scale=4.0),
@@ -54,18 +56,25 @@ def prior():
         train_cfg=common.train(batch_size=64, steps=4000, lr=3e-4, b2=0.96, eps=1e-6,
                                weight_decay=6e-2, ema_decay=0.999),
     )
+    with cfg.unlocked():
+        cfg.train.text_drop = 0.1      # trains the null caption used by guidance
+    return cfg
 
 
 def ar_prior():
     model = mlc.ConfigDict(dict(
         kind="ar_prior", width=256, layers=4, heads=4, mlp_ratio=4.0,
         embed_dim=EMBED_DIM, text_width=TEXT_WIDTH, text_len=TEXT_LEN,
-        pca_components=32, num_buckets=256, dot_buckets=64, dropout=0.0, remat=False,
-        dtype="float32"))
+        pca_components=32, num_buckets=256, dot_buckets=64,
+        dot_quantile=0.5,                       # sample z_i·z_t from above this quantile
+        temperature=1.0,                        # sampling temperature (0 = greedy)
+        dropout=0.0, remat=False, dtype="float32"))
     cfg = common.stage_config(
         "ar_prior", model, clip=clip_ref(), data=data(64),
         train_cfg=common.train(batch_size=64, steps=4000, lr=3e-4, b2=0.91, eps=1e-10,
                                weight_decay=4e-2, ema_decay=0.999))
+    with cfg.unlocked():
+        cfg.train.text_drop = 0.1
     return cfg
 
 
