@@ -257,6 +257,8 @@ def make_pipeline(config, split: str = "train", *, process_index: int | None = N
         raise UserError(f"process_index {process_index} not in [0, {process_count})")
     seed = int(config.seed if seed is None else seed)
     b = _local_batch(config, process_count)
+    if stage.startswith("upsampler"):
+        _upsampler_sizes(data)
     name = str(data.name)
     identity = dict(dataset=name, split=split, seed=seed, process_index=process_index,
                     process_count=process_count, batch_size=b, stage=stage)
