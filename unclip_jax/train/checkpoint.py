@@ -34,7 +34,7 @@ COMMIT_FILE = "_CHECKPOINT_METADATA"   # Orbax writes it when a step is finalise
 def extras_to_json(extras: dict | None) -> dict:
     """numpy arrays → {'__array__': nested lists, 'dtype': str}; exact for float32/int."""
     def enc(v):
-        if isinstance(v, (np.ndarray, jax.Array)):
+        if isinstance(v, (np.ndarray, np.generic, jax.Array)):
             a = np.asarray(v)
             return {"__array__": a.tolist(), "dtype": str(a.dtype)}
         if isinstance(v, dict):

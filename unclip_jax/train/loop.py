@@ -188,7 +188,7 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
                         f"by mesh data×fsdp={n_batch_shards}; change train.batch_size or config.mesh")
 
     key = jax.random.key(int(config.seed))
-    init_key, step_key = jax.random.split(key)
+    init_key, step_key, sample_key = jax.random.split(key, 3)
     boxed_init = _init_fn(stage, model, config, init_key)
     ckpt = Checkpointer(workdir, tc)
     data = stage.make_data(config, "train", process_index=pindex, process_count=pcount,
@@ -275,7 +275,7 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
                     flush(done)
                 if sample_every and stage.sample is not None and done % sample_every == 0:
                     _write_samples(stage, state, model, config, batch, extras, done, workdir,
-                                   writer, step_key)
+                                   writer, sample_key)
                 if will_save or stop:
                     ckpt.save(done, state, config, data.get_state(), extras)
                     last_saved = done
@@ -295,7 +295,7 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
 
 def _write_samples(stage, state, model, config, batch, extras, step, workdir, writer, key):
     from jax.experimental import multihost_utils
-    images = stage.sample(state.ema_params, jax.random.fold_in(key, -step), model, config,
+    images = stage.sample(state.ema_params, jax.random.fold_in(key, step), model, config,
                           batch, extras)
     images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
     if jax.process_index() == 0:

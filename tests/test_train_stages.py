@@ -1,0 +1,106 @@
+"""Every unCLIP stage of configs/shapes.py (shrunk) trains a few steps with its loss falling.
+
+Data: the stage's 'synthetic' pipeline with its first batch repeated, so a falling loss means
+the stage's loss, model and trainer fit a fixed batch (random batches would not let CLIP or
+the AR prior improve). The decoder also writes a PNG sample grid.
+"""
+import dataclasses
+import json
+import os
+
+import pytest
+
+from configs import shapes
+from unclip_jax.train import stages
+from unclip_jax.train.loop import train
+
+TINY_TEXT = dict(embed_dim=16, text_width=16, text_len=4)
+
+
+class RepeatFirst:
+    """Yields the first batch of `inner` forever; state protocol delegated."""
+
+    def __init__(self, inner):
+        self.inner, self.first = inner, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.first is None:
+            self.first = next(self.inner)
+        return self.first
+
+    def get_state(self):
+        return self.inner.get_state()
+
+    def set_state(self, state):
+        self.inner.set_state(state)
+
+
+def tiny_config(name, steps=12):
+    cfg = shapes.get_config(name)
+    with cfg.unlocked():
+        cfg.data.name = "synthetic"
+        tc = cfg.train
+        tc.batch_size, tc.steps, tc.warmup, tc.lr = 8, steps, 1, 3e-3
+        tc.lr_schedule = "constant"
+        tc.log_every, tc.ckpt_every, tc.ema_decay = 1, 0, 0.5
+        m = cfg.model
+        if name == "clip":
+            m.embed_dim = 16
+            m.text.update(dict(vocab_size=64, context_length=8, width=32, layers=1, heads=2))
+            m.vision.update(dict(image_size=16, patch_size=8, width=32, layers=1, heads=2))
+            cfg.data.image_size = 16
+        elif name in ("prior", "ar_prior"):
+            m.update(dict(width=32, layers=1, heads=2, **TINY_TEXT))
+            if name == "ar_prior":
+                m.update(dict(pca_components=4, num_buckets=8, dot_buckets=4))
+        else:
+            m.update(dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                          num_head_channels=8, norm_groups=8, dropout=0.0))
+            if name == "decoder":
+                m.update(dict(image_size=8, attention_resolutions=(4,), context_dim=16,
+                              **TINY_TEXT))
+                cfg.data.image_size = 8
+                tc.sample_every = steps
+            else:
+                m.update(dict(image_size=16, attention_resolutions=()))
+                cfg.data.update(dict(image_size=16, low_res_size=8, crop_size=8))
+        if cfg.get("diffusion") and "timesteps" in cfg.diffusion:
+            cfg.diffusion.timesteps = 100
+    return cfg
+
+
+@pytest.fixture
+def repeat_data(monkeypatch):
+    """Wrap every built-in stage's data source in RepeatFirst (restored after the test)."""
+    stages.get_stage("clip")          # registers the built-ins
+    for name, stage in list(stages.REGISTRY.items()):
+        if stage.make_data is stages.default_data:
+            monkeypatch.setitem(stages.REGISTRY, name, dataclasses.replace(
+                stage, make_data=lambda *a, **k: RepeatFirst(stages.default_data(*a, **k))))
+
+
+FAST = ["prior", "ar_prior"]
+SLOW = ["clip", "decoder", "upsampler1", "upsampler2"]   # conv/ViT compiles: ~30-60 s each
+
+
+@pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
+def test_stage_loss_falls(name, tmp_path, repeat_data, devices8):
+    cfg = tiny_config(name)
+    out = train(cfg, str(tmp_path), devices=devices8[:1], progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    losses = [r["loss"] for r in rows]
+    assert len(losses) == cfg.train.steps
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.9 * first, (name, losses)
+    assert out["step"] == cfg.train.steps
+    assert out["flops_per_step"] and out["flops_per_step"] > 0
+    if name == "decoder":
+        assert (tmp_path / "samples" / f"step_{cfg.train.steps:07d}.png").exists()
+        assert {"loss_q0", "loss_q3", "vlb", "mse"} <= set(rows[-1])
+    if name == "prior":
+        assert -1.0 <= rows[-1]["cosine"] <= 1.0
+    if name == "ar_prior":
+        assert "codec" in out["extras"] and (tmp_path / "extras.json").exists()
