@@ -201,6 +201,19 @@ def test_overfit_one_batch():
     first, last = np.mean(hist[:10]), np.mean(hist[-10:])
     print(f"diffusion prior overfit: x0-MSE {first:.3f} -> {last:.4f} ({first / last:.0f}x)")
     assert last * 10 <= first
+    # sampling the memorised model (16 respaced steps, best of 2) returns each example's z_i
+    config = shapes.prior()
+    config.diffusion.sample_steps = "16"
+    z = prior_lib.sample_prior(params, model, config, dict(z_t=z_t, text_states=text,
+                                                           text_mask=mask),
+                               jax.random.key(7), guidance_scale=1.0)
+    cos = np.asarray(prior_lib.cosine(z, x0))
+    print(f"diffusion prior overfit: sampled z_i cosine to training z_i min {cos.min():.4f}")
+    assert z.shape == (n, D) and cos.min() > 0.95
+    with pytest.raises(UserError, match="guidance_scale"):
+        prior_lib.sample_prior(params, model, config, dict(z_t=z_t, text_states=text,
+                                                           text_mask=mask),
+                               jax.random.key(7), guidance_scale=-1.0)
 
 
 def test_sharded_init_matches_unsharded(devices8):

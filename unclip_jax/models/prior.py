@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unclip_jax.diffusion import samplers, schedules
 from unclip_jax.diffusion.guidance import classifier_free_guidance
 from unclip_jax.errors import UserError
 from unclip_jax.models.layers import (LayerNorm, MLP, Transformer, causal_mask, dense,
@@ -145,12 +146,14 @@ def check_text_inputs(text_states, text_mask, z_t, *, text_len, text_width, embe
 class TextConditioning(nn.Module):
     """Text prefix shared by both priors: [text tokens (L), z_t] → ([B, L+1, W], valid [B, L+1]).
 
-    Text states [B, L, Wt] are projected to W; z_t [B, D] is L2-normalised and projected.
+    Text states [B, L, Wt] are projected to W; z_t [B, D] is L2-normalised (unless
+    `normalize_z_t` is False) and projected.
     Where drop_text[b] is True both are replaced by learned null states (valid everywhere).
     """
     width: int
     text_len: int
     dtype: Any = jnp.float32
+    normalize_z_t: bool = True   # False: z_t is projected as given (Karlo)
 
     @nn.compact
     def __call__(self, z_t, text_states, text_mask, drop_text=None):
@@ -158,7 +161,8 @@ class TextConditioning(nn.Module):
         text = dense(self.width, (None, "embed"), "text_proj", self.dtype)(
             text_states.astype(self.dtype))
         z_t = z_t.astype(jnp.float32)
-        z_t = z_t / jnp.maximum(jnp.linalg.norm(z_t, axis=-1, keepdims=True), 1e-12)
+        if self.normalize_z_t:
+            z_t = z_t / jnp.maximum(jnp.linalg.norm(z_t, axis=-1, keepdims=True), 1e-12)
         zt_tok = dense(self.width, (None, "embed"), "z_t_proj", self.dtype)(
             z_t.astype(self.dtype))
         null_text = self.param("null_text", nn.with_logical_partitioning(
@@ -203,11 +207,14 @@ class CausalStack(nn.Module):
     dropout: float = 0.0
     remat: bool = False
     dtype: Any = jnp.float32
+    norm_in: bool = False   # LayerNorm `norm_in` after the positional embeddings
 
     @nn.compact
     def __call__(self, x, valid, deterministic=True):
         S = x.shape[1]
         x = x + positional_embedding(self, S, self.width).astype(self.dtype)[None]
+        if self.norm_in:
+            x = LayerNorm(dtype=self.dtype, name="norm_in")(x)
         x = nn.with_logical_constraint(x.astype(self.dtype), ("batch", "length", "embed"))
         x, _ = Transformer(self.width, self.layers, self.heads, self.mlp_ratio, "gelu",
                            dropout=self.dropout, remat=self.remat, dtype=self.dtype,
@@ -234,6 +241,9 @@ class DiffusionPrior(nn.Module):
     dropout: float = 0.0
     remat: bool = False
     dtype: Any = jnp.float32
+    normalize_z_t: bool = True    # L2-normalise z_t before projecting it (False: Karlo)
+    time_mlp_ratio: float = 4.0   # hidden width of the timestep MLP / width (Karlo: 1)
+    norm_in: bool = False         # LayerNorm over the sequence before the blocks
 
     @nn.compact
     def __call__(self, x_t, t, z_t, text_states, text_mask, drop_text=None,
@@ -244,10 +254,12 @@ class DiffusionPrior(nn.Module):
             raise UserError(f"x_t has shape {tuple(x_t.shape)} but z_t has {tuple(z_t.shape)}; "
                             "both must be [B, model.embed_dim]")
         B = x_t.shape[0]
-        prefix, valid = TextConditioning(self.width, self.text_len, self.dtype, name="cond")(
+        prefix, valid = TextConditioning(self.width, self.text_len, self.dtype,
+                                         self.normalize_z_t, name="cond")(
             z_t, text_states, text_mask, drop_text)
         t_emb = timestep_embedding(jnp.asarray(t).reshape(B), self.width)
-        t_tok = MLP(4 * self.width, "silu", self.dtype, name="time_mlp")(t_emb.astype(self.dtype))
+        t_tok = MLP(int(self.time_mlp_ratio * self.width), "silu", self.dtype, name="time_mlp")(
+            t_emb.astype(self.dtype))
         x_tok = dense(self.width, (None, "embed"), "x_proj", self.dtype)(
             x_t.astype(self.dtype))
         query = self.param("query", nn.with_logical_partitioning(
@@ -257,7 +269,8 @@ class DiffusionPrior(nn.Module):
         seq = jnp.concatenate([prefix.astype(self.dtype), tail], axis=1)
         valid = jnp.concatenate([valid, jnp.ones((B, 3), bool)], axis=1)
         hidden = CausalStack(self.width, self.layers, self.heads, self.mlp_ratio, self.dropout,
-                             self.remat, self.dtype, name="stack")(seq, valid, deterministic)
+                             self.remat, self.dtype, self.norm_in, name="stack")(
+            seq, valid, deterministic)
         out = dense(self.embed_dim, ("embed", None), "out_proj", jnp.float32)(hidden[:, -1])
         return (out, hidden) if return_hidden else out
 
@@ -272,7 +285,10 @@ def from_config(model_cfg) -> DiffusionPrior:
         width=model_cfg.width, layers=model_cfg.layers, heads=model_cfg.heads,
         embed_dim=model_cfg.embed_dim, text_width=model_cfg.text_width,
         text_len=model_cfg.text_len, mlp_ratio=model_cfg.mlp_ratio,
-        dropout=model_cfg.dropout, remat=model_cfg.remat, dtype=compute_dtype(model_cfg.dtype))
+        dropout=model_cfg.dropout, remat=model_cfg.remat, dtype=compute_dtype(model_cfg.dtype),
+        normalize_z_t=bool(model_cfg.get("normalize_z_t", True)),
+        time_mlp_ratio=float(model_cfg.get("time_mlp_ratio", 4.0)),
+        norm_in=bool(model_cfg.get("norm_in", False)))
 
 
 def dummy_inputs(model: DiffusionPrior, batch: int = 1) -> tuple:
@@ -309,3 +325,36 @@ def prior_model_fn(params, model: DiffusionPrior, z_t, text_states, text_mask,
     if clamp is None:
         return fn
     return lambda x_t, t: jnp.clip(fn(x_t, t), -clamp, clamp)
+
+
+def sample_prior(params, model: DiffusionPrior, config, cond: Mapping[str, Any], key, *,
+                 stats=None, num_candidates: int | None = None,
+                 guidance_scale: float | None = None, sample_steps=None):
+    """Sample z_i [B, D] (embedding space) for cond = {'z_t', 'text_states', 'text_mask'}.
+
+    `config` is the stage config (its model and diffusion sections). Draws
+    num_candidates (default model.sample_candidates) per example in one batched sampler run
+    over the respaced schedule (diffusion.sample_steps unless given), de-normalises them and
+    keeps the one with the largest cosine to z_t (`best_of`). Wrap in jax.jit as needed.
+    """
+    mcfg, dcfg = config.model, config.diffusion
+    n = int(num_candidates or mcfg.get("sample_candidates", 1))
+    scale = dcfg.guidance_scale if guidance_scale is None else guidance_scale
+    if not scale >= 0:
+        raise UserError(f"guidance_scale={scale} must be ≥ 0 (1 = no guidance; paper-style "
+                        "priors use about 4)")
+    if n < 1:
+        raise UserError(f"num_candidates={n} must be ≥ 1 (paper: 2)")
+    z_t = jnp.asarray(cond["z_t"], jnp.float32)
+    B, D = z_t.shape
+    rep = lambda a: jnp.concatenate([jnp.asarray(a)] * n, axis=0)
+    fn = prior_model_fn(params, model, rep(z_t), rep(cond["text_states"]),
+                        rep(cond["text_mask"]), scale, clamp=mcfg.get("clamp", None))
+    sched = schedules.from_config(dcfg, sample_steps, sampling=True)
+    common = dict(predict=dcfg.predict, clip_denoised=dcfg.clip_denoised,
+                  clip_range=dcfg.clip_range)
+    if dcfg.sampler == "ddim":
+        x = samplers.ddim_sample(fn, sched, (n * B, D), key, eta=dcfg.eta, **common)
+    else:
+        x = samplers.ddpm_sample(fn, sched, (n * B, D), key, variance=dcfg.variance, **common)
+    return best_of(denormalize_embed(x.reshape(n, B, D), mcfg, stats), z_t)
