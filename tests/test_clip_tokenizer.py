@@ -1,0 +1,93 @@
+"""Caption tokenizers: built BPE round trip, HF loading, padding/truncation, pooling position."""
+import numpy as np
+import pytest
+
+from unclip_jax.clip.model import pooled_index
+from unclip_jax.clip.tokenizer import Tokenizer, build_tokenizer, normalize_caption
+from unclip_jax.errors import UserError
+
+CAPTIONS = [
+    "A red circle on a blue background.",
+    "two  green squares, small and bright",
+    "a big Yellow triangle above a purple star",
+    "Three small circles: red, green and blue!",
+    "an orange square next to a grey triangle",
+]
+CTX = 12
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    return build_tokenizer(CAPTIONS * 3, 120, str(tmp_path_factory.mktemp("tok")), CTX)
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir):
+    return Tokenizer(tok_dir, CTX)
+
+
+def test_round_trip_and_hf_loading(tok, tok_dir):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    novel = "a purple circle  above an ORANGE star."    # unseen combination of seen words
+    for caption in CAPTIONS + [novel]:
+        ids = tok.hf(caption)["input_ids"]
+        assert tok.decode(ids) == normalize_caption(caption)
+    assert normalize_caption(novel) == "a purple circle above an orange star."
+    for cls in (AutoTokenizer, PreTrainedTokenizerFast):
+        other = cls.from_pretrained(tok_dir)
+        assert other(novel)["input_ids"] == tok.hf(novel)["input_ids"]
+    assert tok.pad_token_id == 0 and tok.hf.bos_token_id == 1
+    assert tok.eos_token_id == tok.vocab_size - 1 <= 119
+
+
+def test_padding_mask_and_pooled_position(tok):
+    ids, mask = tok(["a red circle", "two green squares"])
+    assert ids.dtype == np.int32 and ids.shape == (2, CTX) and mask.dtype == bool
+    np.testing.assert_array_equal(mask, ids != tok.pad_token_id)
+    n = mask.sum(1)
+    assert np.all(ids[:, 0] == 1) and np.all(ids[np.arange(2), n - 1] == tok.eos_token_id)
+    # where the text model pools: legacy rule (configs/shapes.py: eos_token_id 2) and first match
+    np.testing.assert_array_equal(pooled_index(ids, 2), n - 1)
+    np.testing.assert_array_equal(pooled_index(ids, tok.eos_token_id), n - 1)
+
+
+def test_truncation_warns_and_keeps_eos(tok):
+    long = " ".join(CAPTIONS)
+    full = len(tok.hf(long)["input_ids"])
+    assert full > CTX
+    with pytest.warns(UserWarning, match=f"truncated \\(up to {full - CTX} tokens cut"):
+        ids, mask = tok([long, "a red circle"])
+    assert mask[0].all() and ids[0, -1] == tok.eos_token_id
+    np.testing.assert_array_equal(ids[0, :-1], tok.hf(long)["input_ids"][:CTX - 1])
+    np.testing.assert_array_equal(pooled_index(ids, 2), [CTX - 1, mask[1].sum() - 1])
+
+
+def test_model_mask_matches_tokenizer_mask(tok):
+    import jax
+
+    from configs.shapes import clip_model
+    from unclip_jax.clip.model import CLIP
+
+    cfg = clip_model()
+    cfg.text.update(dict(vocab_size=tok.vocab_size, context_length=CTX, width=16, layers=1,
+                         heads=2))
+    cfg.vision.update(dict(image_size=8, patch_size=8, width=16, layers=1, heads=2))
+    model = CLIP.from_config(cfg)
+    ids, mask = tok(["a red circle", "three small circles: red, green and blue!"])
+    params = model.init(jax.random.key(0), ids, np.zeros((1, 8, 8, 3), np.float32))
+    out = model.apply(params, ids, method=CLIP.encode_text)
+    np.testing.assert_array_equal(out["mask"], mask)
+
+
+def test_bad_captions(tok):
+    with pytest.raises(UserError, match="caption 1 is empty"):
+        tok(["a red circle", "   "])
+    with pytest.raises(UserError, match="caption 0 is empty"):
+        tok([""])
+    with pytest.raises(UserError, match="wrap it in a list"):
+        tok("a red circle")
+    with pytest.raises(UserError, match="caption 0 is empty"):
+        build_tokenizer(["", "a"], 50, "/nonexistent")
+    with pytest.raises(UserError, match="tokenizer directory '/nonexistent' does not exist"):
+        Tokenizer("/nonexistent", CTX)
