@@ -1,0 +1,179 @@
+"""Pure per-stage sampling functions of the unCLIP hierarchy, and slerp.
+
+Each stage function is a pure function of (params, inputs, key) plus static settings
+(module, schedule, guidance scale, sampler choice); `unclip_jax.pipeline` jits each one once
+per (stage, shape, settings) with the batch sharded over all devices. Classifier-free
+guidance is one batched model call over [cond; uncond].
+
+Shapes: B batch, D CLIP embedding size, L text tokens, W text width, images NHWC in [-1, 1].
+Timesteps passed to models are original (training) timesteps.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from unclip_jax.diffusion import guidance as guidance_lib
+from unclip_jax.diffusion import samplers
+from unclip_jax.diffusion.schedules import Schedule
+from unclip_jax.models import prior as prior_lib
+
+
+# --------------------------------------------------------------------------- slerp
+
+def slerp(a, b, t, eps: float = 1e-4):
+    """Spherical interpolation between vectors `a` and `b` along their great circle.
+
+    a, b: [..., D]; t: scalar or array broadcastable against a[..., :1] (t of shape [N, 1]
+    with a, b of shape [D] gives [N, D]). With θ the angle between a and b,
+        slerp = sin((1−t)θ)/sin θ · a + sin(tθ)/sin θ · b,
+    so t=0 gives a, t=1 gives b, and unit vectors stay unit vectors. When a and b are
+    (nearly) parallel (sin θ < eps) it uses linear interpolation, which agrees with the
+    formula to first order there. Float32.
+    """
+    a = jnp.asarray(a, jnp.float32)
+    b = jnp.asarray(b, jnp.float32)
+    t = jnp.asarray(t, jnp.float32)
+    na = jnp.linalg.norm(a, axis=-1, keepdims=True)
+    nb = jnp.linalg.norm(b, axis=-1, keepdims=True)
+    cos = jnp.sum(a * b, axis=-1, keepdims=True) / jnp.maximum(na * nb, 1e-12)
+    theta = jnp.arccos(jnp.clip(cos, -1.0, 1.0))
+    sin = jnp.sin(theta)
+    parallel = sin < eps
+    safe_sin = jnp.where(parallel, 1.0, sin)
+    wa = jnp.where(parallel, 1.0 - t, jnp.sin((1.0 - t) * theta) / safe_sin)
+    wb = jnp.where(parallel, t, jnp.sin(t * theta) / safe_sin)
+    return wa * a + wb * b
+
+
+def l2_normalize(x, axis: int = -1):
+    """x / ‖x‖ along `axis`, float32."""
+    x = jnp.asarray(x, jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def slerp_flat(a, b, t):
+    """slerp of whole arrays a, b [...] (e.g. noise images) at fractions t [N] → [N, ...]."""
+    shape = a.shape
+    out = slerp(a.reshape(-1), b.reshape(-1), jnp.asarray(t, jnp.float32)[:, None])
+    return out.reshape((-1,) + shape)
+
+
+# --------------------------------------------------------------------------- model functions
+
+def _variables(params):
+    return params if "params" in params else {"params": params}
+
+
+def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, low_res=None,
+                  guidance: float = 1.0, use_text: bool = True, learned_variance: bool = False,
+                  predict: str = "eps"):
+    """`model_fn(x_t [B,H,W,C], t [B]) → output` for a decoder / upsampler UNet.
+
+    Decoder: conditioned on z_i [B, D] and (when `use_text`) text_states [B, L, W] with
+    text_mask [B, L]; without text the caption is dropped for every example. guidance ≠ 1
+    runs one call over [cond; uncond] where uncond drops both caption and image embedding.
+    Upsampler: conditioned on `low_res` (its input resolution) only; no guidance.
+    """
+    variables = _variables(params)
+    conditional = z_i is not None
+    if conditional and getattr(model, "text_width", 0) and text_states is None:
+        # no caption: one masked-out zero token, dropped for every example
+        text_states = jnp.zeros((z_i.shape[0], 1, model.text_width), jnp.float32)
+        text_mask = jnp.zeros((z_i.shape[0], 1), bool)
+        use_text = False
+
+    def call(x_t, t, z, ts, tm, lr, drop_text, drop_img):
+        return model.apply(variables, x_t, t, z_i=z, text_states=ts, text_mask=tm,
+                           low_res=lr, drop_text=drop_text, drop_image_embed=drop_img,
+                           train=False)
+
+    def model_fn(x_t, t):
+        B = x_t.shape[0]
+        t = jnp.broadcast_to(jnp.asarray(t), (B,))
+        if not conditional:
+            return call(x_t, t, None, None, None, low_res, None, None)
+        no_text = jnp.full((B,), not use_text)
+        return call(x_t, t, z_i, text_states, text_mask, low_res, no_text,
+                    jnp.zeros((B,), bool))
+
+    if not conditional or guidance == 1.0:
+        return model_fn
+    B = z_i.shape[0]
+    two = lambda a: None if a is None else jnp.concatenate([a, a], axis=0)
+    z2, s2, m2, lr2 = two(z_i), two(text_states), two(text_mask), two(low_res)
+    no_text = jnp.full((B,), not use_text)
+    drop_text = jnp.concatenate([no_text, jnp.ones((B,), bool)])
+    drop_img = jnp.concatenate([jnp.zeros((B,), bool), jnp.ones((B,), bool)])
+
+    def model_fn2(x2, t2):
+        return call(x2, t2, z2, s2, m2, lr2, drop_text, drop_img)
+
+    return guidance_lib.classifier_free_guidance(model_fn2, guidance, predict=predict,
+                                                 learned_variance=learned_variance)
+
+
+# --------------------------------------------------------------------------- stages
+
+def prior_sample(params, model, model_cfg, diffusion_cfg, stats, z_t, text_states, text_mask,
+                 key, *, sched: Schedule, guidance: float, best_of: int):
+    """Diffusion prior: z_t [B, D], text_states [B, L, W], text_mask [B, L] → z_i [B, D].
+
+    Draws `best_of` candidates per caption in one batched sampler run and keeps the one
+    closest (cosine) to z_t. Sampling happens in the prior's normalised space; the result is
+    denormalised to CLIP embedding space.
+    """
+    B, D = z_t.shape
+    rep = lambda a: jnp.tile(a, (best_of,) + (1,) * (a.ndim - 1))
+    fn = prior_lib.prior_model_fn(_variables(params), model, rep(z_t), rep(text_states),
+                                  rep(text_mask), guidance_scale=guidance,
+                                  clamp=model_cfg.get("clamp", None) or None)
+    x = samplers.ddpm_sample(fn, sched, (best_of * B, D), key, predict="x0",
+                             variance=diffusion_cfg.variance,
+                             clip_denoised=False, clip_range=diffusion_cfg.clip_range)
+    cands = prior_lib.denormalize_embed(x, model_cfg, stats).reshape(best_of, B, D)
+    return prior_lib.best_of(cands, z_t)
+
+
+def image_sample(model_fn, diffusion_cfg, sched: Schedule, shape, key, *, ddim: bool,
+                 eta: float, x_T=None):
+    """Run the decoder / upsampler sampler: DDIM(η) when `ddim`, else ancestral DDPM."""
+    if ddim:   # a learned-variance half is ignored by DDIM
+        return samplers.ddim_sample(model_fn, sched, shape, key, predict=diffusion_cfg.predict,
+                                    eta=eta, clip_denoised=diffusion_cfg.clip_denoised,
+                                    clip_range=diffusion_cfg.clip_range,
+                                    variance=diffusion_cfg.variance, x_T=x_T)
+    return samplers.ddpm_sample(model_fn, sched, shape, key, predict=diffusion_cfg.predict,
+                                variance=diffusion_cfg.variance,
+                                clip_denoised=diffusion_cfg.clip_denoised,
+                                clip_range=diffusion_cfg.clip_range, x_T=x_T)
+
+
+def decoder_sample(params, model, diffusion_cfg, z_i, text_states, text_mask, x_T, key, *,
+                   sched: Schedule, guidance: float, ddim: bool, eta: float, use_text: bool):
+    """Decoder: z_i [B, D] (+ text) and x_T [B, S, S, 3] → images [B, S, S, 3] in [-1, 1]."""
+    fn = unet_model_fn(params, model, z_i=z_i, text_states=text_states, text_mask=text_mask,
+                       guidance=guidance, use_text=use_text, predict=diffusion_cfg.predict,
+                       learned_variance=diffusion_cfg.variance == "learned_range")
+    return image_sample(fn, diffusion_cfg, sched, x_T.shape, key, ddim=ddim, eta=eta, x_T=x_T)
+
+
+def decoder_invert(params, model, diffusion_cfg, z_i, text_states, text_mask, x0, *,
+                   sched: Schedule, guidance: float, use_text: bool):
+    """DDIM inversion of the decoder: images x0 [B, S, S, 3] given z_i → x_T [B, S, S, 3]."""
+    learned = diffusion_cfg.variance == "learned_range"
+    fn = unet_model_fn(params, model, z_i=z_i, text_states=text_states, text_mask=text_mask,
+                       guidance=guidance, use_text=use_text, learned_variance=learned,
+                       predict=diffusion_cfg.predict)
+    return samplers.ddim_invert(fn, sched, x0, predict=diffusion_cfg.predict,
+                                variance=diffusion_cfg.variance)
+
+
+def upsample(params, model, diffusion_cfg, low_res, key, *, sched: Schedule, size: int,
+             ddim: bool, eta: float):
+    """Upsampler: low_res [B, s, s, 3] (clean, the previous stage's output) → [B, size, size, 3]."""
+    fn = unet_model_fn(params, model, low_res=low_res)
+    shape = (low_res.shape[0], size, size, low_res.shape[-1])
+    return image_sample(fn, diffusion_cfg, sched, shape, key, ddim=ddim, eta=eta)
