@@ -30,7 +30,10 @@ def test_uint8_and_float_at_model_size():
 
 @pytest.mark.parametrize("h,w", [(96, 128), (70, 40)])
 def test_resize_crop_matches_hf_image_processor(h, w):
-    from transformers import CLIPImageProcessor
+    try:   # the PIL backend (CLIP's reference resize); newer transformers name it explicitly
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
 
     img = smooth_image(h, w)
     proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -38,9 +41,10 @@ def test_resize_crop_matches_hf_image_processor(h, w):
     ref = ref.transpose(0, 2, 3, 1)
     out = np.asarray(preprocess(img[None], 32))
     assert out.shape == (1, 32, 32, 3)
-    # different bicubic implementations: agree to about one 8-bit level on a smooth image
-    assert np.abs(out - ref).mean() * STD.mean() * 255 < 1.0
-    assert np.abs(out - ref).max() * STD.mean() * 255 < 4.0
+    # two bicubic implementations agree to well under one 8-bit level on a smooth image
+    # (a crop one pixel off gives a mean of ≈0.9 levels on these images)
+    levels = np.abs(out - ref) * STD.mean() * 255
+    assert levels.mean() < 0.5 and levels.max() < 2.0
 
 
 def test_grey_and_rgba_channels():
