@@ -20,6 +20,9 @@ after sampling with `denormalize_embed`:
              training z_i; it is kept beside the parameters (export.py's extra.json, via
              `stats_to_json` / `stats_from_json`) and passed to the two functions explicitly.
 
+Sharding: input projections' kernels are [in, W] with axes (None, 'embed'), the output
+projection [W, D] has ('embed', None); the Transformer uses models/layers.py's axes.
+
 Units: embeddings are CLIP joint-space vectors [B, D]; timesteps are integer indices into the
 *original* (training) schedule, 0 ≤ t < T.
 """
@@ -101,7 +104,8 @@ def normalize_embed(x, cfg, stats=None):
 
 
 def denormalize_embed(x, cfg, stats=None):
-    """Model space [..., D] → embedding space (inverse of `normalize_embed`; unit norm for 'scale')."""
+    """Model space [..., D] → embedding space (inverse of `normalize_embed`; for 'scale' the
+    result has unit norm when x has norm embed_scale)."""
     mode = _check_normalize(cfg, stats)
     x = jnp.asarray(x, jnp.float32)
     if mode == "scale":
