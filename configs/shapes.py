@@ -47,6 +47,9 @@ def prior():
         normalize="scale", embed_scale=17.2,   # 'scale' (×17.2 of L2-normalised) | 'meanstd'
         clamp=10.0,                             # clip sampled x0 to ±clamp (normalised space)
         sample_candidates=2,                    # best-of-N by z_i·z_t at sampling (paper: 2)
+        normalize_z_t=True,                     # L2-normalise z_t before projecting it
+        time_mlp_ratio=4.0,                     # timestep MLP hidden width / width
+        norm_in=False,                          # LayerNorm on the sequence before the blocks
         dropout=0.0, remat=False, dtype="float32"))
     cfg = common.stage_config(
         "prior", model,

@@ -246,3 +246,25 @@ def test_paper_parameter_count():
     count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nn.meta.unbox(shapes_tree)))
     print(f"paper diffusion prior parameters: {count:,}")
     assert 0.7e9 < count < 1.4e9
+
+
+def test_architecture_options():
+    """normalize_z_t / time_mlp_ratio / norm_in (the Karlo layout) change what they say."""
+    x_t, t, z_t, text, mask = inputs()
+    plain = tiny()
+    karlo = tiny(normalize_z_t=False, time_mlp_ratio=1.0, norm_in=True)
+    pp = nn.meta.unbox(init(plain))["params"]
+    kp = nn.meta.unbox(init(karlo))["params"]
+    assert pp["time_mlp"]["fc1"]["kernel"].shape == (32, 128)
+    assert kp["time_mlp"]["fc1"]["kernel"].shape == (32, 32)
+    assert "norm_in" in kp["stack"] and "norm_in" not in pp["stack"]
+    # z_t is L2-normalised by default, so its scale does not matter; with Karlo's layout it does
+    np.testing.assert_allclose(plain.apply({"params": pp}, x_t, t, 3 * z_t, text, mask),
+                               plain.apply({"params": pp}, x_t, t, z_t, text, mask), atol=1e-5)
+    a = karlo.apply({"params": kp}, x_t, t, 3 * z_t, text, mask)
+    b = karlo.apply({"params": kp}, x_t, t, z_t, text, mask)
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-3
+    cfg = shapes.prior().model
+    model = prior_lib.from_config(cfg)
+    assert (model.normalize_z_t, model.time_mlp_ratio, model.norm_in) == (
+        cfg.normalize_z_t, cfg.time_mlp_ratio, cfg.norm_in)
