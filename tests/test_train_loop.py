@@ -1,0 +1,133 @@
+"""The generic trainer on the tiny `toy` stage: sharding equivalence, FSDP memory, resume,
+half-written checkpoints, NaN stop, gradient accumulation, decay mask, export."""
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import train_toy
+from unclip_jax import export, parallel
+from unclip_jax.errors import NonFiniteError
+from unclip_jax.train.loop import export_from_workdir, train
+from unclip_jax.train.optim import decay_mask
+
+
+def losses(workdir):
+    return [json.loads(line)["loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def host(tree):
+    return jax.tree.map(lambda a: np.asarray(jax.device_get(a)), tree)
+
+
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(host(a)), jax.tree.leaves(host(b))):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_one_device_equals_eight_devices_data_and_fsdp(tmp_path, devices8):
+    ref = train(train_toy.toy_config(), str(tmp_path / "one"), devices=devices8[:1],
+                progress=False)
+    ref_losses = losses(tmp_path / "one")
+    assert len(ref_losses) == 20 and ref_losses[-1] < ref_losses[0]
+    for mesh in (dict(data=8), dict(data=1, fsdp=8)):
+        wd = tmp_path / "_".join(f"{k}{v}" for k, v in mesh.items())
+        out = train(train_toy.toy_config(mesh=mesh), str(wd), devices=devices8, progress=False)
+        np.testing.assert_allclose(losses(wd), ref_losses, rtol=2e-5, atol=1e-6)
+        for x, y in zip(jax.tree.leaves(host(out["state"].params)),
+                        jax.tree.leaves(host(ref["state"].params))):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+        if mesh.get("fsdp") == 8:
+            state = out["state"]
+            for tree in (state.params, state.opt_state):
+                per_dev = parallel.bytes_per_device(tree)
+                total = sum(np.asarray(x).nbytes for x in jax.tree.leaves(host(tree)))
+                assert len(per_dev) == 8
+                # kernels are split 8 ways; only tiny biases/norms/counters are replicated
+                assert max(per_dev.values()) < total / 8 * 1.15, (per_dev, total)
+
+
+def test_resume_is_bit_exact_and_half_written_checkpoints_are_skipped(tmp_path, devices8):
+    cfg = train_toy.toy_config(steps=15)
+    one = devices8[:1]   # bit-exact on one CPU device (a cross-device all-reduce may reorder sums)
+    full = train(cfg, str(tmp_path / "full"), devices=one, progress=False)
+    wd = str(tmp_path / "resumed")
+    first = train(cfg, wd, devices=one, max_steps=10, progress=False)
+    assert first["step"] == 10 and sorted(os.listdir(os.path.join(wd, "checkpoints"))) == [
+        "10", "5"]
+    # step 10 loses its commit metadata (as if killed mid-write): resume must skip it
+    os.remove(os.path.join(wd, "checkpoints", "10", "_CHECKPOINT_METADATA"))
+    with pytest.warns(RuntimeWarning, match="skipping unusable checkpoint step 10"):
+        out = train(cfg, wd, devices=one, progress=False)
+    assert out["step"] == 15
+    assert_trees_equal(out["state"], full["state"])
+    # a truncated array file in the newest step: skipped too, restoring from step 10
+    state_dir = os.path.join(wd, "checkpoints", "15", "state")
+    victims = [os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs
+               if "manifest" not in f and os.path.getsize(os.path.join(r, f)) > 64]
+    assert victims
+    for v in victims:
+        with open(v, "r+b") as fh:
+            fh.truncate(16)
+    with pytest.warns(RuntimeWarning, match="skipping unusable checkpoint step 15"):
+        again = train(cfg, wd, devices=devices8[:4], progress=False)   # also: another mesh
+    assert again["step"] == 15
+    for x, y in zip(jax.tree.leaves(host(again["state"])), jax.tree.leaves(host(full["state"]))):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, devices8):
+    cfg = train_toy.toy_config(steps=20)
+    with cfg.unlocked():
+        cfg.data.nan_at = 7            # the 8th batch → step 8
+        cfg.train.log_every = 4
+    wd = str(tmp_path / "nan")
+    with pytest.raises(NonFiniteError, match=r"non-finite loss \(nan\) at step 8.*step 5"):
+        train(cfg, wd, devices=devices8[:1], progress=False)
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["5"]
+    # the kept checkpoint is intact: resuming with clean data continues from step 5
+    with cfg.unlocked():
+        cfg.data.nan_at = -1
+        cfg.train.steps = 6
+    out = train(cfg, wd, devices=devices8[:1], progress=False)
+    assert out["step"] == 6 and np.isfinite(out["metrics"]["loss"])
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path, devices8):
+    outs = []
+    for accum in (1, 4):
+        cfg = train_toy.toy_config(steps=5, grad_accum=accum)
+        with cfg.unlocked():
+            cfg.model.dropout = 0.0
+        outs.append(train(cfg, str(tmp_path / f"a{accum}"), devices=devices8[:2],
+                          progress=False))
+    for x, y in zip(jax.tree.leaves(host(outs[0]["state"].params)),
+                    jax.tree.leaves(host(outs[1]["state"].params))):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_decay_mask_skips_norms_biases_embeddings():
+    params = {"fc1": {"kernel": np.zeros((4, 8)), "bias": np.zeros(8)},
+              "norm": {"ln": {"scale": np.zeros(4)}},
+              "token_embedding": {"embedding": np.zeros((10, 4))},
+              "position_embedding": np.zeros((5, 4))}
+    mask = decay_mask(params)
+    assert mask["fc1"]["kernel"] and not mask["fc1"]["bias"]
+    assert not mask["norm"]["ln"]["scale"]
+    assert not mask["token_embedding"]["embedding"] and not mask["position_embedding"]
+
+
+def test_export_writes_ema_params(tmp_path, devices8):
+    wd = str(tmp_path / "run")
+    out = train(train_toy.toy_config(steps=5), wd, devices=devices8[:1], progress=False)
+    ema, params = host(out["state"].ema_params), host(out["state"].params)
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(ema), jax.tree.leaves(params)))   # EMA is not a copy
+    export_from_workdir(wd, str(tmp_path / "export"))
+    loaded, config, extra = export.load(str(tmp_path / "export"), expect_stage="toy")
+    assert config.stage == "toy" and extra["step"] == 5
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(ema)):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,127 @@
+"""`unclip-jax train --config configs/shapes.py:decoder --workdir runs/decoder
+[--config.train.batch_size=8 ...] [--export DIR]`.
+
+`--config FILE.py[:ARG]` loads `get_config(ARG)` from FILE. Each `--config.a.b=VALUE` sets one
+key of the locked config; the value is parsed as a Python literal and must have the type of the
+key it replaces (ints are accepted for floats). A key that does not exist is an error naming it.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import importlib.util
+import os
+
+import ml_collections as mlc
+
+from unclip_jax.errors import UserError
+
+OVERRIDE_PREFIX = "--config."
+
+
+def load_config(spec: str) -> mlc.ConfigDict:
+    """'path/to/file.py[:arg]' → `get_config(arg)` of that file (a locked ConfigDict)."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path!r} not found; pass e.g. "
+                        "--config configs/shapes.py:decoder")
+    name = "_unclip_config_" + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"{path} has no get_config(arg) function")
+    return module.get_config(arg or None)
+
+
+def _parse_value(key: str, text: str, old):
+    if isinstance(old, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if isinstance(old, bool) and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise UserError(f"--config.{key}={text}: not a valid {type(old).__name__} literal")
+    if isinstance(old, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"--config.{key}={text}: expected True or False")
+        return value
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)):
+        return type(old)(value)
+    if old is not None and not isinstance(value, type(old)):
+        raise UserError(f"--config.{key}={text}: expected {type(old).__name__}, got "
+                        f"{type(value).__name__}")
+    return value
+
+
+def apply_overrides(config: mlc.ConfigDict, overrides: list[str]) -> mlc.ConfigDict:
+    """Apply 'a.b=value' strings to `config` (in place; it stays locked) and return it."""
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise UserError(f"--config.{item}: write --config.{item}=VALUE")
+        node, parts = config, key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, mlc.ConfigDict) or part not in node:
+                where = ".".join(parts[:i]) or "config"
+                known = sorted(node.keys()) if isinstance(node, mlc.ConfigDict) else []
+                close = difflib.get_close_matches(part, known, n=1)
+                hint = f"; did you mean {'.'.join(parts[:i] + close[:1])!r}?" if close else \
+                    f"; {where} has keys {known}"
+                raise UserError(f"unknown config key {key!r}: {part!r} is not in {where}{hint}")
+            if i < len(parts) - 1:
+                node = node[part]
+        node[parts[-1]] = _parse_value(key, text, node[parts[-1]])
+    return config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True,
+                        help="config file and variant, e.g. configs/shapes.py:decoder")
+    parser.add_argument("--workdir", required=True,
+                        help="run directory (checkpoints, metrics, samples); resumes if it exists")
+    parser.add_argument("--export", default=None, metavar="DIR",
+                        help="after training, write the EMA params in the inference format")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop after this many steps in this invocation (resume later)")
+    parser.set_defaults(config_overrides=[])
+    # `--config.a.b=v` keys are open-ended: collect them before argparse sees them.
+    plain_parse = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        args = list(args or [])
+        overrides, rest, i = [], [], 0
+        while i < len(args):
+            a = args[i]
+            if a.startswith(OVERRIDE_PREFIX):
+                body = a[len(OVERRIDE_PREFIX):]
+                if "=" not in body and i + 1 < len(args):
+                    body, i = f"{body}={args[i + 1]}", i + 1
+                overrides.append(body)
+            else:
+                rest.append(a)
+            i += 1
+        ns, extra = plain_parse(rest, namespace)
+        ns.config_overrides = list(getattr(ns, "config_overrides", []) or []) + overrides
+        return ns, extra
+
+    parser.parse_known_args = parse_known_args
+
+
+def run(args) -> int:
+    config = apply_overrides(load_config(args.config), args.config_overrides)
+    from unclip_jax.distributed import initialize_from_env
+    initialize_from_env()          # multi-host jobs: before any JAX backend use
+    import jax
+    from unclip_jax.train.loop import export_from_workdir, train
+    out = train(config, args.workdir, max_steps=args.max_steps)
+    if args.export and jax.process_index() == 0 and not out["preempted"]:
+        export_from_workdir(args.workdir, args.export)
+    m = out["metrics"]
+    if jax.process_index() == 0:
+        print(f"step {out['step']}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())))
+    return 0
