@@ -88,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after training, write the EMA params in the inference format")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps in this invocation (resume later)")
+    add_config_overrides(parser)
+
+
+def add_config_overrides(parser: argparse.ArgumentParser) -> None:
+    """Make `parser` collect `--config.a.b=VALUE` (or `--config.a.b VALUE`) items into
+    `args.config_overrides` (strings 'a.b=VALUE' for `apply_overrides`)."""
     parser.set_defaults(config_overrides=[])
     # `--config.a.b=v` keys are open-ended: collect them before argparse sees them.
     plain_parse = parser.parse_known_args
