@@ -9,7 +9,7 @@ from unclip_jax.errors import UserError
 from unclip_jax.train.cli import apply_overrides
 
 TOY_CONFIG = '''
-import train_toy
+import test_train_toy as train_toy
 def get_config(arg=None):
     return train_toy.toy_config(steps=4, batch_size=8, dim=16, hidden=32)
 '''

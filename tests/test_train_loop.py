@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-import train_toy
+import test_train_toy as train_toy
 from unclip_jax import export, parallel
 from unclip_jax.errors import NonFiniteError
 from unclip_jax.train.loop import export_from_workdir, train

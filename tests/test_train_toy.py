@@ -8,6 +8,8 @@ batch i.
 """
 from __future__ import annotations
 
+import time
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,6 +45,7 @@ class ToyData:
         self.lo = self.batch // process_count * process_index
         self.hi = self.lo + self.batch // process_count
         self.nan_at = int(config.data.get("nan_at", -1))
+        self.delay = float(config.data.get("delay", 0.0))   # seconds per batch (kill tests)
         self.index = 0
         teacher = np.random.default_rng(1234)
         self.w = teacher.normal(size=(self.dim, self.dim)).astype(np.float32) / np.sqrt(self.dim)
@@ -51,6 +54,8 @@ class ToyData:
         return self
 
     def __next__(self):
+        if self.delay:
+            time.sleep(self.delay)
         rng = np.random.default_rng([self.seed, self.index])
         x = rng.normal(size=(self.batch, self.dim)).astype(np.float32)
         y = np.tanh(x @ self.w).astype(np.float32)
@@ -89,7 +94,7 @@ def toy_config(steps=20, batch_size=16, dim=64, hidden=256, mesh=None, **train_k
     cfg.model = mlc.ConfigDict(dict(dim=dim, hidden=hidden, dropout=0.1, dtype="float32"))
     cfg.diffusion = mlc.ConfigDict()
     cfg.clip = mlc.ConfigDict()
-    cfg.data = mlc.ConfigDict(dict(name="toy", nan_at=-1))
+    cfg.data = mlc.ConfigDict(dict(name="toy", nan_at=-1, delay=0.0))
     kw = dict(batch_size=batch_size, steps=steps, lr=3e-3, warmup=2, weight_decay=1e-2,
               ema_decay=0.9)
     kw.update(train_kw)
