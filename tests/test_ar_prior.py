@@ -108,6 +108,10 @@ def test_codec_round_trip_and_tokens():
     rec = np.asarray(ar.decode_tokens(codec, tok[:, 1:]))
     rel = np.sum((rec - z_i) ** 2) / np.sum((z_i - z_i.mean(0)) ** 2)
     assert rel < 0.01, rel
+    # a codec read back from JSON (nested lists) works the same
+    as_lists = jax.tree.map(lambda a: np.asarray(a).tolist(), codec)
+    np.testing.assert_array_equal(ar.training_tokens(as_lists, z_i, z_t), tok)
+    np.testing.assert_allclose(ar.decode_tokens(as_lists, tok[:, 1:]), rec, atol=1e-6)
 
 
 def test_dot_token_from_top_half():

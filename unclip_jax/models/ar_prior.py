@@ -66,19 +66,22 @@ def fit_pca(z_i, num_components: int) -> dict[str, np.ndarray]:
 
 def pca_project(pca, z):
     """z [..., D] → coefficients [..., K]."""
-    return (jnp.asarray(z, jnp.float32) - pca["mean"]) @ jnp.asarray(pca["components"]).T
+    mean = jnp.asarray(pca["mean"], jnp.float32)
+    return (jnp.asarray(z, jnp.float32) - mean) @ jnp.asarray(pca["components"], jnp.float32).T
 
 
 def pca_reconstruct(pca, coeffs):
     """coefficients [..., K] → z [..., D]."""
-    return jnp.asarray(coeffs, jnp.float32) @ jnp.asarray(pca["components"]) + pca["mean"]
+    comps = jnp.asarray(pca["components"], jnp.float32)
+    return jnp.asarray(coeffs, jnp.float32) @ comps + jnp.asarray(pca["mean"], jnp.float32)
 
 
 def pca_relative_mse(pca, z) -> float:
     """E‖z − reconstruct(project(z))‖² / E‖z − mean‖² over z [N, D] (0 = perfect)."""
     z = jnp.asarray(z, jnp.float32)
     err = jnp.sum((z - pca_reconstruct(pca, pca_project(pca, z))) ** 2)
-    return float(err / jnp.maximum(jnp.sum((z - pca["mean"]) ** 2), 1e-30))
+    total = jnp.sum((z - jnp.asarray(pca["mean"], jnp.float32)) ** 2)
+    return float(err / jnp.maximum(total, 1e-30))
 
 
 def num_components_for(z_i, max_relative_mse: float = 0.01) -> int:
@@ -94,13 +97,13 @@ def num_components_for(z_i, max_relative_mse: float = 0.01) -> int:
 
 def quantize(quant, x):
     """Values x [..., K] → tokens [..., K] int32 (number of component edges ≤ x)."""
-    edges = jnp.asarray(quant["edges"])                     # [K, nb - 1]
+    edges = jnp.asarray(quant["edges"], jnp.float32)        # [K, nb - 1]
     return jnp.sum(jnp.asarray(x, jnp.float32)[..., None] >= edges, axis=-1).astype(jnp.int32)
 
 
 def dequantize(quant, tokens):
     """Tokens [..., K] → bucket centres [..., K] float32."""
-    centers = jnp.asarray(quant["centers"])                 # [K, nb]
+    centers = jnp.asarray(quant["centers"], jnp.float32)    # [K, nb]
     K = centers.shape[0]
     return centers[jnp.arange(K), jnp.asarray(tokens)]
 

@@ -100,7 +100,7 @@ def normalize_embed(x, cfg, stats=None):
     if mode == "scale":
         norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
         return x * (cfg.embed_scale / jnp.maximum(norm, 1e-12))
-    return (x - stats["mean"]) / stats["std"]
+    return (x - jnp.asarray(stats["mean"], jnp.float32)) / jnp.asarray(stats["std"], jnp.float32)
 
 
 def denormalize_embed(x, cfg, stats=None):
@@ -110,7 +110,7 @@ def denormalize_embed(x, cfg, stats=None):
     x = jnp.asarray(x, jnp.float32)
     if mode == "scale":
         return x / cfg.embed_scale
-    return x * stats["std"] + stats["mean"]
+    return x * jnp.asarray(stats["std"], jnp.float32) + jnp.asarray(stats["mean"], jnp.float32)
 
 
 def cosine(a, b):
