@@ -47,6 +47,9 @@ UPSAMPLERS = ("upsampler1", "upsampler2")
 KEY_IDS = {"prior": 1, "decoder": 2, "x_T": 3, "upsampler1": 4, "upsampler2": 5}
 
 
+_PROGRAMS: dict[tuple, Any] = {}   # compiled stage programs, see UnCLIP._program
+
+
 @dataclasses.dataclass
 class Stage:
     """One loaded stage: host params placed replicated on the mesh, its config and module."""
@@ -199,14 +202,21 @@ class UnCLIP:
         return jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim))
 
     def _program(self, name: str, settings: tuple, fn, args: tuple):
-        """Run `fn(*args)` through a jitted program cached per (stage, shapes, settings)."""
+        """Run `fn(*args)` through a jitted program cached per (stage, shapes, settings).
+
+        The cache is shared by every `UnCLIP` holding the same checkpoints (directory and
+        identity) on the same devices, so reloading a model does not recompile.
+        """
         shapes = tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(args)
                        if hasattr(a, "shape"))
-        key = (name, shapes, settings)
-        prog = self.compiled.get(key)
+        st = self.stages[{"clip_text": "clip", "clip_image": "clip",
+                          "decoder_invert": "decoder"}.get(name, name)]
+        where = (st.directory, st.identity, tuple(d.id for d in self.mesh.devices.flat))
+        key = (name, shapes, settings, where)
+        prog = _PROGRAMS.get(key)
         if prog is None:
-            prog = jax.jit(fn)
-            self.compiled[key] = prog
+            prog = _PROGRAMS[key] = jax.jit(fn)
+        self.compiled[key[:3]] = prog
         return prog(*args)
 
     def _schedule(self, stage: str, steps) -> tuple[str, Any]:
@@ -287,7 +297,10 @@ class UnCLIP:
                                 (st.params, stats, sched, key, idx, z_t, states, mask))
         else:
             from unclip_jax.models import ar_prior
-            codec = st.extra.get("codec", st.extra)
+            codec = st.extra.get("codec")
+            if codec is None:
+                raise CheckpointError(f"{st.directory} has no AR codec in extra.json; export "
+                                      "the AR prior with its fitted codec")
 
             def one(k, z_t, s, m, params, codec):
                 cond = {"z_t": z_t, "text_states": s, "text_mask": m}
@@ -565,7 +578,7 @@ class UnCLIP:
             z_t = self.encode_text([caption_from, caption_to])["embeds"]
             z_d = sampling.l2_normalize(z_t[1] - z_t[0])
             theta = jnp.linspace(0.0, max_angle, n)[:, None]
-            z_path = np.asarray(sampling.slerp(sampling.l2_normalize(z_i[0]), z_d, theta)
+            z_path = np.array(sampling.slerp(sampling.l2_normalize(z_i[0]), z_d, theta)
                                 * np.linalg.norm(z_i[0]))
             z_path[0] = z_i[0]   # θ = 0 is the image's own embedding, exactly
             out = self.decode(z_path, as_key(key), x_T=np.repeat(x_T, n, axis=0),

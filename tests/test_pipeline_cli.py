@@ -1,0 +1,83 @@
+"""`unclip-jax sample|vary|interpolate|textdiff` on tiny random checkpoints."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pipeline_fixtures import CAPTIONS, checkpoints, smooth_image
+from unclip_jax import cli
+from unclip_jax import pipeline_io as io
+
+FAST = ["--prior-steps", "2", "--decoder-steps", "2", "--upsampler-steps", "ddim1",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return checkpoints(tmp_path_factory)
+
+
+def test_sample_writes_grid_and_sidecar_and_regenerates(dirs, tmp_path):
+    out = str(tmp_path / "grid.png")
+    rc = cli.main(["sample", CAPTIONS[0], CAPTIONS[1], "--checkpoint", dirs["root"],
+                   "--seed", "3", "--out", out, "--cols", "2"] + FAST)
+    assert rc == 0 and os.path.isfile(out)
+    side = io.sidecar_path(out)
+    rec = json.load(open(side))
+    assert rec["command"] == "sample" and rec["seed"] == 3
+    assert rec["inputs"]["prompts"] == CAPTIONS[:2]
+    assert rec["settings"]["decoder_steps"] == "2"
+    assert set(rec["checkpoints"]) >= {"clip", "prior", "decoder", "upsampler1", "upsampler2",
+                                       "tokenizer"}
+    assert rec["checkpoints"]["decoder"]["identity"] == io.checkpoint_identity(dirs["decoder"])
+    assert rec["package_version"]
+    grid = io.read_png(out)
+    assert grid.shape == (2 + 34, 2 + 2 * 34, 3)      # one row of two 32 px tiles, 2 px gaps
+    regen = str(tmp_path / "regen.png")
+    assert cli.main(["sample", "--from-sidecar", side, "--out", regen, "--no-progress"]) == 0
+    np.testing.assert_array_equal(io.read_png(regen), grid)
+    other = str(tmp_path / "other.png")
+    cli.main(["sample", CAPTIONS[0], CAPTIONS[1], "--checkpoint", dirs["root"], "--seed", "4",
+              "--out", other, "--cols", "2"] + FAST)
+    assert np.abs(io.read_png(other).astype(int) - grid.astype(int)).max() > 0
+
+
+def test_manipulation_commands(dirs, tmp_path):
+    from PIL import Image
+    paths = []
+    for i in range(2):
+        p = str(tmp_path / f"in{i}.png")
+        Image.fromarray(io.to_uint8(smooth_image(i, 12))).save(p)
+        paths.append(p)
+    common = ["--checkpoint", dirs["root"], "--decoder-steps", "ddim2", "--upsampler-steps",
+              "ddim1", "--no-progress"]
+    for argv, n in [(["vary", paths[0], "-n", "2"], 2),
+                    (["interpolate", paths[0], paths[1], "-n", "3"], 3),
+                    (["textdiff", paths[0], "--from", CAPTIONS[0], "--to", CAPTIONS[1],
+                      "-n", "2"], 2)]:
+        out = str(tmp_path / f"{argv[0]}.png")
+        assert cli.main(argv + common + ["--out", out, "--cols", "1"]) == 0
+        assert io.read_png(out).shape[0] == 2 + n * 34
+        regen = str(tmp_path / f"{argv[0]}-again.png")
+        assert cli.main(["sample", "--from-sidecar", io.sidecar_path(out), "--out", regen,
+                         "--no-progress"]) == 0
+        np.testing.assert_array_equal(io.read_png(regen), io.read_png(out))
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["sample", "a red circle"], "--checkpoint"),
+    (["sample", "--checkpoint", "ROOT"], "no prompts"),
+    (["sample", "a", "--checkpoint", "ROOT", "--decoder-guidance", "-2"], "guidance"),
+    (["sample", "a", "--checkpoint", "ROOT", "--decoder-steps", "5000"], "at most"),
+    (["vary", "/no/such/image.png", "--checkpoint", "ROOT"], "does not exist"),
+    (["sample", "a", "--checkpoint", "DECODER"], "none of the stage subdirectories"),
+    (["sample", "--from-sidecar", "/no/such.json"], "sidecar"),
+])
+def test_cli_errors_are_one_line(dirs, tmp_path, capsys, argv, msg):
+    argv = [a.replace("ROOT", dirs["root"]).replace("DECODER", dirs["decoder"]) for a in argv]
+    rc = cli.main(argv + ["--out", str(tmp_path / "x.png"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("unclip-jax: error:") and msg in err[-1]
+    assert not os.path.exists(tmp_path / "x.png")

@@ -1,0 +1,197 @@
+"""CLI subcommands `sample`, `vary`, `interpolate`, `textdiff` (see `unclip_jax.cli`).
+
+Each writes a PNG grid (`--out`, default samples/<command>.png) and a JSON sidecar next to it
+(same name, .json) holding the command, inputs, seed, every sampling setting, the stage
+checkpoint directories with their identities, and the package version.
+`unclip-jax sample --from-sidecar FILE.json` redoes the recorded command bit for bit (it
+refuses if a checkpoint's identity changed).
+
+`--checkpoint DIR` is a directory of stage checkpoints:
+    DIR/clip/  DIR/tokenizer/  DIR/prior/ (or DIR/ar_prior/)  DIR/decoder/
+    DIR/upsampler1/  DIR/upsampler2/        (absent upsamplers → smaller images)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from unclip_jax import pipeline_io as io
+from unclip_jax.errors import CheckpointError, UserError
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "assets", "model")
+
+
+def default_checkpoint() -> str:
+    """The embedded default model directory; UserError while none ships with the package."""
+    if os.path.isdir(DEFAULT_MODEL):
+        return DEFAULT_MODEL
+    raise UserError("no --checkpoint given and no default model is installed; pass "
+                    "--checkpoint DIR (a directory with clip/, tokenizer/, prior/, decoder/, ...)")
+
+
+# ---------------------------------------------------------------------- arguments
+
+def _common(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("--checkpoint", help="directory with stage subdirectories clip/, tokenizer/, "
+                   "prior/ (or ar_prior/), decoder/, upsampler1/, upsampler2/")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=os.path.join("samples", f"{command}.png"),
+                   help="PNG grid to write; the JSON sidecar goes next to it")
+    p.add_argument("--cols", type=int, default=None, help="grid columns")
+    p.add_argument("--decoder-steps", default=None, help="e.g. '50' or 'ddim25'")
+    p.add_argument("--decoder-guidance", type=float, default=None)
+    p.add_argument("--upsampler-steps", default=None,
+                   help="one respacing for both upsamplers, or two separated by '/'")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_arguments_sample(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompts", nargs="*", help="text prompts")
+    p.add_argument("--from-sidecar", metavar="FILE.json",
+                   help="redo the command recorded in a sidecar (prompts, seed, settings)")
+    p.add_argument("-n", "--num-images-per-prompt", type=int, default=1)
+    p.add_argument("--prior-steps", default=None)
+    p.add_argument("--prior-guidance", type=float, default=None)
+    p.add_argument("--prior-best-of", type=int, default=2)
+    p.add_argument("--eta", type=float, default=0.0)
+    _common(p, "sample")
+
+
+def add_arguments_vary(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("-n", type=int, default=4, help="variations per image")
+    p.add_argument("--eta", type=float, default=0.8)
+    _common(p, "vary")
+
+
+def add_arguments_interpolate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image_a")
+    p.add_argument("image_b")
+    p.add_argument("-n", type=int, default=5, help="frames")
+    p.add_argument("--fixed-xT", dest="fixed_xT", action="store_true",
+                   help="one x_T for every frame instead of slerping the inverted latents")
+    _common(p, "interpolate")
+
+
+def add_arguments_textdiff(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image")
+    p.add_argument("--from", dest="caption_from", required=True, help="caption of the image")
+    p.add_argument("--to", dest="caption_to", required=True, help="caption to move toward")
+    p.add_argument("-n", type=int, default=5, help="frames")
+    p.add_argument("--max-angle", type=float, default=0.5)
+    _common(p, "textdiff")
+
+
+# ---------------------------------------------------------------------- running
+
+def _upsampler_steps(value):
+    if value is None:
+        return None
+    parts = str(value).split("/")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _settings(args, command: str) -> dict:
+    s = dict(decoder_steps=args.decoder_steps, decoder_guidance=args.decoder_guidance,
+             upsampler_steps=_upsampler_steps(args.upsampler_steps))
+    if command == "sample":
+        s.update(num_images_per_prompt=args.num_images_per_prompt, prior_steps=args.prior_steps,
+                 prior_guidance=args.prior_guidance, prior_best_of=args.prior_best_of,
+                 eta=args.eta)
+    elif command == "vary":
+        s.update(n=args.n, eta=args.eta)
+    elif command == "interpolate":
+        s.update(n=args.n, fixed_xT=args.fixed_xT)
+    elif command == "textdiff":
+        s.update(n=args.n, max_angle=args.max_angle)
+    return s
+
+
+def _inputs(args, command: str) -> dict:
+    if command == "sample":
+        return {"prompts": io.check_prompts(args.prompts)}
+    if command == "vary":
+        return {"images": [os.path.abspath(p) for p in args.images]}
+    if command == "interpolate":
+        return {"image_a": os.path.abspath(args.image_a), "image_b": os.path.abspath(args.image_b)}
+    return {"image": os.path.abspath(args.image), "caption_from": args.caption_from,
+            "caption_to": args.caption_to}
+
+
+def execute(pipe, command: str, inputs: dict, settings: dict, seed: int) -> np.ndarray:
+    """Run one recorded command on a loaded `UnCLIP` → uint8 images [N, H, W, 3]."""
+    if command == "sample":
+        return pipe.generate(inputs["prompts"], seed, **settings)
+    if command == "vary":
+        return pipe.variations(inputs["images"], seed, **settings)
+    if command == "interpolate":
+        return pipe.interpolate(inputs["image_a"], inputs["image_b"], key=seed, **settings)
+    if command == "textdiff":
+        return pipe.text_diff(inputs["image"], inputs["caption_from"], inputs["caption_to"],
+                              key=seed, **settings)
+    raise UserError(f"unknown command {command!r} in the sidecar")
+
+
+def _load(checkpoint: str | None, progress: bool):
+    from unclip_jax.pipeline import UnCLIP
+    root = checkpoint if checkpoint is not None else default_checkpoint()
+    return UnCLIP.from_directory(root, progress=progress)
+
+
+def _write(pipe, images, out: str, cols, record: dict) -> None:
+    io.save_grid(out, images, cols)
+    record = dict(record, output=os.path.abspath(out), image_shape=list(images.shape),
+                  checkpoints=pipe.directories())
+    io.write_sidecar(io.sidecar_path(out), record)
+    print(f"wrote {out} ({images.shape[0]} images of {images.shape[1]}×{images.shape[2]}) "
+          f"and {io.sidecar_path(out)}")
+
+
+def _run(args, command: str) -> int:
+    inputs = _inputs(args, command)
+    settings = _settings(args, command)
+    pipe = _load(args.checkpoint, not args.no_progress)
+    images = execute(pipe, command, inputs, settings, args.seed)
+    record = dict(command=command, seed=args.seed, inputs=inputs, settings=settings,
+                  checkpoint=None if args.checkpoint is None else os.path.abspath(args.checkpoint),
+                  cols=args.cols)
+    _write(pipe, images, args.out, args.cols, record)
+    return 0
+
+
+def regenerate(sidecar: str, out: str | None = None, progress: bool = False) -> str:
+    """Redo the command recorded in `sidecar`; writes `out` (default: <name>-regen.png)."""
+    rec = io.read_sidecar(sidecar)
+    pipe = _load(rec.get("checkpoint"), progress)
+    now = pipe.directories()
+    for stage, info in rec.get("checkpoints", {}).items():
+        if stage not in now or now[stage]["identity"] != info["identity"]:
+            raise CheckpointError(f"the {stage} checkpoint differs from the one recorded in "
+                                  f"{sidecar}; restore {info['dir']} to regenerate")
+    images = execute(pipe, rec["command"], rec["inputs"], rec["settings"], int(rec["seed"]))
+    out = out or os.path.splitext(sidecar)[0] + "-regen.png"
+    rec = {k: v for k, v in rec.items() if k not in ("output", "image_shape", "checkpoints")}
+    _write(pipe, images, out, rec.get("cols"), dict(rec, regenerated_from=os.path.abspath(sidecar)))
+    return out
+
+
+def run_sample(args) -> int:
+    if args.from_sidecar:
+        out = None if args.out == os.path.join("samples", "sample.png") else args.out
+        regenerate(args.from_sidecar, out, progress=not args.no_progress)
+        return 0
+    return _run(args, "sample")
+
+
+def run_vary(args) -> int:
+    return _run(args, "vary")
+
+
+def run_interpolate(args) -> int:
+    return _run(args, "interpolate")
+
+
+def run_textdiff(args) -> int:
+    return _run(args, "textdiff")
