@@ -8,7 +8,8 @@ Built from a config's `model` section with `UNet.from_config(cfg.model)`:
 
 Shapes: x_t [B, H, W, in_channels] NHWC in [-1, 1] (noised image), t [B] original timesteps
 (int or float), z_i [B, embed_dim] CLIP image embedding, text_states [B, L, text_width] CLIP
-text token states, text_mask [B, L] bool (True = real token), low_res [B, h, w,
+text token states, text_mask [B, L] bool (True = real token), z_t [B, text_embed_dim] CLIP
+text embedding (only with model.text_embed_dim > 0), low_res [B, h, w,
 low_res_channels] in [-1, 1], drop_text / drop_image_embed [B] bool. Output
 [B, H, W, out_channels] float32 (decoder with learned variance: ε then the variance
 interpolation v; otherwise ε).
@@ -17,6 +18,9 @@ Module tree (diffusers `UNet2DConditionModel` / `UNet2DModel` names, as Karlo's 
 
   time_embedding/{linear_1, linear_2}     sinusoid(model_channels) → MLP → E = 4·model_channels
   image_embed_proj                        z_i → E, ADDED to the time embedding     (decoder)
+  text_embed_proj                         z_t → E, also added (text_embed_dim > 0, Karlo)
+  null_image_embed                        [embed_dim] used for a dropped z_i when
+                                          learned_null_image_embed (Karlo); else zeros
   clip_tokens_proj                        z_i → clip_tokens·context_dim; output index
                                           c·clip_tokens + j is channel c of token j  (decoder)
   text_proj, text_norm                    text_states → context_dim, LayerNorm     (decoder)
@@ -63,6 +67,7 @@ CONFIG_FIELDS = (
     "num_res_blocks", "attention_resolutions", "num_head_channels", "dropout",
     "resblock_updown", "use_scale_shift_norm", "norm_groups", "low_res_channels", "embed_dim",
     "clip_tokens", "text_width", "context_dim", "remat", "dtype",
+    "text_embed_dim", "learned_null_image_embed",
 )
 INFO_FIELDS = ("kind", "text_len")   # config keys the module does not need
 
@@ -86,6 +91,8 @@ class UNet(nn.Module):
     clip_tokens: int = 4         # extra context tokens made from z_i
     text_width: int = 0          # > 0: CLIP text token states of this width as context
     context_dim: int = 0         # width of the context tokens after projection
+    text_embed_dim: int = 0      # > 0: z_t [B, text_embed_dim] also added to the time embedding
+    learned_null_image_embed: bool = False   # dropped z_i → learned `null_image_embed`, not 0
     remat: bool = False
     dtype: Any = jnp.float32
 
@@ -124,7 +131,7 @@ class UNet(nn.Module):
         if self.text_width and not self.context_dim:
             raise UserError("model.text_width > 0 needs model.context_dim > 0")
 
-    def check_inputs(self, x_t, t, z_i, text_states, text_mask, low_res):
+    def check_inputs(self, x_t, t, z_i, text_states, text_mask, low_res, z_t=None):
         if x_t.ndim != 4 or x_t.shape[-1] != self.in_channels:
             raise UserError(f"x_t must be NHWC [B, H, W, {self.in_channels}], got {x_t.shape}")
         B, H, W, _ = x_t.shape
@@ -152,6 +159,12 @@ class UNet(nn.Module):
                                 f"{None if z_i is None else z_i.shape}")
         elif z_i is not None:
             raise UserError("z_i given but model.embed_dim is 0 (unconditional model)")
+        if self.text_embed_dim:
+            if z_t is None or z_t.shape != (B, self.text_embed_dim):
+                raise UserError(f"this decoder needs z_t=[B, {self.text_embed_dim}] (CLIP text "
+                                f"embedding), got {None if z_t is None else z_t.shape}")
+        elif z_t is not None:
+            raise UserError("z_t given but model.text_embed_dim is 0; drop z_t")
         if self.text_width:
             if text_states is None or text_states.ndim != 3 or text_states.shape[0] != B or \
                     text_states.shape[-1] != self.text_width:
@@ -165,14 +178,25 @@ class UNet(nn.Module):
             raise UserError("text_states given but model.text_width is 0")
 
     # --- forward -----------------------------------------------------------------------------
-    def conditioning(self, emb, z_i, text_states, text_mask, drop_text, drop_image_embed):
-        """Add z_i to the time embedding and build the context. → (emb, context, context_mask)."""
+    def conditioning(self, emb, z_i, text_states, text_mask, drop_text, drop_image_embed,
+                     z_t=None):
+        """Add z_i (and z_t) to the time embedding and build the context.
+        → (emb, context, context_mask)."""
         B = emb.shape[0]
         contexts, masks = [], []
+        if self.text_embed_dim:
+            zt = z_t.astype(jnp.float32)
+            if drop_text is not None:
+                zt = jnp.where(jnp.asarray(drop_text, bool)[:, None], 0.0, zt)
+            emb = emb + dense(emb.shape[-1], (None, "embed"), "text_embed_proj", self.dtype)(zt)
         if self.embed_dim:
             z = z_i.astype(jnp.float32)
+            null = 0.0
+            if self.learned_null_image_embed:
+                null = self.param("null_image_embed", nn.with_logical_partitioning(
+                    nn.initializers.zeros, (None,)), (self.embed_dim,), jnp.float32)[None]
             if drop_image_embed is not None:
-                z = jnp.where(jnp.asarray(drop_image_embed, bool)[:, None], 0.0, z)
+                z = jnp.where(jnp.asarray(drop_image_embed, bool)[:, None], null, z)
             emb = emb + dense(emb.shape[-1], (None, "embed"), "image_embed_proj", self.dtype)(z)
             n, c = self.clip_tokens, self.context_dim
             if n:
@@ -193,21 +217,20 @@ class UNet(nn.Module):
         if not contexts:
             return emb, None, None
         context = jnp.concatenate([c.astype(self.dtype) for c in contexts], axis=1)
-        context = nn.with_logical_constraint(context, ("batch", "length", "embed"))
         return emb, context, jnp.concatenate(masks, axis=1)
 
     @nn.compact
     def __call__(self, x_t, t, *, z_i=None, text_states=None, text_mask=None, low_res=None,
-                 drop_text=None, drop_image_embed=None, train: bool = False):
+                 drop_text=None, drop_image_embed=None, z_t=None, train: bool = False):
         self.check_config()
-        self.check_inputs(x_t, t, z_i, text_states, text_mask, low_res)
+        self.check_inputs(x_t, t, z_i, text_states, text_mask, low_res, z_t)
         deterministic = not train
         mc, E = self.model_channels, 4 * self.model_channels
 
         emb = timestep_embedding(t, mc)
         emb = TimeEmbedding(E, self.dtype, name="time_embedding")(emb)
         emb, context, context_mask = self.conditioning(
-            emb, z_i, text_states, text_mask, drop_text, drop_image_embed)
+            emb, z_i, text_states, text_mask, drop_text, drop_image_embed, z_t)
 
         h = x_t.astype(jnp.float32)
         if self.low_res_channels:

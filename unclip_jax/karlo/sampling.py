@@ -1,0 +1,40 @@
+"""Karlo-specific sampling pieces (diffusers UnCLIPPipeline semantics) on our samplers.
+
+- `karlo_schedule(diffusion_cfg, num_steps)`: the respaced schedule over the timesteps
+  `UnCLIPScheduler.set_timesteps(num_steps)` visits. Our respaced β_i = 1 − ᾱ_{k_i}/ᾱ_{k_{i−1}}
+  and posterior variance are exactly UnCLIPScheduler's per-step β and variance, so
+  `samplers.ddpm_sample` with variance 'fixed_small' (its 'fixed_small_log') or
+  'learned_range' reproduces `UnCLIPScheduler.step`.
+- `super_res_model_fn(first_fn, last_fn, last_timestep)`: one model_fn that runs
+  super_res_last at the final step and super_res_first everywhere else.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from unclip_jax.diffusion import schedules
+
+
+def karlo_schedule(diffusion_cfg, num_steps: int | None = None) -> schedules.Schedule:
+    """Respaced schedule for `num_steps` UnCLIPScheduler steps (default: the config's list)."""
+    from configs.karlo import karlo_timesteps
+
+    if num_steps is None:
+        return schedules.from_config(diffusion_cfg, sampling=True)
+    return schedules.respace(diffusion_cfg.schedule, diffusion_cfg.timesteps,
+                             karlo_timesteps(num_steps, diffusion_cfg.timesteps))
+
+
+def super_res_model_fn(first_fn: Callable, last_fn: Callable, last_timestep: int = 0) -> Callable:
+    """model_fn(x_t [B,H,W,C], t [B]) → last_fn at t == last_timestep, else first_fn.
+
+    The choice is one `lax.cond` on t[0] (every example of a sampler step shares t), so each
+    step runs only one of the two UNets.
+    """
+    def fn(x_t, t):
+        t = jnp.asarray(t)
+        return jax.lax.cond(t.reshape(-1)[0] == last_timestep, last_fn, first_fn, x_t, t)
+    return fn
