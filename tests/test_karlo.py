@@ -17,6 +17,7 @@ import torch
 from configs import karlo as karlo_cfg
 from unclip_jax import cli, export
 from unclip_jax.diffusion import gaussian as G
+from unclip_jax.diffusion.schedules import space_timesteps
 from unclip_jax.errors import UserError
 from unclip_jax.karlo import convert_karlo, karlo_schedule, super_res_model_fn
 
@@ -224,6 +225,8 @@ def test_timesteps_match_unclip_scheduler():
         s = UnCLIPScheduler()
         s.set_timesteps(n)
         assert karlo_cfg.karlo_timesteps(n) == sorted(s.timesteps.tolist()), n
+        # so a plain step count ("25") on the sampling CLI visits the same timesteps
+        assert space_timesteps(1000, str(n)) == karlo_cfg.karlo_timesteps(n), n
     cfg = karlo_cfg.get_config("karlo")
     assert cfg.prior_guidance == 4.0 and cfg.decoder_guidance == 8.0
     assert len(cfg.super_res_timesteps) == 7 and cfg.super_res_last_steps == 1
