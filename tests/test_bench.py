@@ -1,0 +1,122 @@
+"""`unclip-jax bench`: the three parallel modes agree, FSDP shards state, FLOP accounting, and
+the diffusers twins match our configurations."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import shapes
+from unclip_jax.bench import benchmark as run
+from unclip_jax.bench import measure
+from unclip_jax.bench import modes as modes_lib
+from unclip_jax.bench.workload import build_workload, count_params
+from unclip_jax.errors import UserError
+
+
+def tiny_prior():
+    cfg = shapes.get_config("prior")
+    with cfg.unlocked():
+        cfg.model.update(dict(width=16, layers=1, heads=2, embed_dim=16, text_width=16,
+                              text_len=4))
+    return cfg
+
+
+def tiny_decoder():
+    cfg = shapes.get_config("decoder")
+    with cfg.unlocked():
+        cfg.model.update(dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                              attention_resolutions=(4,), norm_groups=8, num_head_channels=8,
+                              embed_dim=16, text_width=16, text_len=4, context_dim=32))
+        cfg.model.image_size = 8
+        cfg.data.image_size = 8
+    return cfg
+
+
+def test_modes_same_loss_params_and_samples(devices8):
+    w = build_workload(tiny_prior(), batch_size=8)
+    placed, check = run.compare_modes(w, devices8, modes_lib.MODES, loop_steps=1)
+    assert check["reference"] == "pmap"
+    losses = [check[m]["loss"] for m in modes_lib.MODES]
+    np.testing.assert_allclose(losses, losses[0], rtol=1e-5)
+    for m in ("dp", "fsdp"):
+        assert check[m]["param_diff"] < 1e-5 and check[m]["sample_diff"] < 1e-4
+    # the step really moved the parameters (a zero update would make agreement trivial)
+    moved = run.max_abs_diff(w.params, placed["pmap"].host_params())
+    assert moved > 1e-5
+    # FSDP: params + AdamW state per device ≈ 1/8 of the replicated copy
+    rep, dp, fsdp = (placed[m].state_bytes() for m in ("pmap", "dp", "fsdp"))
+    assert rep == dp
+    assert rep / 8 <= fsdp < rep / 8 * 1.35, (rep, fsdp)
+
+
+def test_check_close_reports_a_mismatch():
+    with pytest.raises(run.ModeMismatch, match="updated parameters of mode fsdp"):
+        run.check_close("fsdp", {"a": np.ones(3)}, {"a": np.ones(3) + 1e-2},
+                        "the updated parameters")
+
+
+def test_flops_of_a_plain_matmul():
+    m, k, n = 64, 48, 32
+    compiled = jax.jit(jnp.matmul).lower(jnp.ones((m, k)), jnp.ones((k, n))).compile()
+    assert measure.matmul_flops(m, n, k) == 2 * m * n * k
+    assert measure.device_flops(compiled) == pytest.approx(2 * m * n * k, rel=0.01)
+    assert measure.flops_per_second_per_device(2 * m * n * k, 0.5) == pytest.approx(4 * m * n * k)
+    with pytest.raises(ValueError, match="seconds must be > 0"):
+        measure.flops_per_second_per_device(1.0, 0.0)
+
+
+def test_matmul_peak_counts_one_matmul_per_device(devices8):
+    out = measure.matmul_peak(devices8[:2], size=64, iters=1)
+    assert out["xla_flops"] == pytest.approx(measure.matmul_flops(64, 64, 64), rel=0.01)
+    assert out["peak_flops_per_s_per_device"] == pytest.approx(
+        out["flops_per_device"] / out["seconds"])
+
+
+def _our_params(model, inputs):
+    return count_params(nn.meta.unbox(jax.eval_shape(
+        lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
+                           **inputs)["params"])))
+
+
+@pytest.mark.parametrize("make", [tiny_prior, tiny_decoder])
+def test_torch_twins_have_matching_parameter_counts(make):
+    from unclip_jax.bench import torch_ref
+    from unclip_jax.train.stages import get_stage
+    cfg = make()
+    stage = get_stage(cfg.stage)
+    ours = _our_params(stage.build_model(cfg), stage.init_inputs(cfg))
+    modules = ([torch_ref.torch_prior(cfg.model)] if cfg.stage == "prior"
+               else list(torch_ref.torch_decoder(cfg.model)))
+    theirs = torch_ref.count_torch_params(*modules)
+    assert abs(theirs / ours - 1) < 0.05, (ours, theirs)
+
+
+def test_torch_decoder_blocks_follow_our_attention_levels():
+    from unclip_jax.bench import torch_ref
+    from unclip_jax.models.unet import UNet
+    types = torch_ref.unet_block_types(UNet.from_config(tiny_decoder().model))
+    assert types["down_block_types"] == ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D")
+    assert types["up_block_types"] == ("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D")
+
+
+def test_bad_inputs_name_the_fix(devices8):
+    from unclip_jax.bench import torch_ref
+    with pytest.raises(UserError, match="configs/shapes.py:prior"):
+        build_workload(shapes.get_config("clip"), 8)
+    w = build_workload(tiny_prior(), batch_size=12)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        modes_lib.setup(w, devices8, "fsdp")
+    with pytest.raises(ValueError, match="choose from"):
+        modes_lib.setup(w, devices8, "tp")
+    cfg = tiny_prior()
+    with cfg.unlocked():
+        cfg.model.text_width = 8
+    with pytest.raises(UserError, match="text_width=16"):
+        torch_ref.torch_prior(cfg.model)
+
+
+def test_cli_rejects_unknown_mode(capsys):
+    from unclip_jax.cli import main
+    assert main(["bench", "--modes", "pmap,zero3", "--no-torch"]) == 2
+    assert "choose a comma-separated subset of pmap,dp,fsdp" in capsys.readouterr().err
