@@ -35,10 +35,10 @@ def max_abs_diff(a, b) -> float:
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def check_close(name: str, a, b, what: str) -> float:
-    """max |a − b|; raises ModeMismatch unless every leaf is allclose(RTOL, ATOL)."""
+def check_close(name: str, a, b, what: str, atol: float = ATOL) -> float:
+    """max |a − b|; raises ModeMismatch unless every leaf is allclose(RTOL, atol)."""
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        if not np.allclose(np.asarray(x), np.asarray(y), rtol=RTOL, atol=ATOL):
+        if not np.allclose(np.asarray(x), np.asarray(y), rtol=RTOL, atol=atol):
             raise ModeMismatch(f"{what} of mode {name} differs from the reference mode "
                                f"(max |diff| {max_abs_diff(a, b):.3g})")
     return max_abs_diff(a, b)
@@ -96,7 +96,11 @@ def compare_modes(w: Workload, devices: Sequence[jax.Device], names: Sequence[st
         check[name] = {"loss": loss,
                        "loss_diff": check_close(name, loss, ref[1], "the first-step loss"),
                        "param_diff": check_close(name, params, ref[2], "the updated parameters"),
-                       "sample_diff": check_close(name, sample, ref[3], "the guided sample")}
+                       # a guided multi-step sample amplifies summation-order rounding:
+                       # absolute tolerance relative to the sample's scale
+                       "sample_diff": check_close(name, sample, ref[3], "the guided sample",
+                                                  atol=RTOL * max(1.0, float(np.max(np.abs(
+                                                      ref[3])))))}
     return placed, {"reference": ref[0], **check}
 
 
