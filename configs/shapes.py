@@ -7,19 +7,24 @@ import ml_collections as mlc
 
 from configs import common
 
-EMBED_DIM = 128        # CLIP joint embedding size
-TEXT_WIDTH = 128       # CLIP text transformer width
-TEXT_LEN = 32          # tokens per caption
+EMBED_DIM = 64         # CLIP joint embedding size
+TEXT_WIDTH = 64        # CLIP text transformer width
+TEXT_LEN = 40          # tokens per caption (the longest shapes caption is 38 with <bos>/<eos>)
+DATASET = "unclip_shapes/medium"   # what the embedded default model was trained on
+
+# Sizes and step counts below are what the embedded model (unclip_jax/assets/shapes) was
+# trained with on a shared 2-core CPU in about an hour in total; the structure (CLIP → prior →
+# 16 px decoder with learned variance → 64 px → 256 px upsamplers) is the paper's.
 
 
 def clip_model():
     return mlc.ConfigDict(dict(
         kind="clip",
         embed_dim=EMBED_DIM,
-        text=dict(vocab_size=1024, context_length=TEXT_LEN, width=TEXT_WIDTH, layers=4,
-                  heads=4, mlp_ratio=4.0, activation="quick_gelu", eos_token_id=2,
+        text=dict(vocab_size=256, context_length=TEXT_LEN, width=TEXT_WIDTH, layers=3,
+                  heads=2, mlp_ratio=4.0, activation="quick_gelu", eos_token_id=2,
                   pad_token_id=0),
-        vision=dict(image_size=64, patch_size=8, width=128, layers=4, heads=4, mlp_ratio=4.0,
+        vision=dict(image_size=64, patch_size=8, width=64, layers=3, heads=2, mlp_ratio=4.0,
                     activation="quick_gelu"),
         layer_norm_eps=1e-5,
         logit_scale_init=2.6592,
@@ -34,7 +39,7 @@ def clip_ref():
 
 
 def data(image_size, **kw):
-    d = dict(name="unclip_shapes", data_dir="", image_size=image_size, low_res_size=0,
+    d = dict(name=DATASET, data_dir="", image_size=image_size, low_res_size=0,
              crop_size=0, degradation="none", embeddings_dir="", shuffle_buffer=2048)
     d.update(kw)
     return mlc.ConfigDict(d)
@@ -42,7 +47,7 @@ def data(image_size, **kw):
 
 def prior():
     model = mlc.ConfigDict(dict(
-        kind="diffusion_prior", width=256, layers=4, heads=4, mlp_ratio=4.0,
+        kind="diffusion_prior", width=128, layers=4, heads=4, mlp_ratio=4.0,
         embed_dim=EMBED_DIM, text_width=TEXT_WIDTH, text_len=TEXT_LEN,
         normalize="scale", embed_scale=17.2,   # 'scale' (×17.2 of L2-normalised) | 'meanstd'
         clamp=10.0,                             # clip sampled x0 to ±clamp (normalised space)
@@ -56,8 +61,8 @@ def prior():
         diffusion_cfg=common.diffusion(predict="x0", variance="fixed_small", sample_steps="64",
                                        clip_denoised=False, guidance_scale=4.0),
         clip=clip_ref(), data=data(64),
-        train_cfg=common.train(batch_size=64, steps=4000, lr=3e-4, b2=0.96, eps=1e-6,
-                               weight_decay=6e-2, ema_decay=0.999),
+        train_cfg=common.train(batch_size=64, steps=2000, lr=5e-4, b2=0.96, eps=1e-6,
+                               weight_decay=6e-2, ema_decay=0.995),
     )
     with cfg.unlocked():
         cfg.train.text_drop = 0.1      # trains the null caption used by guidance
@@ -66,7 +71,7 @@ def prior():
 
 def ar_prior():
     model = mlc.ConfigDict(dict(
-        kind="ar_prior", width=256, layers=4, heads=4, mlp_ratio=4.0,
+        kind="ar_prior", width=128, layers=4, heads=4, mlp_ratio=4.0,
         embed_dim=EMBED_DIM, text_width=TEXT_WIDTH, text_len=TEXT_LEN,
         pca_components=32, num_buckets=256, dot_buckets=64,
         dot_quantile=0.5,                       # sample z_i·z_t from above this quantile
@@ -74,8 +79,8 @@ def ar_prior():
         dropout=0.0, remat=False, dtype="float32"))
     cfg = common.stage_config(
         "ar_prior", model, clip=clip_ref(), data=data(64),
-        train_cfg=common.train(batch_size=64, steps=4000, lr=3e-4, b2=0.91, eps=1e-10,
-                               weight_decay=4e-2, ema_decay=0.999))
+        train_cfg=common.train(batch_size=64, steps=1500, lr=5e-4, b2=0.91, eps=1e-10,
+                               weight_decay=4e-2, ema_decay=0.995))
     with cfg.unlocked():
         cfg.train.text_drop = 0.1
     return cfg
@@ -116,13 +121,13 @@ def unet(image_size, model_channels, channel_mult, num_res_blocks, attention_res
 
 
 def decoder():
-    model = unet(16, 64, (1, 2, 2), 2, (8, 4), out_channels=6)
+    model = unet(16, 32, (1, 2, 2), 1, (8, 4), out_channels=6)
     cfg = common.stage_config(
         "decoder", model,
         diffusion_cfg=common.diffusion(predict="eps", variance="learned_range", loss="hybrid",
                                        sample_steps="50", guidance_scale=3.0),
         clip=clip_ref(), data=data(16),
-        train_cfg=common.train(batch_size=64, steps=6000, lr=3e-4))
+        train_cfg=common.train(batch_size=32, steps=2400, lr=5e-4, ema_decay=0.995))
     with cfg.unlocked():
         cfg.train.text_drop = 0.5
         cfg.train.image_embed_drop = 0.1
@@ -130,30 +135,30 @@ def decoder():
 
 
 def upsampler1():
-    model = unet(64, 32, (1, 2, 2, 4), 2, (), out_channels=3, low_res=True, conditional=False)
+    model = unet(64, 32, (1, 2, 2), 1, (), out_channels=3, low_res=True, conditional=False)
     return common.stage_config(
         "upsampler1", model,
         diffusion_cfg=common.diffusion(predict="eps", variance="fixed_small",
                                        sample_steps="ddim27", sampler="ddim"),
         data=data(64, low_res_size=16, crop_size=32, degradation="blur"),
-        train_cfg=common.train(batch_size=32, steps=4000, lr=2e-4))
+        train_cfg=common.train(batch_size=16, steps=1500, lr=5e-4, ema_decay=0.995))
 
 
 def upsampler2():
-    model = unet(256, 16, (1, 2, 2, 4), 1, (), out_channels=3, low_res=True, conditional=False)
+    model = unet(256, 16, (1, 2, 2), 1, (), out_channels=3, low_res=True, conditional=False)
     return common.stage_config(
         "upsampler2", model,
         diffusion_cfg=common.diffusion(schedule="linear", predict="eps", variance="fixed_small",
                                        sample_steps="ddim15", sampler="ddim"),
         data=data(256, low_res_size=64, crop_size=64, degradation="bsr"),
-        train_cfg=common.train(batch_size=16, steps=3000, lr=2e-4))
+        train_cfg=common.train(batch_size=8, steps=600, lr=5e-4, ema_decay=0.995))
 
 
 def clip():
     return common.stage_config(
         "clip", clip_model(), data=data(64),
-        train_cfg=common.train(batch_size=128, steps=3000, lr=5e-4, b2=0.98, eps=1e-6,
-                               weight_decay=0.1, ema_decay=0.999))
+        train_cfg=common.train(batch_size=128, steps=1500, lr=1e-3, b2=0.98, eps=1e-6,
+                               weight_decay=0.1, ema_decay=0.995))
 
 
 BUILDERS = dict(decoder=decoder, clip=clip, prior=prior, ar_prior=ar_prior,

@@ -14,7 +14,7 @@ def add_arguments(parser) -> None:
     kinds = build.add_subparsers(dest="kind", metavar="DATASET", required=True)
     shapes = kinds.add_parser("shapes", help="the captioned-shapes dataset (no download)")
     shapes.add_argument("--data_dir", required=True)
-    shapes.add_argument("--config", default="default", help="'default' (100k) or 'small'")
+    shapes.add_argument("--config", default="default", help="'default' (100k), 'medium' (20k) or 'small'")
     folder = kinds.add_parser("folder", help="image files + .txt captions, or a CSV/Parquet")
     folder.add_argument("source", help="directory, .csv or .parquet of path,caption")
     folder.add_argument("--data_dir", required=True)

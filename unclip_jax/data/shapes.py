@@ -7,7 +7,8 @@ the example `index` within its split. Scenes are a pure function of (seed, split
 
 Splits: `train`, `validation`, and `test_heldout` — whose scenes each contain one of the
 colour–shape pairs in `render.HELDOUT_PAIRS`, which never occur in train or validation.
-Configs: `default` (100k / 5k / 5k) and `small` (384 / 64 / 64, for tests and CI).
+Configs: `default` (100k / 5k / 5k), `medium` (20k / 1k / 1k, what the embedded shapes model
+was trained on) and `small` (384 / 64 / 64, for tests and CI).
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ class UnclipShapes(tfds.core.GeneratorBasedBuilder):
         ShapesConfig(name="default", description="100k train, 5k validation, 5k held-out test"),
         ShapesConfig(name="small", description="384 / 64 / 64 examples for tests and CI",
                      num_train=384, num_validation=64, num_test=64),
+        ShapesConfig(name="medium", description="20k / 1k / 1k: the shipped CPU model's data",
+                     num_train=20_000, num_validation=1_000, num_test=1_000),
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "default"
 
