@@ -1,0 +1,81 @@
+"""`unclip-jax eval`: evaluate a model directory on a split of its unclip_shapes dataset.
+
+  unclip-jax eval --checkpoint MODEL --data_dir DATA --split validation --out results.json \\
+      [--classifier CLF] [--train_classifier] [--text_decoder DIR] [--markdown results.md]
+
+Prints a markdown table and writes the full results (every metric with its interval) as
+JSON. With --train_classifier, an attribute classifier is first trained on DATA's train split
+and saved to CLF (which must not hold one yet).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from unclip_jax.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="model directory with clip/, tokenizer/, prior/, decoder/, ...")
+    parser.add_argument("--data_dir", required=True, help="TFDS data_dir of the unclip_shapes build")
+    parser.add_argument("--dataset", default=None,
+                        help="unclip_shapes/CONFIG (default: the only config built in data_dir)")
+    parser.add_argument("--split", default="validation", help="validation or test_heldout")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--markdown", default=None, help="also write the table to this file")
+    parser.add_argument("--num_prompts", type=int, default=64)
+    parser.add_argument("--images_per_prompt", type=int, default=4)
+    parser.add_argument("--prior_steps", default=None)
+    parser.add_argument("--decoder_steps", default=None)
+    parser.add_argument("--upsampler_steps", default=None)
+    parser.add_argument("--prior_guidance", type=float, default=None)
+    parser.add_argument("--decoder_guidance", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", default="unclip,zeroshot_text",
+                        help="comma list of unclip, zeroshot_text, text_decoder")
+    parser.add_argument("--text_decoder", default=None,
+                        help="decoder checkpoint trained on CLIP text embeddings (ablation a)")
+    parser.add_argument("--classifier", default=None, help="attribute-classifier directory")
+    parser.add_argument("--train_classifier", action="store_true",
+                        help="train the classifier into --classifier first")
+    parser.add_argument("--classifier_size", type=int, default=64,
+                        help="input resolution of a newly trained classifier (pixels)")
+    parser.add_argument("--classifier_steps", type=int, default=1500)
+    parser.add_argument("--num_resamples", type=int, default=1000,
+                        help="bootstrap resamples per interval")
+
+
+def run(args) -> int:
+    from unclip_jax.eval import attributes, evaluate, report
+
+    if args.train_classifier:
+        if not args.classifier:
+            raise UserError("--train_classifier needs --classifier DIR to save it in")
+        if os.path.exists(os.path.join(args.classifier, "config.json")):
+            raise UserError(f"{args.classifier} already holds a classifier; drop "
+                            "--train_classifier to use it, or pick a new directory")
+        res = attributes.train_attribute_classifier(
+            args.data_dir, out_dir=args.classifier, dataset=args.dataset,
+            image_size=args.classifier_size, steps=args.classifier_steps, seed=args.seed)
+        acc = ", ".join(f"{k} {100 * v:.1f}%" for k, v in res["validation_accuracy"].items())
+        print(f"attribute classifier → {res['directory']} ({res['seconds']:.0f} s); "
+              f"real validation accuracy: {acc}")
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    results = evaluate.evaluate(
+        args.checkpoint, args.data_dir, split=args.split, num_prompts=args.num_prompts,
+        images_per_prompt=args.images_per_prompt, prior_steps=args.prior_steps,
+        decoder_steps=args.decoder_steps, upsampler_steps=args.upsampler_steps,
+        prior_guidance=args.prior_guidance, decoder_guidance=args.decoder_guidance,
+        seed=args.seed, classifier=args.classifier, text_decoder=args.text_decoder,
+        dataset=args.dataset, variants=variants, num_resamples=args.num_resamples)
+    table = report.format_markdown(results)
+    print(table)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,64 @@
+"""Tables of `evaluate` results: markdown (docs/results.md, and the console)."""
+from __future__ import annotations
+
+from unclip_jax.eval.data import ATTRIBUTES
+
+VARIANT_NAMES = {
+    "unclip": "prior + decoder (unCLIP)",
+    "zeroshot_text": "text embedding → image-embedding decoder (zero-shot)",
+    "text_decoder": "decoder trained on the text embedding",
+    "real": "real images",
+}
+
+
+def ci(entry: dict | None, digits: int = 2, percent: bool = False) -> str:
+    """'m [lo, hi]' of a {'mean'|'value', 'lo', 'hi'} entry; '–' if absent."""
+    if entry is None:
+        return "–"
+    f = 100.0 if percent else 1.0
+    m = entry.get("mean", entry.get("value"))
+    if "lo" not in entry:
+        return f"{m * f:.{digits}f}"
+    return f"{m * f:.{digits}f} [{entry['lo'] * f:.{digits}f}, {entry['hi'] * f:.{digits}f}]"
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_markdown(results: dict) -> str:
+    """Markdown: settings line, a per-variant metrics table (with the real images as the
+    reference row), the prior table and the classifier's own accuracy."""
+    s = results["settings"]
+    heads = list(ATTRIBUTES) + ["all"]
+    lines = [f"Split `{s['split']}`: {s['num_prompts']} single-object prompts × "
+             f"{s['images_per_prompt']} images, {s['num_reference']} real reference images, "
+             f"seed {s['seed']}; 95% percentile-bootstrap intervals in brackets. CLIP score = 100 × "
+             "cosine(image, caption); FD between CLIP image embeddings of generated and real "
+             "images (real row: between two halves of the real set); diversity = mean pairwise "
+             "cosine distance among a prompt's images.", ""]
+    cols = ["variant", "CLIP score", "FD (CLIP)", "diversity"] + [f"{h} acc. %" for h in heads]
+    lines += [_row(cols), _row(["---"] * len(cols))]
+    rows = dict(results["variants"])
+    rows["real"] = results["real"]
+    for name, m in rows.items():
+        attrs = m.get("attributes") or {}
+        fd = m.get("fd_clip")
+        if fd is None and "fd_clip_half_split" in m:
+            fd = {"value": m["fd_clip_half_split"]}
+        lines.append(_row([VARIANT_NAMES.get(name, name), ci(m.get("clip_score")), ci(fd),
+                           ci(m.get("diversity"), 3)] +
+                          [ci(attrs.get(h), 1, percent=True) for h in heads]))
+    if "prior" in results:
+        lines += ["", _row(["z_i source", "cosine to true z_i", "top-1 retrieval %"]),
+                  _row(["---"] * 3)]
+        for name, key in (("prior sample", "prior"), ("normalize(z_t)·s", "prior_text_baseline")):
+            p = results[key]
+            lines.append(_row([name, ci(p["cosine"], 3), ci(p["top1"], 1, percent=True)]))
+    clf = results.get("classifier")
+    if clf and clf.get("validation_accuracy"):
+        acc = clf["validation_accuracy"]
+        lines += ["", f"Attribute classifier ({clf['image_size']} px) on real validation "
+                  "images: " + ", ".join(f"{h} {100 * acc[h]:.1f}%" for h in heads if h in acc)
+                  + "."]
+    return "\n".join(lines) + "\n"
