@@ -7,6 +7,7 @@ interval on their mean; the reported CLIP score is 100 × the mean cosine, as co
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import jax
@@ -63,9 +64,10 @@ def frechet_distance_from_stats(mu1, cov1, mu2, cov2) -> float:
 
         ‖mu1 − mu2‖² + tr(cov1 + cov2 − 2 (cov1 cov2)^{1/2}).
 
-    The matrix square root comes from scipy.linalg.sqrtm; if it is singular or not finite the
-    covariances get a small diagonal offset (1e-6), and an imaginary part from round-off is
-    dropped (a large one raises: the inputs are not covariance matrices).
+    The matrix square root comes from scipy.linalg.sqrtm; if it is not finite or inaccurate
+    (singular covariances: fewer samples than dimensions) the covariances get a small diagonal
+    offset (1e-6), and an imaginary part from round-off is dropped (a large one raises: the
+    inputs are not covariance matrices).
     """
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     cov1, cov2 = np.atleast_2d(cov1).astype(np.float64), np.atleast_2d(cov2).astype(np.float64)
@@ -73,16 +75,29 @@ def frechet_distance_from_stats(mu1, cov1, mu2, cov2) -> float:
         raise UserError(f"Fréchet distance needs matching statistics, got means {mu1.shape}, "
                         f"{mu2.shape} and covariances {cov1.shape}, {cov2.shape}")
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(cov1 @ cov2)
-    if not np.all(np.isfinite(covmean)):
+    covmean = _sqrtm(cov1 @ cov2)
+    if covmean is None:
         offset = np.eye(cov1.shape[0]) * 1e-6
-        covmean = scipy.linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
+        covmean = _sqrtm((cov1 + offset) @ (cov2 + offset), tolerance=None)
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3 * max(1.0, np.abs(covmean).max())):
             raise ValueError(f"sqrtm has a large imaginary part "
                              f"({np.abs(covmean.imag).max():.3g}); are these covariances?")
         covmean = covmean.real
     return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean))
+
+
+def _sqrtm(m: np.ndarray, tolerance: float | None = 1e-4):
+    """scipy.linalg.sqrtm(m), or None if it is not finite or ‖s·s − m‖ > tolerance·‖m‖."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        root = scipy.linalg.sqrtm(m)
+    if tolerance is None:
+        return root
+    if not np.all(np.isfinite(root)) or \
+            np.linalg.norm(root @ root - m) > tolerance * max(np.linalg.norm(m), 1e-30):
+        return None
+    return root
 
 
 def frechet_distance(features_a, features_b) -> float:
