@@ -213,7 +213,7 @@ def test_eval_real_clip_score_matches_direct_computation(ckpt, shapes_dir, tmp_p
                    prior_steps="2", decoder_steps="2", upsampler_steps="2",
                    variants=("zeroshot_text",), num_resamples=50)
     pipe = UnCLIP.from_directory(ckpt["root"], progress=False)
-    size = pipe.stages["clip"].model.image_size
+    size = pipe.image_size("upsampler2")                 # the chain's output size
     real = load_examples(shapes_dir, "validation", image_size=size, limit=3)
     img = pipe.encode_images(real["image"])
     txt = pipe.encode_text(real["caption"])["embeds"]

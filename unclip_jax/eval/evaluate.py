@@ -21,7 +21,9 @@ bootstrap interval over both sets.
 
 Prompts are the captions of the split's first `num_prompts` single-object scenes (so every
 prompt has attribute labels); the real reference set is the first
-`max(num_prompts, num_prompts · images_per_prompt)` single-object scenes.
+`max(num_prompts, num_prompts · images_per_prompt)` single-object scenes, read at the chain's
+output resolution so that real and generated images are downsampled alike to the CLIP input
+(CLIP's preprocessing) and classifier input (antialiased linear) sizes.
 """
 from __future__ import annotations
 
@@ -52,18 +54,14 @@ def _final(pipe, out: dict) -> np.ndarray:
     return io.to_uint8(last)
 
 
-def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
-    from unclip_jax.eval.attributes import resize_images
-    return io.to_uint8(resize_images(images, size))
-
-
 def score_images(images: np.ndarray, *, real_feats: np.ndarray, text_embeds: np.ndarray,
                  labels: dict, images_per_prompt: int, encode, classifier, key,
-                 feature_size: int, num_resamples: int = 1000) -> dict:
+                 num_resamples: int = 1000) -> dict:
     """Metrics of generated images uint8 [P·K, H, W, 3] (prompt-major) given the real images'
     CLIP features [M, D], the captions' text embeddings [P·K, D], labels {head: [P·K]}.
-    `encode(images uint8) → CLIP image embeddings`; classifier may be None."""
-    feats = encode(_resize_uint8(images, feature_size))
+    `encode(images uint8) → CLIP image embeddings` (CLIP's own preprocessing resizes);
+    classifier may be None."""
+    feats = encode(images)
     clip = metrics.clip_score(feats, text_embeds)
     out = {"clip_score": _scaled(metrics.bootstrap_ci(clip["cosine"], _k(key, "clip"),
                                                       num_resamples=num_resamples), 100.0),
@@ -152,10 +150,13 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
         pipe._need("prior")
     clf = AttributeClassifier.load(classifier) if classifier else None
     feature_size = int(pipe.stages["clip"].model.image_size)
-    load_size = max(feature_size, clf.image_size if clf else 0)
+    # real images at the chain's output size, so real and generated images go through the
+    # same downsampling to the CLIP and classifier resolutions
+    out_size = pipe.image_size(next(n for n in ("upsampler2", "upsampler1", "decoder")
+                                    if n in pipe.stages))
 
     num_ref = max(num_prompts, num_prompts * images_per_prompt)
-    real = load_examples(data_dir, split, image_size=load_size, dataset=dataset, limit=num_ref)
+    real = load_examples(data_dir, split, image_size=out_size, dataset=dataset, limit=num_ref)
     if len(real["image"]) < num_prompts:
         raise UserError(f"split {split!r} has only {len(real['image'])} single-object scenes; "
                         f"ask for num_prompts ≤ {len(real['image'])}")
@@ -168,11 +169,11 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
                                for i in range(0, len(images), batch_size)])
 
     key = jax.random.key(seed)
-    real_feats = encode(_resize_uint8(real["image"], feature_size))
+    real_feats = encode(real["image"])
     text = pipe.encode_text(expanded)
     common = dict(real_feats=real_feats, text_embeds=text["embeds"], labels=labels,
                   images_per_prompt=images_per_prompt, encode=encode, classifier=clf,
-                  feature_size=feature_size, num_resamples=num_resamples)
+                  num_resamples=num_resamples)
     decode_kw = dict(decoder_steps=decoder_steps, decoder_guidance=decoder_guidance,
                      upsampler_steps=upsampler_steps)
     results = {"variants": {}, "timings_s": {}}
@@ -222,7 +223,7 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
         "prior_steps": prior_steps, "decoder_steps": decoder_steps,
         "upsampler_steps": upsampler_steps, "prior_guidance": prior_guidance,
         "decoder_guidance": decoder_guidance, "seed": seed, "embed_scale": embed_scale,
-        "feature_size": feature_size, "stages": sorted(pipe.stages),
+        "feature_size": feature_size, "image_size": out_size, "stages": sorted(pipe.stages),
         "text_decoder": os.path.abspath(text_decoder) if text_decoder else None,
         "num_resamples": num_resamples, "confidence": 0.95,
         "seconds": time.time() - start}
