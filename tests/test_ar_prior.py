@@ -261,7 +261,7 @@ def test_sharded_init_matches_unsharded(devices8):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, atol=1e-6),
                  params, ref)
     xs = parallel.global_batch(tuple(np.asarray(a) for a in x), mesh)
-    with mesh:
+    with parallel.activate(mesh):
         out = jax.jit(model.apply)(params, *xs)
     np.testing.assert_allclose(np.asarray(out), model.apply(ref, *x), atol=1e-5)
 

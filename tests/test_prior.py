@@ -233,7 +233,7 @@ def test_sharded_init_matches_unsharded(devices8):
     host = jax.tree.map(np.asarray, params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), host, ref)
     xs = parallel.global_batch(tuple(np.asarray(a) for a in x), mesh)
-    with mesh:
+    with parallel.activate(mesh):
         out = jax.jit(model.apply)(params, *xs)
     np.testing.assert_allclose(np.asarray(out), model.apply(ref, *x), atol=1e-5)
 

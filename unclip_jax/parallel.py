@@ -23,8 +23,9 @@ height, width, channels (activations)               → replicated
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -104,6 +105,24 @@ def rules_from_config(config) -> tuple[tuple[str, Any], ...]:
     return tuple(out)
 
 
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Iterator[Mesh]:
+    """Make `mesh` and the logical rules current, so `nn.with_logical_constraint` takes effect.
+
+    Trace and call sharded programs inside this context. On JAX ≥ 0.5 this is `jax.set_mesh`
+    (the legacy `with mesh:` alone leaves Flax's activation constraints as no-ops there);
+    older JAX falls back to `with mesh:`. Without active constraints XLA's partitioner picks
+    activation layouts itself, and on JAX 0.10 (CPU) one such choice — a residual add whose
+    operands are channel-sharded over `tensor` after a kernel sharded ('tensor', 'fsdp'), on a
+    mesh with data, fsdp and tensor all > 1 — computed wrong values
+    (tests/test_unet.py and tests/test_parallel.py keep that case covered).
+    """
+    set_mesh = getattr(jax, "set_mesh", None)
+    mesh_ctx = set_mesh(mesh) if set_mesh is not None else mesh
+    with mesh_ctx, nn.logical_axis_rules(list(rules)):
+        yield mesh
+
+
 def logical_shardings(abstract_tree: Any, mesh: Mesh,
                       rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
     """NamedShardings for a (boxed, possibly abstract) tree made with logical partitioning.
@@ -138,7 +157,7 @@ def init_sharded(init_fn: Callable[..., Any], mesh: Mesh,
     def _init(*a):
         return init_fn(*a)
 
-    with mesh:
+    with activate(mesh, rules):
         tree = jax.jit(_init, out_shardings=shardings)(*args)
     return nn.meta.unbox(tree), nn.meta.unbox(shardings)
 

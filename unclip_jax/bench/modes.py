@@ -112,7 +112,7 @@ def setup_jit(w: Workload, devices: Sequence[jax.Device], kind: str) -> Mode:
     rules = parallel.rules_from_config(w.config)
     _, sh = state_shardings(w.boxed_init, w.tx, mesh, rules)
     rep = parallel.replicated(mesh)
-    with mesh:
+    with parallel.activate(mesh, rules):
         params = jax.device_put(w.params, sh.params)
         opt_state = jax.jit(w.tx.init, out_shardings=sh.opt_state)(params)
         batch = parallel.global_batch(w.batch, mesh)
@@ -127,7 +127,7 @@ def setup_jit(w: Workload, devices: Sequence[jax.Device], kind: str) -> Mode:
     def compile_sample(steps: int):
         fn = jax.jit(lambda p, x: w.sample_fn(p, x, steps), in_shardings=(sh.params, in_sh),
                      out_shardings=parallel.batch_sharding(mesh, inputs["x_T"].ndim))
-        with mesh:
+        with parallel.activate(mesh, rules):
             return fn.lower(params, inputs).compile()
 
     def unstack(tree):

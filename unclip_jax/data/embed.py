@@ -82,7 +82,7 @@ def embed_dataset(clip_dir: str, data_dir: str, out_dir: str, *, dataset: str = 
             ids = np.concatenate([ids, np.repeat(ids[-1:], pad, 0)])
         img = jax.device_put(images, parallel.batch_sharding(mesh, 4))
         tok = jax.device_put(ids, parallel.batch_sharding(mesh, 2))
-        with mesh:
+        with parallel.activate(mesh):
             zi = clip_encode_images(params, model_cfg, img)["embeds"]
             t = clip_encode_text(params, model_cfg, tok)
         return {"z_i": np.asarray(zi, np.float32)[:m],

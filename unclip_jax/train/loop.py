@@ -250,7 +250,7 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
         pending, t_last, steps_since = [], time.perf_counter(), 0
 
     try:
-        with _Preemption() as preempt, mesh:
+        with _Preemption() as preempt, parallel.activate(mesh, rules):
             for step in range(start, stop_at):
                 local = next(data)
                 batch = parallel.global_batch(local, mesh)

@@ -58,6 +58,6 @@ def create_state(boxed_init: Callable[[], Any], tx: optax.GradientTransformation
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 
-    with mesh:
+    with parallel.activate(mesh, rules):
         state = jax.jit(init, out_shardings=shardings)()
     return state, shardings
