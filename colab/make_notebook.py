@@ -104,12 +104,17 @@ smaller images.
 """),
     code("""
 from unclip_jax import pipeline_io as io
+from unclip_jax.errors import UserError
 from unclip_jax.pipeline import UnCLIP
 from unclip_jax.pipeline_cli import default_checkpoint
 
 CHECKPOINT = os.environ.get("UNCLIP_CHECKPOINT", "")   # "" = bundled shapes model
 
-root = CHECKPOINT or default_checkpoint()
+try:
+    root = CHECKPOINT or default_checkpoint()
+except UserError:
+    raise UserError("this install has no bundled model; set CHECKPOINT to a directory with "
+                    "clip/, tokenizer/, prior/, decoder/, ... (e.g. 'ckpt/karlo')") from None
 pipe = UnCLIP.from_directory(root)
 HAS_IMAGE_TOWER = not pipe.stages["clip"].extra.get("text_only", False)
 print("model:", root)

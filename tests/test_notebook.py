@@ -104,6 +104,17 @@ def test_install_cell_names_the_fix_when_the_source_is_unset(monkeypatch):
         exec(compile(cell.source, "install-cell", "exec"), {})
 
 
+def test_model_cell_names_the_fix_when_no_model_is_bundled(monkeypatch, tmp_path):
+    from unclip_jax import pipeline_cli
+    from unclip_jax.errors import UserError
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "UNCLIP_CHECKPOINT" in c.source)
+    monkeypatch.setenv("UNCLIP_CHECKPOINT", "")
+    monkeypatch.setattr(pipeline_cli, "DEFAULT_MODEL", str(tmp_path / "absent"))
+    with pytest.raises(UserError, match="no bundled model; set CHECKPOINT to a directory"):
+        exec(compile(cell.source, "model-cell", "exec"), {"os": os})
+
+
 def test_every_cell_ran_without_error(run):
     nb, _ = run
     code = [c for c in nb.cells if c.cell_type == "code"]
