@@ -246,6 +246,8 @@ def test_eval_errors_name_the_fix(shapes_dir, tmp_path, capsys):
     assert cli.main(["eval", "--checkpoint", "x", "--data_dir", shapes_dir, "--out", "o.json",
                      "--train_classifier"]) == 2
     assert "--train_classifier needs --classifier DIR" in capsys.readouterr().err
+    assert cli.main(["eval", "--data_dir", shapes_dir, "--out", "o.json"]) == 2
+    assert "eval needs --checkpoint MODEL_DIR" in capsys.readouterr().err
     from unclip_jax.eval import evaluate
     with pytest.raises(UserError, match="images_per_prompt=0 must be an integer"):
         evaluate.evaluate(str(tmp_path), shapes_dir, images_per_prompt=0)

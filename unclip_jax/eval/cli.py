@@ -5,7 +5,9 @@
 
 Prints a markdown table and writes the full results (every metric with its interval) as
 JSON. With --train_classifier, an attribute classifier is first trained on DATA's train split
-and saved to CLF (which must not hold one yet).
+and saved to CLF (which must not hold one yet); without --checkpoint that is all it does:
+
+  unclip-jax eval --train_classifier --classifier CLF --data_dir DATA [--classifier_size 64]
 """
 from __future__ import annotations
 
@@ -16,13 +18,13 @@ from unclip_jax.errors import UserError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True,
+    parser.add_argument("--checkpoint", default=None,
                         help="model directory with clip/, tokenizer/, prior/, decoder/, ...")
     parser.add_argument("--data_dir", required=True, help="TFDS data_dir of the unclip_shapes build")
     parser.add_argument("--dataset", default=None,
                         help="unclip_shapes/CONFIG (default: the only config built in data_dir)")
     parser.add_argument("--split", default="validation", help="validation or test_heldout")
-    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--out", default=None, help="JSON file to write")
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
     parser.add_argument("--num_prompts", type=int, default=64)
     parser.add_argument("--images_per_prompt", type=int, default=4)
@@ -57,10 +59,16 @@ def run(args) -> int:
                             "--train_classifier to use it, or pick a new directory")
         res = attributes.train_attribute_classifier(
             args.data_dir, out_dir=args.classifier, dataset=args.dataset,
-            image_size=args.classifier_size, steps=args.classifier_steps, seed=args.seed)
+            image_size=args.classifier_size, steps=args.classifier_steps, seed=args.seed,
+            log_every=max(1, args.classifier_steps // 10))
         acc = ", ".join(f"{k} {100 * v:.1f}%" for k, v in res["validation_accuracy"].items())
         print(f"attribute classifier → {res['directory']} ({res['seconds']:.0f} s); "
               f"real validation accuracy: {acc}")
+        if args.checkpoint is None:
+            return 0
+    if args.checkpoint is None or args.out is None:
+        raise UserError("eval needs --checkpoint MODEL_DIR and --out results.json (or only "
+                        "--train_classifier --classifier DIR to train a classifier)")
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     results = evaluate.evaluate(
         args.checkpoint, args.data_dir, split=args.split, num_prompts=args.num_prompts,
