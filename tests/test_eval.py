@@ -8,6 +8,7 @@ import pytest
 
 from pipeline_fixtures import checkpoints
 from unclip_jax import cli
+from unclip_jax import pipeline_io as io
 from unclip_jax.errors import UserError
 from unclip_jax.eval import metrics
 from unclip_jax.eval.data import ATTRIBUTES
@@ -176,7 +177,8 @@ def test_attribute_classifier_learns_colour(classifier):
 def _eval_args(ckpt, data_dir, out, *extra):
     return ["eval", "--checkpoint", ckpt, "--data_dir", data_dir, "--out", str(out),
             "--num_prompts", "3", "--images_per_prompt", "2", "--prior_steps", "2",
-            "--decoder_steps", "2", "--upsampler_steps", "2", "--num_resamples", "50", *extra]
+            "--decoder_steps", "2", "--upsampler_steps", "2", "--num_resamples", "50",
+            "--chunk", "4", *extra]
 
 
 def test_eval_cli_writes_every_metric(ckpt, shapes_dir, classifier, tmp_path, capsys):
@@ -201,6 +203,25 @@ def test_eval_cli_writes_every_metric(ckpt, shapes_dir, classifier, tmp_path, ca
     assert res["settings"]["split"] == "validation" and res["settings"]["num_prompts"] == 3
     printed = capsys.readouterr().out
     assert "| prior + decoder (unCLIP) |" in printed and md.read_text() in printed
+
+
+def test_decode_in_chunks_pads_without_changing_rows(ckpt):
+    """6 rows in chunks of 4 (the last chunk padded): each chunk's rows equal that chunk
+    decoded alone, so padding never leaks into results."""
+    from unclip_jax.eval.evaluate import decode_in_chunks
+    from unclip_jax.pipeline import UnCLIP
+    pipe = UnCLIP.from_directory(ckpt["root"], progress=False)
+    text = pipe.encode_text(["a red circle", "a blue square"] * 3)
+    z = np.random.default_rng(8).normal(size=(6, 16)).astype(np.float32)
+    kw = dict(decoder_steps="2", upsampler_steps="2")
+    key = jax.random.key(3)
+    both = decode_in_chunks(pipe, z, text, key, 4, kw)
+    assert both.shape == (6, 32, 32, 3) and both.dtype == np.uint8
+    rows = [4, 5, 0, 1]                               # other padding than the call's [4, 5, 5, 5]
+    out = pipe.decode(z[rows], jax.random.fold_in(key, 1), text={k: v[rows] for k, v in text.items()},
+                      **kw)
+    tail = io.to_uint8(out["upsampler2"])[:2]
+    np.testing.assert_array_equal(both[4:], tail)
 
 
 def test_eval_real_clip_score_matches_direct_computation(ckpt, shapes_dir, tmp_path):

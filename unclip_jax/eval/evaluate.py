@@ -49,9 +49,20 @@ def _check_count(name: str, n, minimum: int = 1) -> int:
     return int(n)
 
 
-def _final(pipe, out: dict) -> np.ndarray:
-    last = next(out[k] for k in ("upsampler2", "upsampler1", "decoder") if k in out)
-    return io.to_uint8(last)
+def decode_in_chunks(pipe, z_i, text: dict, key, chunk: int, decode_kw: dict) -> np.ndarray:
+    """The chain's final images uint8 [B, H, W, 3] from z_i [B, D] and text (from
+    `encode_text`), `chunk` examples per call (bounded memory, one compiled shape: the last
+    chunk is padded). Chunk c draws its noise from fold_in(key, c)."""
+    z_i = np.asarray(z_i, np.float32)
+    n, out = len(z_i), []
+    chunk = min(int(chunk), n)
+    for c, start in enumerate(range(0, n, chunk)):
+        rows = np.arange(start, start + chunk).clip(max=n - 1)
+        sub = {k: np.asarray(v)[rows] for k, v in text.items()}
+        res = pipe.decode(z_i[rows], jax.random.fold_in(key, c), text=sub, **decode_kw)
+        last = next(res[k] for k in ("upsampler2", "upsampler1", "decoder") if k in res)
+        out.append(io.to_uint8(last)[:min(chunk, n - start)])
+    return np.concatenate(out)
 
 
 def score_images(images: np.ndarray, *, real_feats: np.ndarray, text_embeds: np.ndarray,
@@ -117,13 +128,14 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
              decoder_guidance=None, seed: int = 0, classifier: str | None = None,
              text_decoder: str | None = None, dataset: str | None = None,
              variants: tuple[str, ...] = ("unclip", "zeroshot_text"),
-             num_resamples: int = 1000, batch_size: int = 256,
+             num_resamples: int = 1000, batch_size: int = 256, chunk: int = 64,
              progress: bool = False) -> dict:
     """Evaluate the checkpoint directory (clip/, tokenizer/, prior/ or ar_prior/, decoder/,
     upsampler1/, upsampler2/) on `split` of the unclip_shapes build in `data_dir`.
 
     classifier: an attribute-classifier directory (`attributes.train_attribute_classifier`);
     text_decoder: a decoder trained on CLIP text embeddings (adds the 'text_decoder' variant).
+    chunk: images generated per call (memory bound); batch_size: images per CLIP call.
     Steps/guidance: None uses each stage's config. Returns a JSON-serialisable dict
     {'settings', 'variants': {name: metrics}, 'real': metrics of the real images,
     'prior': {...}, 'classifier': {...}} (see the module docstring).
@@ -134,6 +146,7 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
     if split not in EVAL_SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {list(EVAL_SPLITS)}")
     num_prompts = _check_count("num_prompts", num_prompts)
+    chunk = _check_count("chunk", chunk)
     images_per_prompt = _check_count("images_per_prompt", images_per_prompt)
     variants = tuple(variants) + (("text_decoder",) if text_decoder and
                                   "text_decoder" not in variants else ())
@@ -185,14 +198,14 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
         t0 = time.time()
         if name == "unclip":
             z_i = pipe.prior_sample(text, key, steps=prior_steps, guidance=prior_guidance)
-            images = _final(pipe, pipe.decode(z_i, key, text=text, **decode_kw))
+            images = decode_in_chunks(pipe, z_i, text, key, chunk, decode_kw)
             results["prior"] = prior_scores(z_i, z_true, images_per_prompt, _k(key, "prior"),
                                             num_resamples)
         elif name == "zeroshot_text":
-            images = _final(pipe, pipe.decode(z_text, key, text=text, **decode_kw))
+            images = decode_in_chunks(pipe, z_text, text, key, chunk, decode_kw)
         else:
             images = _text_decoder_images(checkpoint_dir, text_decoder, text, key, progress,
-                                          decode_kw)
+                                          chunk, decode_kw)
         results["variants"][name] = score_images(images, key=key, **common)
         results["timings_s"][name] = time.time() - t0
     # z_t as z_i, the zero-shot baseline of the prior metrics
@@ -230,7 +243,7 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
     return results
 
 
-def _text_decoder_images(checkpoint_dir, text_decoder, text, key, progress, decode_kw):
+def _text_decoder_images(checkpoint_dir, text_decoder, text, key, progress, chunk, decode_kw):
     """Ablation (a): the chain with `text_decoder` in place of decoder/, fed z_t as its
     embedding."""
     from unclip_jax.pipeline import UnCLIP, UPSAMPLERS
@@ -244,4 +257,4 @@ def _text_decoder_images(checkpoint_dir, text_decoder, text, key, progress, deco
     if want != text["embeds"].shape[-1]:
         raise UserError(f"text decoder {text_decoder} takes {want}-d embeddings but the CLIP "
                         f"text embedding has {text['embeds'].shape[-1]}; train it on this CLIP")
-    return _final(pipe, pipe.decode(text["embeds"], key, text=text, **decode_kw))
+    return decode_in_chunks(pipe, text["embeds"], text, key, chunk, decode_kw)
