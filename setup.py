@@ -23,6 +23,7 @@ RUNTIME = [
 TEST = [
     "pytest>=8.0",
     "pytest-timeout>=2.3",
+    "pytest-xdist>=3.5",
     "torch>=2.3",
     "diffusers>=0.30",
     "scipy>=1.11",
