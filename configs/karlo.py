@@ -19,6 +19,18 @@ Super-res split: Karlo runs `super_res_first` for every super-res step but the l
 `super_res_last` for the final step (t = 0). The converter writes them as `upsampler1` and
 `upsampler2`; both are 64→256 models (`model.image_size` 256, `data.low_res_size` 64), and
 `sampling.super_res_last_steps` = 1 says how many final steps use upsampler2.
+
+What the pipeline (`unclip_jax.pipeline.UnCLIP`) reads from these stage configs, so a
+converted checkpoint samples like diffusers' UnCLIPPipeline with no Karlo special case:
+  diffusion.sample_steps / guidance_scale   25 / 25 / 7 steps ("N" = UnCLIPScheduler's
+                                            spacing), guidance 4.0 (prior) and 8.0 (decoder)
+  prior model.clamp, sample_candidates      x0 clipped to ±5; one candidate (no best-of)
+  diffusion.uncond = 'empty_caption'        (prior, decoder) guidance's unconditional half
+                                            is the CLIP encoding of "" (decoder: with the
+                                            learned null image embedding), not a drop path
+  diffusion.low_res_upscale = 'bicubic'     (super-res) 64 px → 256 px before the UNet
+  diffusion.final_steps = 1                 (upsampler2) runs the last step of upsampler1's
+                                            loop instead of being a further stage
 """
 from __future__ import annotations
 
@@ -38,6 +50,8 @@ TIMESTEPS = 1000
 PRIOR_STEPS, DECODER_STEPS, SUPER_RES_STEPS = 25, 25, 7
 PRIOR_GUIDANCE, DECODER_GUIDANCE = 4.0, 8.0
 PRIOR_CLAMP = 5.0        # diffusers' prior_scheduler clip_sample_range (Karlo's own code: 10)
+SUPER_RES_LAST_STEPS = 1  # super_res_last runs the final super-res step
+UNCOND = "empty_caption"  # guidance's unconditional branch: the CLIP encoding of ""
 
 
 def karlo_timesteps(num_steps: int, train_steps: int = TIMESTEPS) -> list[int]:
@@ -81,9 +95,9 @@ def _diffusion(predict, variance, steps, guidance=1.0, clip_range=1.0, loss="mse
     d = common.diffusion(schedule="cosine", timesteps=TIMESTEPS, predict=predict,
                          variance=variance, loss=loss, sampler="ddpm", guidance_scale=guidance,
                          clip_denoised=True, clip_range=clip_range)
-    # UnCLIPScheduler's spacing as an explicit list of kept training timesteps
-    with d.ignore_type():
-        d.sample_steps = karlo_timesteps(steps)
+    # "N" (Improved-DDPM spacing) visits exactly UnCLIPScheduler.set_timesteps(N)'s
+    # timesteps, `karlo_timesteps(N)` (tests/test_karlo.py checks every N ≤ 1000)
+    d.sample_steps = str(steps)
     return d
 
 
@@ -98,6 +112,7 @@ def prior():
         cfg.model.norm_in = False
         cfg.diffusion = _diffusion("x0", "fixed_small", PRIOR_STEPS, PRIOR_GUIDANCE,
                                    PRIOR_CLAMP)
+        cfg.diffusion.uncond = UNCOND     # guidance's uncond half: CLIP encoding of ""
         cfg.clip.model = clip_model()
         cfg.data.image_size = 224
     return cfg
@@ -114,6 +129,7 @@ def decoder():
         cfg.model.learned_null_image_embed = True     # text_proj's learned guidance embedding
         cfg.diffusion = _diffusion("eps", "learned_range", DECODER_STEPS, DECODER_GUIDANCE,
                                    loss="hybrid")
+        cfg.diffusion.uncond = UNCOND     # uncond: learned null z_i + the text of ""
         cfg.clip.model = clip_model()
         cfg.data.image_size = 64
     return cfg
@@ -127,6 +143,9 @@ def _super_res(stage):
                                 conditional=False)
         cfg.model.dropout = 0.0
         cfg.diffusion = _diffusion("eps", "fixed_small", SUPER_RES_STEPS)
+        cfg.diffusion.low_res_upscale = "bicubic"   # 64 px → 256 px before the UNet
+        # > 0: run inside the previous upsampler's loop for its final steps (super_res_last)
+        cfg.diffusion.final_steps = SUPER_RES_LAST_STEPS if stage == "upsampler2" else 0
         cfg.data.update(dict(image_size=256, low_res_size=64, crop_size=64,
                              degradation="blur"))
     return cfg
@@ -153,7 +172,7 @@ def sampling():
         prior_clamp=PRIOR_CLAMP,          # clip predicted x0 of the prior to ±5 (normalised)
         prior_candidates=1,               # the pipeline keeps its one sample (no best-of)
         decoder_clip_range=1.0, super_res_clip_range=1.0,
-        super_res_last_steps=1,           # upsampler2 (super_res_last) runs the final step
+        super_res_last_steps=SUPER_RES_LAST_STEPS,   # upsampler2 (super_res_last): final step
         low_res_upscale="bicubic",        # decoder output → 256 px before super-res
     ))
     cfg.lock()
@@ -356,8 +375,6 @@ def _apply_scheduler(cfg, sched: dict | None, component: str) -> None:
     d.variance = VARIANCE[var]
     d.clip_denoised = bool(sched.get("clip_sample", True))
     d.clip_range = float(sched.get("clip_sample_range", 1.0))
-    n = len(d.sample_steps)
-    d.sample_steps = karlo_timesteps(n, d.timesteps)
 
 
 def from_diffusers(src: str) -> dict[str, mlc.ConfigDict]:

@@ -227,6 +227,9 @@ def test_timesteps_match_unclip_scheduler():
         assert karlo_cfg.karlo_timesteps(n) == sorted(s.timesteps.tolist()), n
         # so a plain step count ("25") on the sampling CLI visits the same timesteps
         assert space_timesteps(1000, str(n)) == karlo_cfg.karlo_timesteps(n), n
+    # the stage configs store "N": our spacing string must visit Karlo's timesteps for any N
+    bad = [n for n in range(1, 1001) if space_timesteps(1000, str(n)) != karlo_cfg.karlo_timesteps(n)]
+    assert not bad, bad[:10]
     cfg = karlo_cfg.get_config("karlo")
     assert cfg.prior_guidance == 4.0 and cfg.decoder_guidance == 8.0
     assert len(cfg.super_res_timesteps) == 7 and cfg.super_res_last_steps == 1

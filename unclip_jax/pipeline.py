@@ -242,7 +242,10 @@ class UnCLIP:
     def encode_text(self, captions: Sequence[str]) -> dict[str, np.ndarray]:
         """captions → dict(embeds [B, D], states [B, L, W], mask [B, L]) as host arrays."""
         self._need("clip", "tokenizer")
-        ids, mask = self.tokenizer(io.check_prompts(captions))
+        ids, _ = self.tokenizer(io.check_prompts(captions))
+        return self._encode_ids(ids)
+
+    def _encode_ids(self, ids) -> dict[str, np.ndarray]:
         from unclip_jax.clip.model import CLIP
         clip = self.stages["clip"]
         (ids_d,), _, n = self._pad(ids)
@@ -253,12 +256,39 @@ class UnCLIP:
         out = self._program("clip_text", (), fn, (clip.params, ids_d))
         return {k: np.asarray(v)[:n] for k, v in out.items()}
 
+    def uncond_text(self, stage: str) -> dict[str, np.ndarray] | None:
+        """The caption encoding guidance's unconditional half of `stage` conditions on, or
+        None when the stage uses its own drop path (the default).
+
+        `diffusion.uncond` = 'empty_caption' in the stage config (Karlo's prior and decoder)
+        → `encode_text` of the empty caption "" (embeds [1, D], states [1, L, W], mask
+        [1, L]); 'drop' or absent → None.
+        """
+        mode = self.stages[stage].config.diffusion.get("uncond", "drop")
+        if mode in (None, "drop"):
+            return None
+        if mode != "empty_caption":
+            raise CheckpointError(f"{self.stages[stage].directory}: diffusion.uncond={mode!r}; "
+                                  "supported: 'drop' or 'empty_caption'")
+        self._need("clip", "tokenizer")
+        if getattr(self, "_empty_caption", None) is None:
+            L = self.tokenizer.context_length
+            enc = self.tokenizer.hf([""], padding="max_length", truncation=True, max_length=L,
+                                    return_tensors="np")
+            self._empty_caption = self._encode_ids(np.asarray(enc["input_ids"], np.int32))
+            self._empty_caption["mask"] = np.asarray(enc["attention_mask"]).astype(bool)
+        return self._empty_caption
+
     def encode_images(self, images) -> np.ndarray:
         """images (uint8 or float [-1, 1], NHWC, any size) → CLIP image embeddings [B, D]."""
         self._need("clip")
         from unclip_jax.clip.model import CLIP
         from unclip_jax.clip.preprocess import preprocess
         clip = self.stages["clip"]
+        if "vision_model" not in sampling._variables(clip.params)["params"]:
+            raise UserError(f"the CLIP checkpoint {clip.directory} has no image encoder (text "
+                            "tower only, e.g. a Karlo conversion); convert a ViT-L/14 CLIPModel "
+                            "with `unclip-jax convert-clip SRC DIR` and use DIR as clip/")
         (x,), _, n = self._pad(images)
 
         def fn(params, x):
@@ -268,9 +298,10 @@ class UnCLIP:
         return np.asarray(self._program("clip_image", (), fn, (clip.params, x)))[:n]
 
     # ------------------------------------------------------------------ stages
-    def prior_sample(self, text: dict, key, *, steps=None, guidance=None, best_of: int = 2,
+    def prior_sample(self, text: dict, key, *, steps=None, guidance=None, best_of=None,
                      temperature: float = 1.0) -> np.ndarray:
-        """text (from `encode_text`) → z_i [B, D] (host)."""
+        """text (from `encode_text`) → z_i [B, D] (host). best_of None: the prior config's
+        `model.sample_candidates` (default 2)."""
         self._need("prior")
         st = self.prior_stage
         guidance = self._guidance(st.name, guidance) if st.name == "prior" else \
@@ -278,23 +309,26 @@ class UnCLIP:
         (z_t, states, mask), idx, n = self._pad(text["embeds"], text["states"], text["mask"])
         key = jax.random.fold_in(as_key(key), KEY_IDS["prior"])
         if st.name == "prior":
+            if best_of is None:
+                best_of = st.config.model.get("sample_candidates", 2)
             if int(best_of) < 1:
                 raise UserError(f"prior best_of={best_of} must be at least 1")
             steps, sched = self._schedule("prior", steps)
             stats = st.extra.get("stats")
+            uncond = self.uncond_text("prior")
 
-            def one(k, z_t, s, m, params, stats, sched):
+            def one(k, z_t, s, m, params, stats, sched, uncond):
                 return sampling.prior_sample(params, st.model, st.config.model,
                                              st.config.diffusion, stats, z_t, s, m, k,
                                              sched=sched, guidance=guidance,
-                                             best_of=int(best_of))
+                                             best_of=int(best_of), uncond=uncond)
 
-            def fn(params, stats, sched, key, idx, z_t, s, m):
+            def fn(params, stats, sched, uncond, key, idx, z_t, s, m):
                 return per_example(functools.partial(one, params=params, stats=stats,
-                                                     sched=sched),
+                                                     sched=sched, uncond=uncond),
                                    _example_keys(key, idx), z_t, s, m)
-            out = self._program("prior", (steps, guidance, int(best_of)), fn,
-                                (st.params, stats, sched, key, idx, z_t, states, mask))
+            out = self._program("prior", (steps, guidance, int(best_of), uncond is None), fn,
+                                (st.params, stats, sched, uncond, key, idx, z_t, states, mask))
         else:
             from unclip_jax.models import ar_prior
             codec = st.extra.get("codec")
@@ -333,23 +367,31 @@ class UnCLIP:
         ddim = io.uses_ddim(steps, st.config.diffusion.sampler) if ddim is None else ddim
         eta = _check_eta(eta)
         use_text = text is not None
-        if use_text:
+        uncond = self.uncond_text("decoder") if use_text else None
+        if use_text and getattr(st.model, "text_embed_dim", 0):
+            if "embeds" not in text:
+                raise UserError("this decoder also takes the pooled CLIP text embedding; pass "
+                                "text=encode_text(...) with its 'embeds'")
+            (z, xt, s, m, zt), idx, n = self._pad(z_i, x_T, text["states"], text["mask"],
+                                                  text["embeds"])
+        elif use_text:
             (z, xt, s, m), idx, n = self._pad(z_i, x_T, text["states"], text["mask"])
+            zt = None
         else:
             (z, xt), idx, n = self._pad(z_i, x_T)
-            s = m = None
+            s = m = zt = None
         key = jax.random.fold_in(as_key(key), KEY_IDS["decoder"])
 
-        def one(k, z, xt, s, m, params, sched):
+        def one(k, z, xt, s, m, zt, params, sched, uncond):
             return sampling.decoder_sample(params, st.model, st.config.diffusion, z, s, m, xt, k,
                                            sched=sched, guidance=guidance, ddim=ddim, eta=eta,
-                                           use_text=use_text)
+                                           use_text=use_text, z_t=zt, uncond=uncond)
 
-        def fn(params, sched, key, idx, z, xt, s, m):
-            return per_example(functools.partial(one, params=params, sched=sched),
-                               _example_keys(key, idx), z, xt, s, m)
-        out = self._program("decoder", (steps, guidance, ddim, eta, use_text), fn,
-                            (st.params, sched, key, idx, z, xt, s, m))
+        def fn(params, sched, uncond, key, idx, z, xt, s, m, zt):
+            return per_example(functools.partial(one, params=params, sched=sched, uncond=uncond),
+                               _example_keys(key, idx), z, xt, s, m, zt)
+        out = self._program("decoder", (steps, guidance, ddim, eta, use_text, uncond is None),
+                            fn, (st.params, sched, uncond, key, idx, z, xt, s, m, zt))
         return np.asarray(out)[:n]
 
     def decoder_invert(self, z_i, images, *, steps=None, guidance=None) -> np.ndarray:
@@ -381,17 +423,50 @@ class UnCLIP:
         size = self.image_size(stage)
         (lr,), idx, n = self._pad(low_res)
         key = jax.random.fold_in(as_key(key), KEY_IDS[stage])
+        fin = self._final_stage(stage)
+        if fin is not None:
+            k_last = int(fin.config.diffusion.final_steps)
+            if k_last > len(sched.timesteps):
+                raise UserError(f"{stage} steps={steps!r} has fewer than the {k_last} final "
+                                f"steps {fin.name} runs; use more steps")
+            final_args = (fin.params, int(np.asarray(sched.timesteps)[k_last - 1]))
+        else:
+            final_args = None
 
-        def one(k, lr, params, sched):
+        def one(k, lr, params, sched, final_args):
+            final = None if final_args is None else (final_args[0], fin.model, final_args[1])
             return sampling.upsample(params, st.model, st.config.diffusion, lr, k, sched=sched,
-                                     size=size, ddim=ddim, eta=eta)
+                                     size=size, ddim=ddim, eta=eta, final=final)
 
-        def fn(params, sched, key, idx, lr):
-            return per_example(functools.partial(one, params=params, sched=sched),
+        def fn(params, sched, final_args, key, idx, lr):
+            return per_example(functools.partial(one, params=params, sched=sched,
+                                                 final_args=final_args),
                                _example_keys(key, idx), lr)
-        out = self._program(stage, (steps, ddim, eta, size), fn,
-                            (st.params, sched, key, idx, lr))
+        settings = (steps, ddim, eta, size, None if fin is None else (fin.directory, fin.identity))
+        out = self._program(stage, settings, fn, (st.params, sched, final_args, key, idx, lr))
         return np.asarray(out)[:n]
+
+    def _final_stage(self, stage: str) -> Stage | None:
+        """The next upsampler when its config marks it as running only the final steps of
+        `stage`'s loop (`diffusion.final_steps` > 0, same resolution: Karlo's super_res_last
+        after super_res_first), else None."""
+        i = UPSAMPLERS.index(stage) if stage in UPSAMPLERS else -1
+        if i < 0 or i + 1 >= len(UPSAMPLERS) or UPSAMPLERS[i + 1] not in self.stages:
+            return None
+        nxt = self.stages[UPSAMPLERS[i + 1]]
+        if not int(nxt.config.diffusion.get("final_steps", 0) or 0):
+            return None
+        if self.image_size(nxt.name) != self.image_size(stage):
+            raise CheckpointError(f"{nxt.directory} runs the final steps of {stage} "
+                                  f"(diffusion.final_steps) but its image size "
+                                  f"{self.image_size(nxt.name)} differs from {stage}'s "
+                                  f"{self.image_size(stage)}")
+        return nxt
+
+    def _is_final_only(self, stage: str) -> bool:
+        """Whether `stage` runs inside the previous upsampler's loop, not as its own stage."""
+        i = UPSAMPLERS.index(stage)
+        return i > 0 and self._final_stage(UPSAMPLERS[i - 1]) is not None
 
     # ------------------------------------------------------------------ chains
     def _upsampler_steps(self, upsampler_steps):
@@ -419,7 +494,7 @@ class UnCLIP:
                                 guidance=decoder_guidance, eta=eta, ddim=ddim)
         out["decoder"] = x
         for u in UPSAMPLERS:
-            if u in self.stages:
+            if u in self.stages and not self._is_final_only(u):
                 _stage_bar(bar, u)
                 x = self.upsample(u, x, key, steps=ups[u], eta=upsampler_eta)
                 out[u] = x
@@ -430,7 +505,7 @@ class UnCLIP:
         """Check every stage's settings before any compute (errors come first, not late)."""
         self._schedule("decoder", decoder_steps)
         for u in UPSAMPLERS:
-            if u in self.stages:
+            if u in self.stages and not self._is_final_only(u):
                 self._schedule(u, ups[u])
 
     def _bar(self, total: int, desc: str):
@@ -438,11 +513,12 @@ class UnCLIP:
                     leave=False)
 
     def _num_stages(self, with_prior: bool) -> int:
-        return 1 + int(with_prior) + sum(u in self.stages for u in UPSAMPLERS)
+        return 1 + int(with_prior) + sum(u in self.stages and not self._is_final_only(u)
+                                         for u in UPSAMPLERS)
 
     def generate(self, prompts: Sequence[str], key, *, num_images_per_prompt: int = 1,
                  prior_steps=None, decoder_steps=None, upsampler_steps=None,
-                 prior_guidance=None, decoder_guidance=None, prior_best_of: int = 2,
+                 prior_guidance=None, decoder_guidance=None, prior_best_of=None,
                  prior_temperature: float = 1.0, eta: float = 0.0,
                  return_intermediates: bool = False):
         """Text → images uint8 [len(prompts)·num_images_per_prompt, H, W, 3], prompt-major.

@@ -54,7 +54,9 @@ def add_arguments_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-images-per-prompt", type=int, default=1)
     p.add_argument("--prior-steps", default=None)
     p.add_argument("--prior-guidance", type=float, default=None)
-    p.add_argument("--prior-best-of", type=int, default=2)
+    p.add_argument("--prior-best-of", type=int, default=None,
+                   help="prior candidates per image (default: the prior config's "
+                   "model.sample_candidates)")
     p.add_argument("--eta", type=float, default=0.0)
     _common(p, "sample")
 

@@ -69,12 +69,17 @@ def _variables(params):
 
 def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, low_res=None,
                   guidance: float = 1.0, use_text: bool = True, learned_variance: bool = False,
-                  predict: str = "eps"):
+                  predict: str = "eps", z_t=None, uncond: dict | None = None):
     """`model_fn(x_t [B,H,W,C], t [B]) → output` for a decoder / upsampler UNet.
 
     Decoder: conditioned on z_i [B, D] and (when `use_text`) text_states [B, L, W] with
-    text_mask [B, L]; without text the caption is dropped for every example. guidance ≠ 1
-    runs one call over [cond; uncond] where uncond drops both caption and image embedding.
+    text_mask [B, L]; without text the caption is dropped for every example. A model with
+    `text_embed_dim` > 0 also takes z_t [B, D] (the pooled CLIP text embedding; dropped with
+    the caption, zeros when none is given). guidance ≠ 1 runs one call over [cond; uncond]
+    where uncond drops the image embedding and either
+      - drops the caption (uncond=None: the model's own drop path), or
+      - conditions on another caption's encoding, `uncond` = {'embeds' [B|1, D],
+        'states' [B|1, L, W], 'mask' [B|1, L]} (e.g. the empty caption "", as Karlo does).
     Upsampler: conditioned on `low_res` (its input resolution) only; no guidance.
     """
     variables = _variables(params)
@@ -84,52 +89,106 @@ def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, 
         text_states = jnp.zeros((z_i.shape[0], 1, model.text_width), jnp.float32)
         text_mask = jnp.zeros((z_i.shape[0], 1), bool)
         use_text = False
+        uncond = None
+    if conditional and getattr(model, "text_embed_dim", 0) and z_t is None:
+        z_t = jnp.zeros((z_i.shape[0], model.text_embed_dim), jnp.float32)
+        use_text = False
 
-    def call(x_t, t, z, ts, tm, lr, drop_text, drop_img):
+    def call(x_t, t, z, ts, tm, lr, drop_text, drop_img, zt):
         return model.apply(variables, x_t, t, z_i=z, text_states=ts, text_mask=tm,
                            low_res=lr, drop_text=drop_text, drop_image_embed=drop_img,
-                           train=False)
+                           z_t=zt, train=False)
 
     def model_fn(x_t, t):
         B = x_t.shape[0]
         t = jnp.broadcast_to(jnp.asarray(t), (B,))
         if not conditional:
-            return call(x_t, t, None, None, None, low_res, None, None)
+            return call(x_t, t, None, None, None, low_res, None, None, None)
         no_text = jnp.full((B,), not use_text)
         return call(x_t, t, z_i, text_states, text_mask, low_res, no_text,
-                    jnp.zeros((B,), bool))
+                    jnp.zeros((B,), bool), z_t)
 
     if not conditional or guidance == 1.0:
         return model_fn
     B = z_i.shape[0]
     two = lambda a: None if a is None else jnp.concatenate([a, a], axis=0)
-    z2, s2, m2, lr2 = two(z_i), two(text_states), two(text_mask), two(low_res)
+    z2, lr2 = two(z_i), two(low_res)
     no_text = jnp.full((B,), not use_text)
-    drop_text = jnp.concatenate([no_text, jnp.ones((B,), bool)])
+    if uncond is None:
+        s2, m2, zt2 = two(text_states), two(text_mask), two(z_t)
+        drop_text = jnp.concatenate([no_text, jnp.ones((B,), bool)])
+    else:
+        u = _broadcast_text(uncond, B)
+        s2 = jnp.concatenate([jnp.asarray(text_states, jnp.float32), u["states"]])
+        m2 = jnp.concatenate([jnp.asarray(text_mask, bool), u["mask"]])
+        zt2 = None if z_t is None else jnp.concatenate([jnp.asarray(z_t, jnp.float32),
+                                                        u["embeds"]])
+        drop_text = jnp.concatenate([no_text, jnp.zeros((B,), bool)])
     drop_img = jnp.concatenate([jnp.zeros((B,), bool), jnp.ones((B,), bool)])
 
     def model_fn2(x2, t2):
-        return call(x2, t2, z2, s2, m2, lr2, drop_text, drop_img)
+        return call(x2, t2, z2, s2, m2, lr2, drop_text, drop_img, zt2)
 
     return guidance_lib.classifier_free_guidance(model_fn2, guidance, predict=predict,
                                                  learned_variance=learned_variance)
 
 
+def _broadcast_text(text: dict, B: int) -> dict:
+    """{'embeds' [1|B, D], 'states' [1|B, L, W], 'mask' [1|B, L]} → the same with batch B."""
+    out = {}
+    for k, dtype in (("embeds", jnp.float32), ("states", jnp.float32), ("mask", bool)):
+        a = jnp.asarray(text[k], dtype)
+        out[k] = jnp.broadcast_to(a, (B,) + a.shape[1:])
+    return out
+
+
+def prior_uncond_model_fn(params, model, z_t, text_states, text_mask, uncond: dict, *,
+                          guidance: float, clamp: float | None = None):
+    """Guided prior `model_fn(x_t [B, D], t [B]) → x0 [B, D]` whose unconditional half is
+    another caption's encoding (`uncond` as in `unet_model_fn`, e.g. the empty caption ""),
+    not the model's learned null tokens. One batched call over [cond; uncond]; x0 is
+    clipped to ±clamp (normalised space) after guidance."""
+    B = z_t.shape[0]
+    u = _broadcast_text(uncond, B)
+    z2 = jnp.concatenate([jnp.asarray(z_t, jnp.float32), u["embeds"]])
+    s2 = jnp.concatenate([jnp.asarray(text_states, jnp.float32), u["states"]])
+    m2 = jnp.concatenate([jnp.asarray(text_mask, bool), u["mask"]])
+    variables = _variables(params)
+
+    def model_fn2(x2, t2):
+        return model.apply(variables, x2, t2, z2, s2, m2, None)
+
+    fn = guidance_lib.classifier_free_guidance(model_fn2, guidance, predict="x0")
+    if clamp is None:
+        return fn
+
+    def clamped(x_t, t):
+        t = jnp.broadcast_to(jnp.asarray(t), (x_t.shape[0],))
+        return jnp.clip(fn(x_t, t), -clamp, clamp)
+    return clamped
+
+
 # --------------------------------------------------------------------------- stages
 
 def prior_sample(params, model, model_cfg, diffusion_cfg, stats, z_t, text_states, text_mask,
-                 key, *, sched: Schedule, guidance: float, best_of: int):
+                 key, *, sched: Schedule, guidance: float, best_of: int,
+                 uncond: dict | None = None):
     """Diffusion prior: z_t [B, D], text_states [B, L, W], text_mask [B, L] → z_i [B, D].
 
     Draws `best_of` candidates per caption in one batched sampler run and keeps the one
     closest (cosine) to z_t. Sampling happens in the prior's normalised space; the result is
-    denormalised to CLIP embedding space.
+    denormalised to CLIP embedding space. Guidance's unconditional half uses the model's
+    learned null tokens, or (`uncond` given, see `prior_uncond_model_fn`) another caption.
     """
     B, D = z_t.shape
     rep = lambda a: jnp.tile(a, (best_of,) + (1,) * (a.ndim - 1))
-    fn = prior_lib.prior_model_fn(_variables(params), model, rep(z_t), rep(text_states),
-                                  rep(text_mask), guidance_scale=guidance,
-                                  clamp=model_cfg.get("clamp", None) or None)
+    clamp = model_cfg.get("clamp", None) or None
+    if uncond is not None and guidance != 1.0:
+        fn = prior_uncond_model_fn(params, model, rep(z_t), rep(text_states), rep(text_mask),
+                                   uncond, guidance=guidance, clamp=clamp)
+    else:
+        fn = prior_lib.prior_model_fn(_variables(params), model, rep(z_t), rep(text_states),
+                                      rep(text_mask), guidance_scale=guidance, clamp=clamp)
     x = samplers.ddpm_sample(fn, sched, (best_of * B, D), key, predict="x0",
                              variance=diffusion_cfg.variance,
                              clip_denoised=False, clip_range=diffusion_cfg.clip_range)
@@ -152,11 +211,14 @@ def image_sample(model_fn, diffusion_cfg, sched: Schedule, shape, key, *, ddim: 
 
 
 def decoder_sample(params, model, diffusion_cfg, z_i, text_states, text_mask, x_T, key, *,
-                   sched: Schedule, guidance: float, ddim: bool, eta: float, use_text: bool):
-    """Decoder: z_i [B, D] (+ text) and x_T [B, S, S, 3] → images [B, S, S, 3] in [-1, 1]."""
+                   sched: Schedule, guidance: float, ddim: bool, eta: float, use_text: bool,
+                   z_t=None, uncond: dict | None = None):
+    """Decoder: z_i [B, D] (+ text, z_t [B, D]) and x_T [B, S, S, 3] → images [B, S, S, 3]
+    in [-1, 1]. `uncond`: see `unet_model_fn`."""
     fn = unet_model_fn(params, model, z_i=z_i, text_states=text_states, text_mask=text_mask,
                        guidance=guidance, use_text=use_text, predict=diffusion_cfg.predict,
-                       learned_variance=diffusion_cfg.variance == "learned_range")
+                       learned_variance=diffusion_cfg.variance == "learned_range",
+                       z_t=z_t, uncond=uncond)
     return image_sample(fn, diffusion_cfg, sched, x_T.shape, key, ddim=ddim, eta=eta, x_T=x_T)
 
 
@@ -171,9 +233,31 @@ def decoder_invert(params, model, diffusion_cfg, z_i, text_states, text_mask, x0
                                 variance=diffusion_cfg.variance)
 
 
+def upscale_low_res(low_res, size: int, method: str | None):
+    """low_res [B, s, s, C] → [B, size, size, C] by `method` ('bicubic', 'bilinear', ...;
+    jax.image.resize, whose bicubic is the Keys a = −0.5 kernel with half-pixel centres, i.e.
+    torch's antialiased bicubic), or unchanged for None (the UNet resizes it itself)."""
+    if not method:
+        return low_res
+    B, _, _, C = low_res.shape
+    return jax.image.resize(jnp.asarray(low_res, jnp.float32), (B, size, size, C), method)
+
+
 def upsample(params, model, diffusion_cfg, low_res, key, *, sched: Schedule, size: int,
-             ddim: bool, eta: float):
-    """Upsampler: low_res [B, s, s, 3] (clean, the previous stage's output) → [B, size, size, 3]."""
+             ddim: bool, eta: float, final: tuple | None = None):
+    """Upsampler: low_res [B, s, s, 3] (clean, the previous stage's output) → [B, size, size, 3].
+
+    `diffusion_cfg.low_res_upscale` (optional) resizes low_res to `size` before the model.
+    `final` = (params, model, last_timestep): a second UNet of the same resolution that runs
+    the steps at timesteps ≤ last_timestep instead of this one (Karlo's super_res_last).
+    """
+    from unclip_jax.karlo.sampling import super_res_model_fn
+
+    low_res = upscale_low_res(low_res, size, diffusion_cfg.get("low_res_upscale", None))
     fn = unet_model_fn(params, model, low_res=low_res)
+    if final is not None:
+        last_params, last_model, last_t = final
+        fn = super_res_model_fn(fn, unet_model_fn(last_params, last_model, low_res=low_res),
+                                last_t)
     shape = (low_res.shape[0], size, size, low_res.shape[-1])
     return image_sample(fn, diffusion_cfg, sched, shape, key, ddim=ddim, eta=eta)

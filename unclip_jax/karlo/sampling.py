@@ -6,7 +6,8 @@
   `samplers.ddpm_sample` with variance 'fixed_small' (its 'fixed_small_log') or
   'learned_range' reproduces `UnCLIPScheduler.step`.
 - `super_res_model_fn(first_fn, last_fn, last_timestep)`: one model_fn that runs
-  super_res_last at the final step and super_res_first everywhere else.
+  super_res_last at the final step (t ≤ last_timestep) and super_res_first everywhere else.
+  The pipeline uses it when upsampler2's config has `diffusion.final_steps` > 0.
 """
 from __future__ import annotations
 
@@ -29,12 +30,13 @@ def karlo_schedule(diffusion_cfg, num_steps: int | None = None) -> schedules.Sch
 
 
 def super_res_model_fn(first_fn: Callable, last_fn: Callable, last_timestep: int = 0) -> Callable:
-    """model_fn(x_t [B,H,W,C], t [B]) → last_fn at t == last_timestep, else first_fn.
+    """model_fn(x_t [B,H,W,C], t [B]) → last_fn at t ≤ last_timestep, else first_fn.
 
-    The choice is one `lax.cond` on t[0] (every example of a sampler step shares t), so each
+    t and last_timestep are original (training) timesteps; last_timestep may be traced. The
+    choice is one `lax.cond` on t[0] (every example of a sampler step shares t), so each
     step runs only one of the two UNets.
     """
     def fn(x_t, t):
         t = jnp.asarray(t)
-        return jax.lax.cond(t.reshape(-1)[0] == last_timestep, last_fn, first_fn, x_t, t)
+        return jax.lax.cond(t.reshape(-1)[0] <= last_timestep, last_fn, first_fn, x_t, t)
     return fn
