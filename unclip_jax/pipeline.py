@@ -121,6 +121,7 @@ class UnCLIP:
         self.num_devices = self.mesh.devices.size
         self.progress = progress
         self.compiled: dict[tuple, Any] = {}
+        self._empty_caption = None   # encoded "" (see `uncond_text`), made on first use
         rep = parallel.replicated(self.mesh)
         for s in stages.values():
             s.params = jax.device_put(s.params, rep)
@@ -271,7 +272,7 @@ class UnCLIP:
             raise CheckpointError(f"{self.stages[stage].directory}: diffusion.uncond={mode!r}; "
                                   "supported: 'drop' or 'empty_caption'")
         self._need("clip", "tokenizer")
-        if getattr(self, "_empty_caption", None) is None:
+        if self._empty_caption is None:
             L = self.tokenizer.context_length
             enc = self.tokenizer.hf([""], padding="max_length", truncation=True, max_length=L,
                                     return_tensors="np")
