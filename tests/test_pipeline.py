@@ -107,7 +107,10 @@ def test_sharded_equals_single_device(dirs, devices8):
     a, ia = one.generate(CAPTIONS[:3], 7, return_intermediates=True, **kw)
     b, ib = eight.generate(CAPTIONS[:3], 7, return_intermediates=True, **kw)
     np.testing.assert_allclose(ia["z_i"], ib["z_i"], atol=1e-5)
-    np.testing.assert_allclose(ia["decoder"], ib["decoder"], rtol=1e-3, atol=1e-4)
+    # The untrained decoder's outputs reach ~1e3; a different reduction order across devices
+    # moves single elements by float32 rounding of that scale, so the tolerance follows it.
+    scale = float(np.abs(ia["decoder"]).max())
+    np.testing.assert_allclose(ia["decoder"], ib["decoder"], rtol=1e-3, atol=1e-4 * max(scale, 1.0))
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
