@@ -20,7 +20,7 @@ import numpy as np
 from unclip_jax import pipeline_io as io
 from unclip_jax.errors import CheckpointError, UserError
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "assets", "model")
+DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "assets", "shapes")   # embedded shapes model
 
 
 def default_checkpoint() -> str:
