@@ -124,12 +124,16 @@ def unet(image_size, model_channels, channel_mult, num_res_blocks, attention_res
 
 def decoder():
     model = unet(16, 32, (1, 2, 2), 1, (8, 4), out_channels=6)
+    # 4+ channels per GroupNorm group: with one channel per group (min(32, 32)) every norm
+    # removes each channel's spatial mean and the decoder could not carry the background
+    # colour through (the first 3200-step run got it wrong; this setting fixed it).
+    model.norm_groups = 8
     cfg = common.stage_config(
         "decoder", model,
         diffusion_cfg=common.diffusion(predict="eps", variance="learned_range", loss="hybrid",
                                        sample_steps="50", guidance_scale=3.0),
         clip=clip_ref(), data=data(16),
-        train_cfg=common.train(batch_size=32, steps=3200, lr=5e-4, ema_decay=0.995))
+        train_cfg=common.train(batch_size=32, steps=1800, lr=5e-4, ema_decay=0.995))
     with cfg.unlocked():
         cfg.train.text_drop = 0.5
         cfg.train.image_embed_drop = 0.1
