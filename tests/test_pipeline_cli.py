@@ -66,7 +66,7 @@ def test_manipulation_commands(dirs, tmp_path):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["sample", "a red circle"], "--checkpoint"),
+    (["sample", "a red circle", "--checkpoint", "/no/such/checkpoint"], "does not exist"),
     (["sample", "--checkpoint", "ROOT"], "no prompts"),
     (["sample", "a", "--checkpoint", "ROOT", "--decoder-guidance", "-2"], "guidance"),
     (["sample", "a", "--checkpoint", "ROOT", "--decoder-steps", "5000"], "at most"),
@@ -80,4 +80,15 @@ def test_cli_errors_are_one_line(dirs, tmp_path, capsys, argv, msg):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1].startswith("unclip-jax: error:") and msg in err[-1]
+    assert not os.path.exists(tmp_path / "x.png")
+
+
+def test_missing_default_model_names_the_flag(tmp_path, capsys, monkeypatch):
+    """Without --checkpoint the embedded model is used; when a package ships none, the error
+    names the flag."""
+    from unclip_jax import pipeline_cli
+    monkeypatch.setattr(pipeline_cli, "DEFAULT_MODEL", str(tmp_path / "no_model"))
+    rc = cli.main(["sample", "a red circle", "--out", str(tmp_path / "x.png"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("unclip-jax: error:") and "--checkpoint" in err[-1]
     assert not os.path.exists(tmp_path / "x.png")
