@@ -219,8 +219,13 @@ def test_tpu_reuses_matching_slice_and_rejects_other_type(fake_bin, tmp_path):
     (TPU_ARGS + ["--bogus"], "unknown option --bogus"),
     (TPU_ARGS + ["--ref"], "option --ref needs a value"),
 ])
-def test_tpu_bad_input(args, message):
-    proc = launch("tpu_pod.sh", "--dry-run", *args)
+def test_tpu_bad_input(args, message, tmp_path):
+    # A checkout with an `origin` remote supplies --repo by itself; point git at an empty
+    # repository so that "no --repo and no origin" is what the script sees, wherever the
+    # tests run (CI's clone has an origin).
+    empty = tmp_path / "no-remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(empty)], check=True)
+    proc = launch("tpu_pod.sh", "--dry-run", *args, env={"GIT_DIR": str(empty)})
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.startswith("tpu_pod.sh: error: ") and message in proc.stderr
