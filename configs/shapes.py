@@ -112,7 +112,10 @@ def unet(image_size, model_channels, channel_mult, num_res_blocks, attention_res
         use_scale_shift_norm=True,
         low_res_channels=3 if low_res else 0,   # upsampler: low-res image concatenated
         embed_dim=EMBED_DIM if conditional else 0,   # z_i conditioning (decoder)
-        norm_groups=min(32, model_channels),    # GroupNorm groups (divide every level width)
+        # GroupNorm groups: 4 channels per group. With one channel per group every norm
+        # removes each channel's spatial mean, and a 32-channel 16 px decoder could not carry
+        # the background colour through (its first 3200-step run got it wrong).
+        norm_groups=max(1, model_channels // 4),
         clip_tokens=4 if conditional else 0,         # extra context tokens from z_i
         text_width=TEXT_WIDTH if conditional else 0,  # width of the CLIP token states (input)
         text_len=TEXT_LEN if conditional else 0,
@@ -124,10 +127,6 @@ def unet(image_size, model_channels, channel_mult, num_res_blocks, attention_res
 
 def decoder():
     model = unet(16, 32, (1, 2, 2), 1, (8, 4), out_channels=6)
-    # 4+ channels per GroupNorm group: with one channel per group (min(32, 32)) every norm
-    # removes each channel's spatial mean and the decoder could not carry the background
-    # colour through (the first 3200-step run got it wrong; this setting fixed it).
-    model.norm_groups = 8
     cfg = common.stage_config(
         "decoder", model,
         diffusion_cfg=common.diffusion(predict="eps", variance="learned_range", loss="hybrid",
