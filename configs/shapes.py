@@ -42,7 +42,8 @@ def clip_ref():
 
 def data(image_size, **kw):
     d = dict(name=DATASET, data_dir="", image_size=image_size, low_res_size=0,
-             crop_size=0, degradation="none", embeddings_dir="", shuffle_buffer=2048)
+             crop_size=0, degradation="none", embeddings_dir="", shuffle_buffer=2048,
+             decoder_embedding="image")   # decoder: condition on z_i ('image') or z_t ('text')
     d.update(kw)
     return mlc.ConfigDict(d)
 
@@ -127,6 +128,9 @@ def unet(image_size, model_channels, channel_mult, num_res_blocks, attention_res
 
 def decoder():
     model = unet(16, 32, (1, 2, 2), 1, (8, 4), out_channels=6)
+    # Condition on z_i's direction only: the prior samples unit-norm z_i, raw CLIP image
+    # embeddings have norm ~8-10 and text embeddings another norm (ablation (c) feeds those).
+    model.normalize_z_i = True
     cfg = common.stage_config(
         "decoder", model,
         diffusion_cfg=common.diffusion(predict="eps", variance="learned_range", loss="hybrid",

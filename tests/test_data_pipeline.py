@@ -161,6 +161,12 @@ def test_decoder_and_prior_join_embeddings_by_index(data_dir, tmp_path):
     b = next(make_pipeline(cfg, "validation", process_index=0, process_count=1))
     assert set(b) == {"z_i", "z_t", "text_states", "text_mask"}
     np.testing.assert_array_equal(b["z_t"], -b["z_i"])
+    # the §5.1 baseline decoder reads the caption's z_t in the z_i slot
+    cfg = config("decoder", data_dir, batch_size=8, embeddings_dir=str(tmp_path),
+                 decoder_embedding="text")
+    b = next(make_pipeline(cfg, "validation", process_index=0, process_count=1, keep_index=True))
+    assert "z_t" not in b
+    np.testing.assert_array_equal(b["z_i"][:, 0], -b["index"])
 
 
 def test_bad_input_messages(data_dir, tmp_path):
@@ -176,6 +182,10 @@ def test_bad_input_messages(data_dir, tmp_path):
     cfg = config("prior", data_dir, embeddings_dir=str(tmp_path / "emb"))
     with pytest.raises(UserError, match="holds the 'validation' split but the 'train' split"):
         make_pipeline(cfg, "train", process_index=0, process_count=1)
+    cfg = config("decoder", data_dir, embeddings_dir=str(tmp_path / "emb"),
+                 decoder_embedding="caption")
+    with pytest.raises(UserError, match="decoder_embedding='caption'; choose 'image'"):
+        make_pipeline(cfg, "validation", process_index=0, process_count=1)
     with pytest.raises(UserError, match="run `unclip-jax embed"):
         make_pipeline(config("prior", data_dir), process_index=0, process_count=1)
     with pytest.raises(UserError, match="not divisible by the 3 processes"):

@@ -234,3 +234,30 @@ def test_image_inputs(pipe64, tmp_path):
     np.testing.assert_allclose(io.load_image(str(tmp_path / "clear.png"), 8), 1.0)
     with pytest.raises(UserError, match="max_angle"):
         pipe64.text_diff(smooth_image(0), "a", "b", n=2, max_angle=2.0)
+
+
+def test_text_conditioned_decoder_generates_from_z_t_without_prior(dirs, tmp_path):
+    """A decoder trained with data.decoder_embedding='text' (the §5.1 baseline) is fed the
+    caption's z_t by generate, which then needs no prior."""
+    import shutil
+    from unclip_jax import export
+    src = dirs["decoder"]
+    dst = str(tmp_path / "decoder_text")
+    shutil.copytree(src, dst)
+    cfg = export.load_config(dst)
+    cfg.data.decoder_embedding = "text"
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        f.write(cfg.to_json())
+    p = UnCLIP.load(clip=dirs["clip"], decoder=dst, tokenizer=dirs["tokenizer"], progress=False)
+    assert p.text_conditioned_decoder
+    imgs, inter = p.generate(CAPTIONS[:2], 3, return_intermediates=True,
+                             decoder_steps="2")
+    text = p.encode_text(CAPTIONS[:2])
+    np.testing.assert_array_equal(inter["z_i"], text["embeds"])
+    redo = p.decode(text["embeds"], 3, x_T=inter["x_T"], text=text, decoder_steps="2")
+    np.testing.assert_array_equal(io.to_uint8(redo["decoder"]), imgs)
+    image_decoder = UnCLIP.load(clip=dirs["clip"], decoder=src, tokenizer=dirs["tokenizer"],
+                                progress=False)
+    assert not image_decoder.text_conditioned_decoder
+    with pytest.raises(UserError, match="this needs a prior; pass prior=DIR"):
+        image_decoder.generate(CAPTIONS[:1], 0, decoder_steps="2")

@@ -194,6 +194,13 @@ class UnCLIP:
     def prior_stage(self) -> Stage:
         return self.stages.get("prior") or self.stages["ar_prior"]
 
+    @property
+    def text_conditioned_decoder(self) -> bool:
+        """True for a decoder trained on the caption's z_t (data.decoder_embedding='text');
+        `generate` then feeds it z_t and needs no prior."""
+        from unclip_jax.data.pipeline import decoder_embedding
+        return decoder_embedding(self.stages["decoder"].config.data) == "z_t"
+
     def image_size(self, stage: str) -> int:
         return int(self.stages[stage].config.model.image_size)
 
@@ -529,23 +536,28 @@ class UnCLIP:
         With return_intermediates also returns a dict with z_t, z_i, x_T (enough to redo or
         edit a result through `decode`) and each stage's float output.
         """
-        self._need("clip", "tokenizer", "prior", "decoder")
+        self._need("clip", "tokenizer", "decoder")
+        use_prior = not self.text_conditioned_decoder
+        if use_prior:
+            self._need("prior")
         prompts = io.check_prompts(prompts)
         n = _check_count("num_images_per_prompt", num_images_per_prompt)
         key = as_key(key)
-        st = self.prior_stage
-        if st.name == "prior":
+        if use_prior and self.prior_stage.name == "prior":
             self._schedule("prior", prior_steps)
             self._guidance("prior", prior_guidance)
         self._guidance("decoder", decoder_guidance)
         self._validate_steps(decoder_steps, self._upsampler_steps(upsampler_steps))
         _check_eta(eta)
         expanded = [p for p in prompts for _ in range(n)]
-        with self._bar(self._num_stages(True), "generate") as bar:
+        with self._bar(self._num_stages(use_prior), "generate") as bar:
             _stage_bar(bar, "clip+prior")
             text = self.encode_text(expanded)
-            z_i = self.prior_sample(text, key, steps=prior_steps, guidance=prior_guidance,
-                                    best_of=prior_best_of, temperature=prior_temperature)
+            if use_prior:
+                z_i = self.prior_sample(text, key, steps=prior_steps, guidance=prior_guidance,
+                                        best_of=prior_best_of, temperature=prior_temperature)
+            else:   # a decoder trained on the text embedding (§5.1 baseline) takes z_t
+                z_i = text["embeds"]
             out = self.decode(z_i, key, text=text, decoder_steps=decoder_steps,
                               decoder_guidance=decoder_guidance,
                               upsampler_steps=upsampler_steps, eta=eta, upsampler_eta=eta,

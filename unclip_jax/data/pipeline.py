@@ -5,7 +5,9 @@
   clip        {'image' f32 [b,S,S,3] in [-1,1], 'tokens' int32 [b,L]}
   prior,      {'z_i' f32 [b,D], 'z_t' f32 [b,D], 'text_states' f32 [b,L,W],
   ar_prior     'text_mask' bool [b,L]}
-  decoder     {'image' f32 [b,S,S,3], 'z_i', 'text_states', 'text_mask'}
+  decoder     {'image' f32 [b,S,S,3], 'z_i', 'text_states', 'text_mask'}; with
+              config.data.decoder_embedding='text' the 'z_i' entry holds the caption's z_t
+              (the paper's §5.1 baseline: a decoder conditioned on the text embedding)
   upsampler1/2 {'image' f32 [b,c,c,3] high-res crop, 'low_res' f32 [b,c/r,c/r,3] degraded}
 
 b = config.train.batch_size // process_count, S = config.data.image_size, c = crop_size (or S),
@@ -33,6 +35,7 @@ from unclip_jax.errors import UserError
 STAGES = ("clip", "prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
 EMBED_STAGES = ("prior", "ar_prior", "decoder")
 DEGRADATIONS = ("none", "blur", "bsr")
+DECODER_EMBEDDINGS = {"image": "z_i", "text": "z_t"}
 Batch = dict[str, np.ndarray]
 
 
@@ -222,6 +225,16 @@ def _resolve_tokenizer(config, tokenizer):
     return Tokenizer(path, int(config.model.text.context_length))
 
 
+def decoder_embedding(data) -> str:
+    """The embedding a decoder is conditioned on, 'z_i' or 'z_t', from a config's `data`
+    section (`decoder_embedding`: 'image', the default, or 'text')."""
+    value = str(data.get("decoder_embedding", "image") if hasattr(data, "get") else "image")
+    if value not in DECODER_EMBEDDINGS:
+        raise UserError(f"data.decoder_embedding={value!r}; choose 'image' (unCLIP: z_i) or "
+                        "'text' (baseline: the caption's CLIP text embedding z_t)")
+    return DECODER_EMBEDDINGS[value]
+
+
 def _resolve_embeddings(config, split, n, embeddings) -> EmbeddingStore:
     if isinstance(embeddings, EmbeddingStore):
         if embeddings.manifest["split"] != split:
@@ -285,11 +298,13 @@ def make_pipeline(config, split: str = "train", *, process_index: int | None = N
             return raw
     elif stage in EMBED_STAGES:
         store = _resolve_embeddings(config, split, n, embeddings)
+        source = decoder_embedding(data) if stage == "decoder" else "z_i"
 
         def finish(raw):
             cond = store.lookup(raw["index"])
             if stage == "decoder":
-                cond.pop("z_t")
+                cond["z_i"] = cond.pop(source)
+                cond.pop("z_t", None)
             if not keep_index:
                 raw.pop("index")
             raw.update(cond)

@@ -67,7 +67,7 @@ CONFIG_FIELDS = (
     "num_res_blocks", "attention_resolutions", "num_head_channels", "dropout",
     "resblock_updown", "use_scale_shift_norm", "norm_groups", "low_res_channels", "embed_dim",
     "clip_tokens", "text_width", "context_dim", "remat", "dtype",
-    "text_embed_dim", "learned_null_image_embed",
+    "text_embed_dim", "learned_null_image_embed", "normalize_z_i",
 )
 INFO_FIELDS = ("kind", "text_len")   # config keys the module does not need
 
@@ -93,6 +93,7 @@ class UNet(nn.Module):
     context_dim: int = 0         # width of the context tokens after projection
     text_embed_dim: int = 0      # > 0: z_t [B, text_embed_dim] also added to the time embedding
     learned_null_image_embed: bool = False   # dropped z_i → learned `null_image_embed`, not 0
+    normalize_z_i: bool = False  # L2-normalise z_i before it conditions (see `conditioning`)
     remat: bool = False
     dtype: Any = jnp.float32
 
@@ -181,7 +182,13 @@ class UNet(nn.Module):
     def conditioning(self, emb, z_i, text_states, text_mask, drop_text, drop_image_embed,
                      z_t=None):
         """Add z_i (and z_t) to the time embedding and build the context.
-        → (emb, context, context_mask)."""
+        → (emb, context, context_mask).
+
+        With `normalize_z_i` the decoder sees only z_i's direction: CLIP embeddings are
+        compared by cosine and their norm carries nothing, so a prior's unit-norm sample, a
+        raw CLIP image embedding and a CLIP text embedding (the paper's §5.1 zero-shot case)
+        all condition it the same way. A dropped z_i is replaced after normalising.
+        """
         B = emb.shape[0]
         contexts, masks = [], []
         if self.text_embed_dim:
@@ -191,6 +198,8 @@ class UNet(nn.Module):
             emb = emb + dense(emb.shape[-1], (None, "embed"), "text_embed_proj", self.dtype)(zt)
         if self.embed_dim:
             z = z_i.astype(jnp.float32)
+            if self.normalize_z_i:
+                z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
             null = 0.0
             if self.learned_null_image_embed:
                 null = self.param("null_image_embed", nn.with_logical_partitioning(
