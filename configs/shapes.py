@@ -76,7 +76,9 @@ def ar_prior():
     model = mlc.ConfigDict(dict(
         kind="ar_prior", width=128, layers=4, heads=4, mlp_ratio=4.0,
         embed_dim=EMBED_DIM, text_width=TEXT_WIDTH, text_len=TEXT_LEN,
-        pca_components=32, num_buckets=256, dot_buckets=64,
+        # 16 components × 32 equal-mass buckets reconstruct held-out z_i at cosine 0.992
+        # (32 × 256: 0.9987) with a short, coarse sequence that trains in minutes on a CPU
+        pca_components=16, num_buckets=32, dot_buckets=64,
         dot_quantile=0.5,                       # sample z_i·z_t from above this quantile
         temperature=1.0,                        # sampling temperature (0 = greedy)
         dropout=0.0, remat=False, dtype="float32"))
