@@ -1,6 +1,7 @@
 """Evaluation: metric math against analytic answers, the attribute classifier on a small
 `unclip_shapes` build, and `unclip-jax eval` on tiny random checkpoints."""
 import json
+import os
 
 import jax
 import numpy as np
@@ -241,6 +242,26 @@ def test_eval_real_clip_score_matches_direct_computation(ckpt, shapes_dir, tmp_p
     cos = np.sum(img * txt, -1) / np.linalg.norm(img, axis=-1) / np.linalg.norm(txt, axis=-1)
     assert res["real"]["clip_cosine"]["mean"] == pytest.approx(cos.mean(), abs=1e-5)
     assert "diversity" not in res["variants"]["zeroshot_text"]     # 1 image per prompt
+
+
+def test_eval_compares_the_diffusion_and_ar_priors(ckpt, shapes_dir, tmp_path):
+    """With prior/ and ar_prior/ in one model, 'unclip' samples z_i with the diffusion prior and
+    'unclip_ar' with the AR prior; both get prior metrics and a row in the table."""
+    from unclip_jax.eval.evaluate import evaluate
+    from unclip_jax.eval.report import format_markdown
+    root = tmp_path / "both"
+    root.mkdir()
+    for n in ("clip", "tokenizer", "prior", "ar_prior", "decoder"):
+        os.symlink(ckpt[n], root / n)
+    res = evaluate(str(root), shapes_dir, num_prompts=3, images_per_prompt=1,
+                   prior_steps="2", decoder_steps="2", variants=("unclip", "unclip_ar"),
+                   num_resamples=50)
+    assert set(res["variants"]) == {"unclip", "unclip_ar"}
+    for key in ("prior", "prior_ar"):
+        assert -1.0 <= res[key]["cosine"]["mean"] <= 1.0 and set(res[key]) == {"cosine", "top1"}
+    assert res["prior"]["cosine"]["mean"] != res["prior_ar"]["cosine"]["mean"]
+    table = format_markdown(res)
+    assert "| AR prior + decoder |" in table and "| AR prior sample |" in table
 
 
 @pytest.mark.parametrize("change, message", [

@@ -261,3 +261,21 @@ def test_text_conditioned_decoder_generates_from_z_t_without_prior(dirs, tmp_pat
     assert not image_decoder.text_conditioned_decoder
     with pytest.raises(UserError, match="this needs a prior; pass prior=DIR"):
         image_decoder.generate(CAPTIONS[:1], 0, decoder_steps="2")
+
+
+def test_from_directory_picks_the_prior(dirs, tmp_path):
+    """A model directory may hold both priors; `prior=` chooses, 'auto' takes the diffusion
+    prior, and asking for a prior that is not there says which ones are."""
+    root = tmp_path / "both"
+    root.mkdir()
+    for n in ("clip", "tokenizer", "prior", "ar_prior", "decoder"):
+        os.symlink(dirs[n], root / n)
+    assert UnCLIP.from_directory(str(root), progress=False).prior_stage.name == "prior"
+    assert UnCLIP.from_directory(str(root), prior="diffusion",
+                                 progress=False).prior_stage.name == "prior"
+    ar = UnCLIP.from_directory(str(root), prior="ar", progress=False)
+    assert ar.prior_stage.name == "ar_prior" and "prior" not in ar.stages
+    with pytest.raises(CheckpointError, match=r"prior='ar' needs .*ar_prior.*has \['prior'\]"):
+        UnCLIP.from_directory(dirs["root"], prior="ar", progress=False)
+    with pytest.raises(UserError, match="prior='pca'; choose one of auto, diffusion, ar"):
+        UnCLIP.from_directory(str(root), prior="pca", progress=False)

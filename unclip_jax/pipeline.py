@@ -43,6 +43,7 @@ from unclip_jax.errors import CheckpointError, UserError
 
 STAGE_ORDER = ("clip", "tokenizer", "prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
 UPSAMPLERS = ("upsampler1", "upsampler2")
+PRIOR_CHOICES = ("auto", "diffusion", "ar")   # from_directory(prior=...)
 # fold_in offsets of each stage's key (prior, decoder, upsampler1, upsampler2)
 KEY_IDS = {"prior": 1, "decoder": 2, "x_T": 3, "upsampler1": 4, "upsampler2": 5}
 
@@ -154,9 +155,16 @@ class UnCLIP:
         return cls(stages, tok, devices=devices, progress=progress)
 
     @classmethod
-    def from_directory(cls, root: str, *, devices=None, progress: bool = True) -> "UnCLIP":
-        """Load ROOT/{clip,tokenizer,prior|ar_prior,decoder,upsampler1,upsampler2} (see the
-        module docstring); absent subdirectories are skipped."""
+    def from_directory(cls, root: str, *, prior: str = "auto", devices=None,
+                       progress: bool = True) -> "UnCLIP":
+        """Load ROOT/{clip,tokenizer,prior,ar_prior,decoder,upsampler1,upsampler2} (see the
+        module docstring); absent subdirectories are skipped.
+
+        prior: which prior to load when ROOT has both — 'diffusion' (prior/), 'ar'
+        (ar_prior/) or 'auto' (prior/ if present, else ar_prior/).
+        """
+        if prior not in PRIOR_CHOICES:
+            raise UserError(f"prior={prior!r}; choose one of {', '.join(PRIOR_CHOICES)}")
         if not os.path.isdir(root):
             raise CheckpointError(f"checkpoint directory {root} does not exist; pass a directory "
                                   "with clip/, prior/, decoder/, ... subdirectories")
@@ -165,6 +173,14 @@ class UnCLIP:
         if not found:
             raise CheckpointError(f"{root} has none of the stage subdirectories "
                                   f"{', '.join(STAGE_ORDER)}; see `unclip-jax sample --help`")
+        want = {"diffusion": "prior", "ar": "ar_prior"}.get(prior)
+        if want is not None and want not in found:
+            raise CheckpointError(f"prior={prior!r} needs {os.path.join(root, want)}, which does "
+                                  f"not exist; this model has "
+                                  f"{[n for n in ('prior', 'ar_prior') if n in found] or 'no prior'}")
+        drop = {"prior": "ar_prior", "ar_prior": "prior"}[want or
+                                                          ("prior" if "prior" in found else "ar_prior")]
+        found.pop(drop, None)
         return cls.load(**found, devices=devices, progress=progress)
 
     def directories(self) -> dict[str, dict[str, str]]:

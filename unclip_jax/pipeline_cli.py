@@ -58,6 +58,9 @@ def add_arguments_sample(p: argparse.ArgumentParser) -> None:
                    help="prior candidates per image (default: the prior config's "
                    "model.sample_candidates)")
     p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--prior", choices=("auto", "diffusion", "ar"), default="auto",
+                   help="which prior when the model has both prior/ and ar_prior/ "
+                        "(auto: the diffusion prior)")
     _common(p, "sample")
 
 
@@ -136,10 +139,10 @@ def execute(pipe, command: str, inputs: dict, settings: dict, seed: int) -> np.n
     raise UserError(f"unknown command {command!r} in the sidecar")
 
 
-def _load(checkpoint: str | None, progress: bool):
+def _load(checkpoint: str | None, progress: bool, prior: str = "auto"):
     from unclip_jax.pipeline import UnCLIP
     root = checkpoint if checkpoint is not None else default_checkpoint()
-    return UnCLIP.from_directory(root, progress=progress)
+    return UnCLIP.from_directory(root, prior=prior, progress=progress)
 
 
 def _write(pipe, images, out: str, cols, record: dict) -> None:
@@ -154,9 +157,10 @@ def _write(pipe, images, out: str, cols, record: dict) -> None:
 def _run(args, command: str) -> int:
     inputs = _inputs(args, command)
     settings = _settings(args, command)
-    pipe = _load(args.checkpoint, not args.no_progress)
+    prior = getattr(args, "prior", "auto")
+    pipe = _load(args.checkpoint, not args.no_progress, prior)
     images = execute(pipe, command, inputs, settings, args.seed)
-    record = dict(command=command, seed=args.seed, inputs=inputs, settings=settings,
+    record = dict(command=command, seed=args.seed, inputs=inputs, settings=settings, prior=prior,
                   checkpoint=None if args.checkpoint is None else os.path.abspath(args.checkpoint),
                   cols=args.cols)
     _write(pipe, images, args.out, args.cols, record)
@@ -166,7 +170,7 @@ def _run(args, command: str) -> int:
 def regenerate(sidecar: str, out: str | None = None, progress: bool = False) -> str:
     """Redo the command recorded in `sidecar`; writes `out` (default: <name>-regen.png)."""
     rec = io.read_sidecar(sidecar)
-    pipe = _load(rec.get("checkpoint"), progress)
+    pipe = _load(rec.get("checkpoint"), progress, rec.get("prior", "auto"))
     now = pipe.directories()
     for stage, info in rec.get("checkpoints", {}).items():
         if stage not in now or now[stage]["identity"] != info["identity"]:

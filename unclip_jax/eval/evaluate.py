@@ -3,10 +3,13 @@ unCLIP chain and score them against the split's real images.
 
 Variants (paper §5.1 in miniature), all sharing the seed and so the same decoder noise x_T:
 
-  unclip         prior + decoder: z_i sampled by the prior from the caption
+  unclip         prior + decoder: z_i sampled by the prior from the caption (the diffusion
+                 prior when the model has one, else the AR prior)
+  unclip_ar      the same with the model's AR prior (ar_prior/ beside prior/)
   zeroshot_text  the caption's CLIP text embedding fed zero-shot to the image-embedding
                  decoder: z_i := normalize(z_t) · s, s = mean ‖z_i‖ of the real images' CLIP
-                 image embeddings (the scale the decoder was trained on)
+                 image embeddings (the scale of raw CLIP image embeddings; a decoder with
+                 model.normalize_z_i ignores it)
   text_decoder   (only with `text_decoder=DIR`) a decoder trained with the CLIP text embedding
                  in place of z_i, fed z_t; it needs a separately trained decoder checkpoint
 
@@ -38,7 +41,7 @@ from unclip_jax.errors import UserError
 from unclip_jax.eval import metrics
 from unclip_jax.eval.data import ATTRIBUTES, EVAL_SPLITS, load_examples
 
-VARIANTS = ("unclip", "zeroshot_text", "text_decoder")
+VARIANTS = ("unclip", "unclip_ar", "zeroshot_text", "text_decoder")
 # fold_in ids of the bootstrap keys, one per metric family
 _CI_IDS = {"clip": 11, "fd": 12, "div": 13, "attr": 14, "prior": 15}
 
@@ -161,6 +164,8 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
     pipe._need("clip", "tokenizer", "decoder")
     if "unclip" in variants:
         pipe._need("prior")
+    pipe_ar = (UnCLIP.from_directory(checkpoint_dir, prior="ar", progress=progress)
+               if "unclip_ar" in variants else None)
     clf = AttributeClassifier.load(classifier) if classifier else None
     feature_size = int(pipe.stages["clip"].model.image_size)
     # real images at the chain's output size, so real and generated images go through the
@@ -201,6 +206,11 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
             images = decode_in_chunks(pipe, z_i, text, key, chunk, decode_kw)
             results["prior"] = prior_scores(z_i, z_true, images_per_prompt, _k(key, "prior"),
                                             num_resamples)
+        elif name == "unclip_ar":
+            z_i = pipe_ar.prior_sample(text, key)
+            images = decode_in_chunks(pipe_ar, z_i, text, key, chunk, decode_kw)
+            results["prior_ar"] = prior_scores(z_i, z_true, images_per_prompt,
+                                               _k(key, "prior"), num_resamples)
         elif name == "zeroshot_text":
             images = decode_in_chunks(pipe, z_text, text, key, chunk, decode_kw)
         else:

@@ -5,6 +5,7 @@ from unclip_jax.eval.data import ATTRIBUTES
 
 VARIANT_NAMES = {
     "unclip": "prior + decoder (unCLIP)",
+    "unclip_ar": "AR prior + decoder",
     "zeroshot_text": "text embedding → image-embedding decoder (zero-shot)",
     "text_decoder": "decoder trained on the text embedding",
     "real": "real images",
@@ -49,10 +50,14 @@ def format_markdown(results: dict) -> str:
         lines.append(_row([VARIANT_NAMES.get(name, name), ci(m.get("clip_score")), ci(fd),
                            ci(m.get("diversity"), 3)] +
                           [ci(attrs.get(h), 1, percent=True) for h in heads]))
-    if "prior" in results:
+    sources = [(name, key) for name, key in (("diffusion prior sample", "prior"),
+                                             ("AR prior sample", "prior_ar"),
+                                             ("normalize(z_t)·s", "prior_text_baseline"))
+               if key in results]
+    if len(sources) > 1 or (sources and sources[0][1] != "prior_text_baseline"):
         lines += ["", _row(["z_i source", "cosine to true z_i", "top-1 retrieval %"]),
                   _row(["---"] * 3)]
-        for name, key in (("prior sample", "prior"), ("normalize(z_t)·s", "prior_text_baseline")):
+        for name, key in sources:
             p = results[key]
             lines.append(_row([name, ci(p["cosine"], 3), ci(p["top1"], 1, percent=True)]))
     clf = results.get("classifier")
