@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-karlo": ("unclip_jax.karlo", "import Karlo (diffusers unCLIP layout) weights"),
     "eval": ("unclip_jax.eval.cli", "evaluate a model (CLIP score, FD, diversity, prior metrics)"),
     "bench": ("unclip_jax.bench", "benchmarks: pmap vs jit-sharded, vs PyTorch"),
+    "package": ("unclip_jax.package", "export training runs (EMA, float16) into a model directory with a MANIFEST"),
 }
 
 

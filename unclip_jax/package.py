@@ -1,0 +1,323 @@
+"""`unclip-jax package`: turn training workdirs into a shippable model directory.
+
+    unclip-jax package --out model/ --stage clip=runs/clip --stage prior=runs/prior \\
+        --stage decoder=runs/decoder --tokenizer runs/tokenizer [--dtype float16] \\
+        [--commit SHA] [--dataset NAME] [--note decoder="retrained with 8 groups"]
+
+Each stage's EMA parameters are exported (`unclip_jax.train.loop.export_from_workdir`) into
+`OUT/<stage>/` in the inference format (`unclip_jax.export`), cast to `dtype` (they load back
+as float32). `OUT/MANIFEST.json` records, per stage, the trained steps, batch size, planned
+steps, the final loss (mean `loss` of the last `FINAL_ROWS` rows of the workdir's
+`metrics.jsonl` logged at or before the exported step), the last such row, the size of the
+exported directory, the workdir, dtype, commit and an optional note; at the top level the
+commit, dataset, dtype and total size. The layout is the one `UnCLIP.from_directory` reads.
+
+Packaging into an existing OUT replaces only the named stages' subdirectories (and the
+tokenizer when one is given) and merges the MANIFEST: other stages' entries and any other
+top-level keys are kept. Every stage is first exported into a staging directory inside OUT,
+so a failure (bad workdir, missing checkpoint) leaves OUT as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Any
+
+from unclip_jax.errors import CheckpointError, UserError
+
+STAGES = ("clip", "prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
+DTYPES = ("float16", "float32", "bfloat16")
+MANIFEST = "MANIFEST.json"
+TOKENIZER = "tokenizer"
+FINAL_ROWS = 5           # final_loss = mean loss of this many last logged rows
+_STAGING_PREFIX = ".package-"
+
+
+# ------------------------------------------------------------------ pure helpers
+def parse_pairs(items: list[str] | None, flag: str, what: str) -> dict[str, str]:
+    """['name=value', ...] → {name: value}; a missing '=', an empty side or a repeated name
+    is a UserError naming `flag` (e.g. '--stage') and the expected form."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq or not name or not value:
+            raise UserError(f"{flag} {item!r}: write {flag} STAGE={what}, e.g. "
+                            f"{flag} prior={'runs/prior' if what == 'WORKDIR' else 'text'}")
+        if name in out:
+            raise UserError(f"stage {name!r} is given twice ({flag} {name}={out[name]} and "
+                            f"{flag} {item}); give each stage once")
+        out[name] = value
+    return out
+
+
+def check_stage_names(names, flag: str = "stage") -> None:
+    """UserError for a name that is not one of `STAGES`."""
+    for name in names:
+        if name not in STAGES:
+            raise UserError(f"unknown {flag} {name!r}; choose from {', '.join(STAGES)}")
+
+
+def final_loss(rows: list[dict], last: int = FINAL_ROWS) -> float | None:
+    """Mean of the finite numeric 'loss' of the last `last` rows that have one (None if none).
+
+    Rows are `metrics.jsonl` records; rows without 'loss' (or with a non-finite loss, which
+    the metric writer stores as a string) are skipped before taking the last `last`."""
+    losses = [float(r["loss"]) for r in rows
+              if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
+    tail = losses[-last:]
+    return sum(tail) / len(tail) if tail else None
+
+
+def directory_bytes(path: str) -> int:
+    """Total size in bytes of the regular files under `path` (links not followed)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            if os.path.isfile(p) and not os.path.islink(p):
+                total += os.path.getsize(p)
+    return total
+
+
+def human_bytes(n: int) -> str:
+    """1536 → '1.5 KiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------ reading a workdir
+def read_metrics(workdir: str, up_to_step: int | None = None) -> list[dict]:
+    """Rows of `workdir/metrics.jsonl` (empty when absent), keeping only rows logged at or
+    before `up_to_step` when given (a run may have logged past its last checkpoint)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+    if up_to_step is not None:
+        rows = [r for r in rows if int(r.get("step", 0)) <= up_to_step]
+    return rows
+
+
+def repository_commit() -> str | None:
+    """`git rev-parse HEAD` of the repository this package is imported from, or None when it
+    is not a git checkout (e.g. an installed wheel) or git is unavailable."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args):
+        out = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
+                             timeout=30)
+        return out.stdout.strip() if out.returncode == 0 else None
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top is None or not os.path.samefile(top, root):
+            return None
+        return git("rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _export_stage(stage: str, workdir: str, dest: str, dtype: str) -> None:
+    """Export `workdir`'s EMA params to `dest`; errors name the stage, the workdir and the fix."""
+    from unclip_jax.train.loop import export_from_workdir
+    fix = (f"pass --stage {stage}=WORKDIR with the --workdir that `unclip-jax train "
+           f"--config ...:{stage}` wrote, after it saved a checkpoint")
+    try:
+        export_from_workdir(workdir, dest, dtype=dtype)
+    except (CheckpointError, FileNotFoundError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"stage {stage}: cannot export {workdir} ({msg}); {fix}") from e
+    with open(os.path.join(dest, "config.json")) as f:
+        trained = json.load(f).get("stage")
+    if trained != stage:
+        raise UserError(f"stage {stage}: {workdir} trained a {trained!r} model, not {stage!r}; "
+                        f"pass it as --stage {trained}={workdir} or give the {stage} workdir")
+
+
+def stage_entry(workdir: str, exported: str, dtype: str, commit: str | None,
+                note: str | None = None) -> dict:
+    """The MANIFEST entry of one exported stage (see the module docstring)."""
+    with open(os.path.join(exported, "extra.json")) as f:
+        step = int(json.load(f)["step"])
+    with open(os.path.join(exported, "config.json")) as f:
+        train_cfg = json.load(f).get("train", {})
+    rows = read_metrics(workdir, up_to_step=step)
+    entry = {
+        "steps": step,
+        "batch_size": train_cfg.get("batch_size"),
+        "planned_steps": train_cfg.get("steps"),
+        "final_loss": final_loss(rows),
+        "final_metrics": rows[-1] if rows else None,
+        "size_bytes": directory_bytes(exported),
+        "dtype": dtype,
+        "workdir": os.path.abspath(workdir),
+        "commit": commit,
+    }
+    if note is not None:
+        entry["note"] = note
+    return entry
+
+
+# ------------------------------------------------------------------ the manifest
+def read_manifest(out_dir: str) -> dict:
+    """The existing `out_dir/MANIFEST.json`, or {} when there is none."""
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); fix or delete it, then package again")
+    if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
+        raise UserError(f"{path} is not an unclip-jax MANIFEST (no 'stages' mapping); "
+                        "delete it or package into another --out directory")
+    return data
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def merge_manifest(old: dict, new_stages: dict[str, dict], out_dir: str, *, commit, dataset,
+                   dtype: str) -> dict:
+    """`old` updated with `new_stages`: entries of stages still present in `out_dir` are kept
+    (their size re-measured), other top-level keys kept, totals recomputed."""
+    stages = {}
+    for name in STAGES:
+        if name in new_stages:
+            stages[name] = new_stages[name]
+        elif name in old.get("stages", {}) and os.path.isdir(os.path.join(out_dir, name)):
+            stages[name] = dict(old["stages"][name],
+                                size_bytes=directory_bytes(os.path.join(out_dir, name)))
+    manifest = dict(old)
+    dtypes = {e.get("dtype", dtype) for e in stages.values()}
+    tok = os.path.join(out_dir, TOKENIZER)
+    tok_bytes = directory_bytes(tok) if os.path.isdir(tok) else 0
+    manifest.update(
+        commit=commit,
+        dataset=dataset if dataset is not None else old.get("dataset"),
+        dtype=dtypes.pop() if len(dtypes) == 1 else "mixed",
+        packaged=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        stages=stages,
+        tokenizer_bytes=tok_bytes,
+        total_size_bytes=sum(e["size_bytes"] for e in stages.values()) + tok_bytes,
+    )
+    return manifest
+
+
+# ------------------------------------------------------------------ the command
+def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None,
+                  dtype: str = "float16", commit: str | None = None,
+                  dataset: str | None = None, notes: dict[str, str] | None = None) -> dict:
+    """Export training workdirs into the model directory `out_dir` and return its MANIFEST.
+
+    stages: {stage name (one of `STAGES`): training workdir}. tokenizer: a Hugging Face
+    tokenizer directory copied to `out_dir/tokenizer` (None keeps whatever is there).
+    dtype: storage dtype of the parameters ('float16', 'float32' or 'bfloat16'). commit:
+    recorded as is; None → this repository's `git rev-parse HEAD` (null outside git).
+    notes: {stage: text} stored in that stage's entry.
+    Raises UserError (nothing written) for an unknown stage, a missing workdir, tokenizer or
+    checkpoint, a workdir of another stage, an unsupported dtype, or a note for a stage that
+    is not packaged.
+    """
+    notes = dict(notes or {})
+    if not stages and tokenizer is None:
+        raise UserError("nothing to package; give at least one --stage STAGE=WORKDIR")
+    check_stage_names(stages)
+    check_stage_names(notes, "--note stage")
+    if dtype not in DTYPES:
+        raise UserError(f"dtype {dtype!r} is not supported; choose from {', '.join(DTYPES)}")
+    for name in notes:
+        if name not in stages:
+            raise UserError(f"--note {name}=... is for a stage that is not being packaged; "
+                            f"add --stage {name}=WORKDIR or drop the note")
+    for name, work in stages.items():
+        if not os.path.isdir(work):
+            raise UserError(f"stage {name}: workdir {work} does not exist; pass the --workdir "
+                            f"used by `unclip-jax train` for the {name} stage")
+    if tokenizer is not None and not os.path.isdir(tokenizer):
+        raise UserError(f"tokenizer directory {tokenizer} does not exist; pass the Hugging Face "
+                        "tokenizer directory the CLIP stage was trained with (--tokenizer DIR)")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir} is a file; pass a directory")
+    old = read_manifest(out_dir) if os.path.isdir(out_dir) else {}
+    commit = commit if commit is not None else repository_commit()
+
+    os.makedirs(out_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out_dir)
+    try:
+        entries = {}
+        for name in STAGES:
+            if name in stages:
+                dest = os.path.join(staging, name)
+                _export_stage(name, stages[name], dest, dtype)
+                entries[name] = stage_entry(stages[name], dest, dtype, commit, notes.get(name))
+        if tokenizer is not None:
+            shutil.copytree(tokenizer, os.path.join(staging, TOKENIZER))
+        for name in os.listdir(staging):          # all exported: swap them in
+            final = os.path.join(out_dir, name)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(os.path.join(staging, name), final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    manifest = merge_manifest(old, entries, out_dir, commit=commit, dataset=dataset, dtype=dtype)
+    _write_json(os.path.join(out_dir, MANIFEST), manifest)
+    return manifest
+
+
+def summary_lines(manifest: dict, names) -> list[str]:
+    """One line per stage: 'prior: 1200 steps, final loss 0.2305, 1.2 MiB'."""
+    lines = []
+    for name in names:
+        e = manifest["stages"][name]
+        loss = "n/a" if e["final_loss"] is None else f"{e['final_loss']:.4g}"
+        lines.append(f"{name}: {e['steps']} steps, final loss {loss}, "
+                     f"{human_bytes(e['size_bytes'])}")
+    return lines
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="model directory to write (stages already there are kept)")
+    parser.add_argument("--stage", action="append", default=[], metavar="STAGE=WORKDIR",
+                        help=f"a stage ({', '.join(STAGES)}) and its training workdir; repeat")
+    parser.add_argument("--tokenizer", default=None, metavar="DIR",
+                        help="Hugging Face tokenizer directory to copy to DIR/tokenizer")
+    parser.add_argument("--dtype", default="float16", choices=DTYPES,
+                        help="storage dtype of the weights (loaded as float32)")
+    parser.add_argument("--commit", default=None,
+                        help="commit the runs were trained at (default: this checkout's HEAD)")
+    parser.add_argument("--dataset", default=None, help="dataset name for the MANIFEST")
+    parser.add_argument("--note", action="append", default=[], metavar="STAGE=TEXT",
+                        help="a note stored in that stage's MANIFEST entry; repeat")
+
+
+def run(args) -> int:
+    stages = parse_pairs(args.stage, "--stage", "WORKDIR")
+    notes = parse_pairs(args.note, "--note", "TEXT")
+    manifest = package_model(stages, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
+                             commit=args.commit, dataset=args.dataset, notes=notes)
+    for line in summary_lines(manifest, [n for n in STAGES if n in stages]):
+        print(line)
+    print(f"wrote {os.path.join(args.out, MANIFEST)} "
+          f"({human_bytes(manifest['total_size_bytes'])} in all)")
+    return 0
