@@ -149,7 +149,18 @@ def test_interpolate_endpoints(pipe64):
     z = inter["z_i"]
     np.testing.assert_allclose(z[0], inter["endpoints"][0], atol=1e-5)
     np.testing.assert_allclose(z[-1], inter["endpoints"][1], atol=1e-5)
-    np.testing.assert_allclose(z[0], pipe64.encode_images(a[None])[0], atol=1e-5)
+    # CLIP sees the source image resized to its own input size (16 px here)
+    clip_size = pipe64.stages["clip"].model.image_size
+    np.testing.assert_allclose(z[0], pipe64.encode_images(io.image_to_float(a, clip_size)[None])[0],
+                               atol=1e-5)
+    # ... not the decoder-size picture: a 32 px source gives the embedding of its 16 px resize
+    big = smooth_image(5, size=32)
+    z_big = pipe64.interpolate(big, b, 2, 0, decoder_steps="ddim2",
+                               return_intermediates=True)[1]["endpoints"][0]
+    np.testing.assert_allclose(z_big, pipe64.encode_images(io.image_to_float(big, clip_size)[None])[0],
+                               atol=1e-5)
+    small = io.image_to_float(big, pipe64.image_size("decoder"))
+    assert np.abs(z_big - pipe64.encode_images(small[None])[0]).max() > 1e-2
     fixed = pipe64.interpolate(a, b, 4, 0, fixed_xT=True, decoder_steps="ddim2",
                                return_intermediates=True)[1]
     assert np.all(fixed["x_T"] == fixed["x_T"][:1])
@@ -160,7 +171,8 @@ def test_text_diff_angle_zero_is_original(pipe64):
     imgs, inter = pipe64.text_diff(img, CAPTIONS[0], CAPTIONS[1], n=3, max_angle=0.5, key=0,
                                    decoder_steps="ddim2", return_intermediates=True)
     assert imgs.shape == (3, 8, 8, 3)
-    z0 = pipe64.encode_images(img[None])[0]
+    clip_size = pipe64.stages["clip"].model.image_size
+    z0 = pipe64.encode_images(io.image_to_float(img, clip_size)[None])[0]
     np.testing.assert_allclose(inter["z_i"][0], z0, atol=1e-6)
     norms = np.linalg.norm(inter["z_i"], axis=-1)
     np.testing.assert_allclose(norms, np.linalg.norm(z0), rtol=1e-5)

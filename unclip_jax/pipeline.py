@@ -581,9 +581,10 @@ class UnCLIP:
         return _finish(out, return_intermediates, z_t=text["embeds"], z_i=z_i)
 
     # ------------------------------------------------------------------ manipulations
-    def _load_images(self, images) -> np.ndarray:
-        """Paths / PIL images / arrays → float32 [B, S, S, 3] in [-1, 1] at the decoder size."""
-        size = self.image_size("decoder")
+    def _load_images(self, images, size: int | None = None) -> np.ndarray:
+        """Paths / PIL images / arrays → float32 [B, S, S, 3] in [-1, 1] at `size` pixels
+        (default: the decoder size)."""
+        size = self.image_size("decoder") if size is None else int(size)
         if isinstance(images, (str, os.PathLike)):
             images = [images]
         if isinstance(images, np.ndarray) or isinstance(images, jax.Array):
@@ -599,10 +600,13 @@ class UnCLIP:
 
     def invert(self, images, *, decoder_steps=None, decoder_guidance=None):
         """images → (x0 [B,S,S,3] float, z_i [B, D], x_T [B,S,S,3]) by CLIP encoding and
-        DDIM inversion of the decoder (caption dropped)."""
+        DDIM inversion of the decoder (caption dropped). CLIP sees each image resized from
+        the source to its own input size, not the decoder-size x0 (a 16 px decoder's input
+        upscaled to CLIP's 64 px is a different picture to CLIP)."""
         self._need("clip", "decoder")
         x0 = self._load_images(images)
-        z_i = self.encode_images(x0)
+        z_i = self.encode_images(self._load_images(images,
+                                                   self.stages["clip"].model.image_size))
         x_T = self.decoder_invert(z_i, x0, steps=_ddim_steps(decoder_steps, self),
                                   guidance=decoder_guidance)
         return x0, z_i, x_T
@@ -641,12 +645,14 @@ class UnCLIP:
         key = as_key(key)
         with self._bar(self._num_stages(False) + 1, "interpolate") as bar:
             _stage_bar(bar, "invert")
-            images = [self._load_images(image_a)[0], self._load_images(image_b)[0]]
+            images = [_one_image(image_a), _one_image(image_b)]
             if fixed_xT:
-                z_ab = self.encode_images(np.stack(images))
+                z_ab = self.encode_images(np.concatenate(
+                    [self._load_images(i, self.stages["clip"].model.image_size)
+                     for i in images]))
                 x_T = np.repeat(self.initial_noise(1, key), n, axis=0)
             else:
-                _, z_ab, xT_ab = self.invert(np.stack(images), decoder_steps=steps,
+                _, z_ab, xT_ab = self.invert(images, decoder_steps=steps,
                                              decoder_guidance=decoder_guidance)
                 x_T = np.asarray(sampling.slerp_flat(xT_ab[0], xT_ab[1], _fractions(n)))
             z_i = np.asarray(sampling.slerp(z_ab[0], z_ab[1], _fractions(n)[:, None]))
@@ -693,6 +699,15 @@ class UnCLIP:
 
 
 # ---------------------------------------------------------------------- small helpers
+
+def _one_image(image):
+    """A path, PIL image, [H, W, C] array, or [1, H, W, C] array → one image (not a batch)."""
+    if isinstance(image, (np.ndarray, jax.Array)) and np.ndim(image) == 4:
+        if image.shape[0] != 1:
+            raise UserError(f"expected one image, got a batch of shape {tuple(image.shape)}")
+        return np.asarray(image)[0]
+    return image
+
 
 def _fractions(n: int) -> jnp.ndarray:
     return jnp.linspace(0.0, 1.0, n) if n > 1 else jnp.zeros((1,))
