@@ -4,6 +4,7 @@ load, the MANIFEST matches the workdirs, re-packaging one stage keeps the other,
 user mistake gets a message naming the fix (with the model directory left untouched)."""
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 
@@ -16,7 +17,7 @@ import test_train_stages
 from unclip_jax import cli, export
 from unclip_jax.clip.tokenizer import Tokenizer, build_tokenizer
 from unclip_jax.errors import UserError
-from unclip_jax.package import package_model, parse_pairs
+from unclip_jax.package import final_loss, human_bytes, package_model, parse_pairs
 from unclip_jax.pipeline import UnCLIP
 from unclip_jax.train.loop import restore_for_inference, train
 
@@ -31,12 +32,21 @@ def metric_rows(workdir):
 
 
 def tree_bytes(root):
-    return sum(p.stat().st_size for p in __import__("pathlib").Path(root).rglob("*")
-               if p.is_file())
+    return sum(p.stat().st_size for p in pathlib.Path(root).rglob("*") if p.is_file())
 
 
 def leaves(tree):
     return [np.asarray(jax.device_get(a)) for a in jax.tree.leaves(tree)]
+
+
+def test_final_loss_skips_rows_without_a_finite_loss_and_sizes_read_well():
+    rows = [{"step": 1, "loss": 9.0}, {"step": 2, "loss": 1.0}, {"step": 3, "mae": 0.5},
+            {"step": 4, "loss": "nan"}, {"step": 5, "loss": 2.0}, {"step": 6, "loss": 3.0}]
+    assert final_loss(rows, last=3) == pytest.approx(2.0)
+    assert final_loss(rows, last=5) == pytest.approx(15.0 / 4)
+    assert final_loss([{"step": 1, "mae": 1.0}]) is None
+    assert [human_bytes(n) for n in (512, 1536, 5 * 2**20 + 2**19, 3 * 2**30)] == [
+        "512 B", "1.5 KiB", "5.5 MiB", "3.0 GiB"]
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +210,10 @@ def test_user_mistakes_name_the_fix_and_write_nothing(runs, packaged, tmp_path, 
     (empty / "checkpoints").mkdir()
     with pytest.raises(UserError, match=r"cannot export .*holds no checkpoint steps"):
         package_model({"prior": str(empty)}, out, tokenizer=None)
+    (empty / "checkpoints" / "5").mkdir()          # a step directory with nothing in it
+    with pytest.raises(UserError, match=r"stage prior: cannot export .*config/metadata.*; pass "
+                                        r"--stage prior=WORKDIR"):
+        package_model({"prior": str(empty)}, out, tokenizer=None)
     with pytest.raises(UserError, match=r"stage 'prior' is given twice .*give each stage once"):
         parse_pairs(["prior=a", "prior=b"], "--stage", "WORKDIR")
     assert snapshot == {os.path.join(r, f): os.path.getmtime(os.path.join(r, f))
@@ -209,6 +223,7 @@ def test_user_mistakes_name_the_fix_and_write_nothing(runs, packaged, tmp_path, 
         (["--stage", prior], f"--stage '{prior}': write --stage STAGE=WORKDIR"),
         (["--stage", f"prior={prior}", "--stage", f"prior={prior}"], "given twice"),
         (["--stage", f"prior={prior}", "--note", "decoder"], "write --note STAGE=TEXT"),
+        ([], "nothing to package; give at least one --stage STAGE=WORKDIR"),
     ]:
         assert cli.main(["package", "--out", out, *argv]) == 2
         assert message in capsys.readouterr().err

@@ -88,12 +88,14 @@ def directory_bytes(path: str) -> int:
 
 def human_bytes(n: int) -> str:
     """1536 → '1.5 KiB'."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+    if n < 1024:
+        return f"{n} B"
+    size, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"
 
 
 # ------------------------------------------------------------------ reading a workdir
@@ -296,12 +298,12 @@ def summary_lines(manifest: dict, names) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, metavar="DIR",
+    parser.add_argument("--out", required=True, metavar="OUT",
                         help="model directory to write (stages already there are kept)")
     parser.add_argument("--stage", action="append", default=[], metavar="STAGE=WORKDIR",
                         help=f"a stage ({', '.join(STAGES)}) and its training workdir; repeat")
     parser.add_argument("--tokenizer", default=None, metavar="DIR",
-                        help="Hugging Face tokenizer directory to copy to DIR/tokenizer")
+                        help="Hugging Face tokenizer directory, copied to OUT/tokenizer")
     parser.add_argument("--dtype", default="float16", choices=DTYPES,
                         help="storage dtype of the weights (loaded as float32)")
     parser.add_argument("--commit", default=None,
