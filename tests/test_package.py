@@ -214,6 +214,10 @@ def test_user_mistakes_name_the_fix_and_write_nothing(runs, packaged, tmp_path, 
     with pytest.raises(UserError, match=r"stage prior: cannot export .*config/metadata.*; pass "
                                         r"--stage prior=WORKDIR"):
         package_model({"prior": str(empty)}, out, tokenizer=None)
+    fresh = tmp_path / "fresh_model"
+    with pytest.raises(UserError, match="trained a 'prior' model"):
+        package_model({"decoder": prior}, str(fresh), tokenizer=None)
+    assert not fresh.exists()
     with pytest.raises(UserError, match=r"stage 'prior' is given twice .*give each stage once"):
         parse_pairs(["prior=a", "prior=b"], "--stage", "WORKDIR")
     assert snapshot == {os.path.join(r, f): os.path.getmtime(os.path.join(r, f))

@@ -264,6 +264,7 @@ def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None
     old = read_manifest(out_dir) if os.path.isdir(out_dir) else {}
     commit = commit if commit is not None else repository_commit()
 
+    created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out_dir)
     try:
@@ -279,6 +280,10 @@ def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None
             final = os.path.join(out_dir, name)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(os.path.join(staging, name), final)
+    except BaseException:
+        if created:                               # a failed first packaging leaves no OUT
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     manifest = merge_manifest(old, entries, out_dir, commit=commit, dataset=dataset, dtype=dtype)
