@@ -185,7 +185,8 @@ def _eval_args(ckpt, data_dir, out, *extra):
 def test_eval_cli_writes_every_metric(ckpt, shapes_dir, classifier, tmp_path, capsys):
     out, md = tmp_path / "results.json", tmp_path / "results.md"
     assert cli.main(_eval_args(ckpt["root"], shapes_dir, out, "--classifier",
-                               classifier["directory"], "--markdown", str(md))) == 0
+                               classifier["directory"], "--markdown", str(md),
+                               "--upsampler_images", "2")) == 0
     res = json.loads(out.read_text())
     heads = set(ATTRIBUTES) | {"all"}
     for name in ("unclip", "zeroshot_text"):
@@ -204,6 +205,8 @@ def test_eval_cli_writes_every_metric(ckpt, shapes_dir, classifier, tmp_path, ca
     assert res["settings"]["split"] == "validation" and res["settings"]["num_prompts"] == 3
     printed = capsys.readouterr().out
     assert "| prior + decoder (unCLIP) |" in printed and md.read_text() in printed
+    assert set(res["upsamplers"]) == {"upsampler1", "upsampler2"}
+    assert "| upsampler2 | 16 → 32 px |" in printed
 
 
 def test_decode_in_chunks_pads_without_changing_rows(ckpt):

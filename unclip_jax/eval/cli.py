@@ -45,6 +45,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--classifier_size", type=int, default=64,
                         help="input resolution of a newly trained classifier (pixels)")
     parser.add_argument("--classifier_steps", type=int, default=1500)
+    parser.add_argument("--upsampler_images", type=int, default=0,
+                        help="also score each upsampler on this many real images (PSNR beside "
+                             "bicubic)")
     parser.add_argument("--chunk", type=int, default=64,
                         help="images generated per compiled call (bounds memory)")
     parser.add_argument("--num_resamples", type=int, default=1000,
@@ -80,7 +83,7 @@ def run(args) -> int:
         prior_guidance=args.prior_guidance, decoder_guidance=args.decoder_guidance,
         seed=args.seed, classifier=args.classifier, text_decoder=args.text_decoder,
         dataset=args.dataset, variants=variants, num_resamples=args.num_resamples,
-        chunk=args.chunk)
+        chunk=args.chunk, upsampler_images=args.upsampler_images)
     table = report.format_markdown(results)
     print(table)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

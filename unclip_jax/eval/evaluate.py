@@ -43,7 +43,7 @@ from unclip_jax.eval.data import ATTRIBUTES, EVAL_SPLITS, load_examples
 
 VARIANTS = ("unclip", "unclip_ar", "zeroshot_text", "text_decoder")
 # fold_in ids of the bootstrap keys, one per metric family
-_CI_IDS = {"clip": 11, "fd": 12, "div": 13, "attr": 14, "prior": 15}
+_CI_IDS = {"clip": 11, "fd": 12, "div": 13, "attr": 14, "prior": 15, "upsampler": 16}
 
 
 def _check_count(name: str, n, minimum: int = 1) -> int:
@@ -132,13 +132,15 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
              text_decoder: str | None = None, dataset: str | None = None,
              variants: tuple[str, ...] = ("unclip", "zeroshot_text"),
              num_resamples: int = 1000, batch_size: int = 256, chunk: int = 64,
-             progress: bool = False) -> dict:
+             upsampler_images: int = 0, progress: bool = False) -> dict:
     """Evaluate the checkpoint directory (clip/, tokenizer/, prior/ or ar_prior/, decoder/,
     upsampler1/, upsampler2/) on `split` of the unclip_shapes build in `data_dir`.
 
     classifier: an attribute-classifier directory (`attributes.train_attribute_classifier`);
     text_decoder: a decoder trained on CLIP text embeddings (adds the 'text_decoder' variant).
     chunk: images generated per call (memory bound); batch_size: images per CLIP call.
+    upsampler_images > 0 adds 'upsamplers': each upsampler's PSNR on that many real images
+    beside bicubic (`unclip_jax.eval.upsamplers`).
     Steps/guidance: None uses each stage's config. Returns a JSON-serialisable dict
     {'settings', 'variants': {name: metrics}, 'real': metrics of the real images,
     'prior': {...}, 'classifier': {...}} (see the module docstring).
@@ -231,6 +233,11 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
         half = len(real_feats) // 2
         results["real"]["fd_clip_half_split"] = metrics.frechet_distance(real_feats[:half],
                                                                          real_feats[half:])
+    if upsampler_images > 0:
+        from unclip_jax.eval.upsamplers import upsampler_scores
+        results["upsamplers"] = upsampler_scores(
+            pipe, data_dir, split, num_images=upsampler_images, key=_k(key, "upsampler"),
+            dataset=dataset, steps=upsampler_steps, chunk=chunk, num_resamples=num_resamples)
     if clf is not None:
         real_labels = {k: real[k][:num_prompts] for k in ATTRIBUTES}
         results["real"]["attributes"] = attribute_scores(clf, real["image"][:num_prompts],
@@ -248,6 +255,7 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
         "decoder_guidance": decoder_guidance, "seed": seed, "embed_scale": embed_scale,
         "feature_size": feature_size, "image_size": out_size, "stages": sorted(pipe.stages),
         "text_decoder": os.path.abspath(text_decoder) if text_decoder else None,
+        "upsampler_images": upsampler_images,
         "num_resamples": num_resamples, "confidence": 0.95,
         "seconds": time.time() - start}
     return results

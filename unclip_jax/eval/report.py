@@ -60,6 +60,12 @@ def format_markdown(results: dict) -> str:
         for name, key in sources:
             p = results[key]
             lines.append(_row([name, ci(p["cosine"], 3), ci(p["top1"], 1, percent=True)]))
+    if results.get("upsamplers"):
+        lines += ["", _row(["upsampler", "real input → output", "PSNR dB", "bicubic PSNR dB"]),
+                  _row(["---"] * 4)]
+        for name, u in results["upsamplers"].items():
+            lines.append(_row([name, f"{u['input_size']} → {u['output_size']} px",
+                               ci(u["psnr"]), ci(u["psnr_bicubic"])]))
     clf = results.get("classifier")
     if clf and clf.get("validation_accuracy"):
         acc = clf["validation_accuracy"]
