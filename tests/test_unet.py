@@ -209,11 +209,13 @@ def test_image_embedding_conditions_unless_dropped(decoder_setup):
 
 def test_normalize_z_i_sees_only_the_direction(decoder_setup):
     """normalize_z_i adds no parameters; with it the output ignores z_i's norm and equals the
-    plain model fed z_i / ‖z_i‖ (so a unit-norm prior sample and a raw CLIP embedding agree)."""
+    plain model fed z_i·√D / ‖z_i‖ (so a unit-norm prior sample and a raw CLIP embedding
+    agree)."""
     model, params, inp, _ = decoder_setup
     norm_model = tiny_decoder(normalize_z_i=True)
     scaled = dict(inp, z_i=inp["z_i"] * jnp.array([[9.0], [0.25]]))
-    unit = dict(inp, z_i=inp["z_i"] / jnp.linalg.norm(inp["z_i"], axis=-1, keepdims=True))
+    unit = dict(inp, z_i=inp["z_i"] * EMBED ** 0.5 / jnp.linalg.norm(inp["z_i"], axis=-1,
+                                                                       keepdims=True))
     a = call(norm_model, params, inp)
     np.testing.assert_allclose(call(norm_model, params, scaled), a, atol=2e-5)
     np.testing.assert_allclose(call(model, params, unit), a, atol=2e-5)
