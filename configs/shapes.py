@@ -13,10 +13,10 @@ TEXT_LEN = 40          # tokens per caption (the longest shapes caption is 38 wi
 DATASET = "unclip_shapes/medium"   # what the embedded default model was trained on
 
 # Sizes and step counts below are what the embedded model (unclip_jax/assets/shapes) was
-# trained with on a shared 2-core CPU in about an hour in total; the structure (CLIP → prior →
-# 16 px decoder with learned variance → 64 px → 256 px upsamplers) is the paper's. At these
-# step counts the upsamplers (600 / 300 steps reached) and the AR prior (111 steps reached)
-# were far from converged and are not part of the embedded model (see docs/results.md).
+# trained with on a shared 2-core CPU, one stage at a time, in about 100 minutes for all six
+# stages; the structure (CLIP → diffusion or AR prior → 16 px decoder with learned variance →
+# 64 px → 256 px upsamplers) is the paper's. README "Reproduce the shapes model" has the
+# commands; docs/results.md what each stage reaches.
 
 
 def clip_model():
@@ -84,7 +84,7 @@ def ar_prior():
         dropout=0.0, remat=False, dtype="float32"))
     cfg = common.stage_config(
         "ar_prior", model, clip=clip_ref(), data=data(64),
-        train_cfg=common.train(batch_size=64, steps=600, lr=5e-4, b2=0.91, eps=1e-10,
+        train_cfg=common.train(batch_size=64, steps=1200, lr=5e-4, b2=0.91, eps=1e-10,
                                weight_decay=4e-2, ema_decay=0.995))
     with cfg.unlocked():
         cfg.train.text_drop = 0.1
@@ -138,7 +138,7 @@ def decoder():
         diffusion_cfg=common.diffusion(predict="eps", variance="learned_range", loss="hybrid",
                                        sample_steps="50", guidance_scale=3.0),
         clip=clip_ref(), data=data(16),
-        train_cfg=common.train(batch_size=32, steps=1800, lr=5e-4, ema_decay=0.995))
+        train_cfg=common.train(batch_size=32, steps=2000, lr=5e-4, ema_decay=0.995))
     with cfg.unlocked():
         cfg.train.text_drop = 0.5
         cfg.train.image_embed_drop = 0.1
@@ -158,7 +158,7 @@ def upsampler1():
         diffusion_cfg=common.diffusion(predict="v", variance="fixed_small",
                                        sample_steps="ddim27", sampler="ddim"),
         data=data(64, low_res_size=16, crop_size=32, degradation="blur"),
-        train_cfg=common.train(batch_size=16, steps=2500, lr=5e-4, ema_decay=0.995))
+        train_cfg=common.train(batch_size=16, steps=2000, lr=5e-4, ema_decay=0.995))
 
 
 def upsampler2():
