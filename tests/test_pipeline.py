@@ -287,7 +287,13 @@ def test_from_directory_picks_the_prior(dirs, tmp_path):
                                  progress=False).prior_stage.name == "prior"
     ar = UnCLIP.from_directory(str(root), prior="ar", progress=False)
     assert ar.prior_stage.name == "ar_prior" and "prior" not in ar.stages
+    none = UnCLIP.from_directory(str(root), prior="none", progress=False)
+    assert not {"prior", "ar_prior"} & set(none.stages)
+    with pytest.raises(UserError, match="this needs a prior"):
+        none.generate(CAPTIONS[:1], 0, decoder_steps="2")
+    assert none.generate(CAPTIONS[:1], 0, decoder_steps="2", text_as_image_embed=True).shape \
+        == (1, 8, 8, 3)
     with pytest.raises(CheckpointError, match=r"prior='ar' needs .*ar_prior.*has \['prior'\]"):
         UnCLIP.from_directory(dirs["root"], prior="ar", progress=False)
-    with pytest.raises(UserError, match="prior='pca'; choose one of auto, diffusion, ar"):
+    with pytest.raises(UserError, match="prior='pca'; choose one of auto, diffusion, ar, none"):
         UnCLIP.from_directory(str(root), prior="pca", progress=False)

@@ -43,6 +43,27 @@ def test_sample_writes_grid_and_sidecar_and_regenerates(dirs, tmp_path):
     assert np.abs(io.read_png(other).astype(int) - grid.astype(int)).max() > 0
 
 
+def test_sample_prior_text_uses_the_text_embedding_and_regenerates(dirs, tmp_path):
+    """`--prior text`: no prior is loaded, z_i is the caption's z_t (§5.1 zero-shot); the
+    sidecar records it and regenerates the same grid."""
+    from unclip_jax.pipeline import UnCLIP
+    out = str(tmp_path / "text.png")
+    assert cli.main(["sample", CAPTIONS[0], "--checkpoint", dirs["root"], "--prior", "text",
+                     "--seed", "2", "--out", out] + FAST) == 0
+    rec = json.load(open(io.sidecar_path(out)))
+    assert rec["prior"] == "text" and rec["settings"]["text_as_image_embed"] is True
+    assert "prior" not in rec["checkpoints"]
+    pipe = UnCLIP.from_directory(dirs["root"], prior="none", progress=False)
+    text = pipe.encode_text(CAPTIONS[:1])
+    want = pipe.decode(text["embeds"], 2, text=text, decoder_steps="2",
+                       upsampler_steps="ddim1")["upsampler2"]
+    np.testing.assert_array_equal(io.read_png(out)[2:-2, 2:-2], io.to_uint8(want)[0])
+    regen = str(tmp_path / "regen.png")
+    assert cli.main(["sample", "--from-sidecar", io.sidecar_path(out), "--out", regen,
+                     "--no-progress"]) == 0
+    np.testing.assert_array_equal(io.read_png(regen), io.read_png(out))
+
+
 def test_manipulation_commands(dirs, tmp_path):
     from PIL import Image
     paths = []

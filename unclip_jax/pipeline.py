@@ -43,7 +43,7 @@ from unclip_jax.errors import CheckpointError, UserError
 
 STAGE_ORDER = ("clip", "tokenizer", "prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
 UPSAMPLERS = ("upsampler1", "upsampler2")
-PRIOR_CHOICES = ("auto", "diffusion", "ar")   # from_directory(prior=...)
+PRIOR_CHOICES = ("auto", "diffusion", "ar", "none")   # from_directory(prior=...)
 # fold_in offsets of each stage's key (prior, decoder, upsampler1, upsampler2)
 KEY_IDS = {"prior": 1, "decoder": 2, "x_T": 3, "upsampler1": 4, "upsampler2": 5}
 
@@ -161,7 +161,8 @@ class UnCLIP:
         module docstring); absent subdirectories are skipped.
 
         prior: which prior to load when ROOT has both — 'diffusion' (prior/), 'ar'
-        (ar_prior/) or 'auto' (prior/ if present, else ar_prior/).
+        (ar_prior/), 'auto' (prior/ if present, else ar_prior/) or 'none' (neither; for
+        `generate(text_as_image_embed=True)` and the manipulations).
         """
         if prior not in PRIOR_CHOICES:
             raise UserError(f"prior={prior!r}; choose one of {', '.join(PRIOR_CHOICES)}")
@@ -178,9 +179,10 @@ class UnCLIP:
             raise CheckpointError(f"prior={prior!r} needs {os.path.join(root, want)}, which does "
                                   f"not exist; this model has "
                                   f"{[n for n in ('prior', 'ar_prior') if n in found] or 'no prior'}")
-        drop = {"prior": "ar_prior", "ar_prior": "prior"}[want or
-                                                          ("prior" if "prior" in found else "ar_prior")]
-        found.pop(drop, None)
+        keep = {"none": (), "diffusion": ("prior",), "ar": ("ar_prior",)}.get(
+            prior, ("prior",) if "prior" in found else ("ar_prior",))
+        for name in {"prior", "ar_prior"} - set(keep):
+            found.pop(name, None)
         return cls.load(**found, devices=devices, progress=progress)
 
     def directories(self) -> dict[str, dict[str, str]]:
@@ -544,16 +546,19 @@ class UnCLIP:
                  prior_steps=None, decoder_steps=None, upsampler_steps=None,
                  prior_guidance=None, decoder_guidance=None, prior_best_of=None,
                  prior_temperature: float = 1.0, eta: float = 0.0,
-                 return_intermediates: bool = False):
+                 text_as_image_embed: bool = False, return_intermediates: bool = False):
         """Text → images uint8 [len(prompts)·num_images_per_prompt, H, W, 3], prompt-major.
 
         key: int seed or typed key. Steps are respacing strings ('25', 'ddim25'); None uses
         each stage's config. eta is DDIM's η (decoder with 'ddimN' steps, and upsamplers).
+        text_as_image_embed: skip the prior and give the decoder the caption's CLIP text
+        embedding z_t as z_i (the paper's §5.1 zero-shot baseline; automatic for a decoder
+        trained on z_t, see `text_conditioned_decoder`).
         With return_intermediates also returns a dict with z_t, z_i, x_T (enough to redo or
         edit a result through `decode`) and each stage's float output.
         """
         self._need("clip", "tokenizer", "decoder")
-        use_prior = not self.text_conditioned_decoder
+        use_prior = not (text_as_image_embed or self.text_conditioned_decoder)
         if use_prior:
             self._need("prior")
         prompts = io.check_prompts(prompts)
@@ -572,7 +577,7 @@ class UnCLIP:
             if use_prior:
                 z_i = self.prior_sample(text, key, steps=prior_steps, guidance=prior_guidance,
                                         best_of=prior_best_of, temperature=prior_temperature)
-            else:   # a decoder trained on the text embedding (§5.1 baseline) takes z_t
+            else:   # §5.1: z_t in place of z_i (zero-shot, or a decoder trained on z_t)
                 z_i = text["embeds"]
             out = self.decode(z_i, key, text=text, decoder_steps=decoder_steps,
                               decoder_guidance=decoder_guidance,

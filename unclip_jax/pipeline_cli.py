@@ -58,9 +58,11 @@ def add_arguments_sample(p: argparse.ArgumentParser) -> None:
                    help="prior candidates per image (default: the prior config's "
                    "model.sample_candidates)")
     p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--prior", choices=("auto", "diffusion", "ar"), default="auto",
-                   help="which prior when the model has both prior/ and ar_prior/ "
-                        "(auto: the diffusion prior)")
+    p.add_argument("--prior", choices=("auto", "diffusion", "ar", "text"), default="auto",
+                   help="where z_i comes from: the diffusion prior (prior/), the AR prior "
+                        "(ar_prior/), auto (the diffusion prior if the model has one), or text "
+                        "(no prior: the caption's CLIP text embedding, the paper's zero-shot "
+                        "baseline)")
     _common(p, "sample")
 
 
@@ -105,6 +107,8 @@ def _settings(args, command: str) -> dict:
         s.update(num_images_per_prompt=args.num_images_per_prompt, prior_steps=args.prior_steps,
                  prior_guidance=args.prior_guidance, prior_best_of=args.prior_best_of,
                  eta=args.eta)
+        if args.prior == "text":
+            s["text_as_image_embed"] = True
     elif command == "vary":
         s.update(n=args.n, eta=args.eta)
     elif command == "interpolate":
@@ -140,9 +144,11 @@ def execute(pipe, command: str, inputs: dict, settings: dict, seed: int) -> np.n
 
 
 def _load(checkpoint: str | None, progress: bool, prior: str = "auto"):
+    """`prior` as `sample --prior` takes it ('text' loads no prior)."""
     from unclip_jax.pipeline import UnCLIP
     root = checkpoint if checkpoint is not None else default_checkpoint()
-    return UnCLIP.from_directory(root, prior=prior, progress=progress)
+    return UnCLIP.from_directory(root, prior="none" if prior == "text" else prior,
+                                 progress=progress)
 
 
 def _write(pipe, images, out: str, cols, record: dict) -> None:
