@@ -105,7 +105,8 @@ def build_checkpoints(root: str) -> dict[str, str]:
     z_i, z_t = rng.normal(size=(64, D)), rng.normal(size=(64, D))
     codec = ar_lib.fit_codec(z_i, z_t, 4, 8, 4)
     from unclip_jax.train.checkpoint import extras_to_json
-    dirs["ar_prior"] = export.save(os.path.join(root, "ar_only", "ar_prior"), params, cfg,
+    # saved as a training export is: the bare parameter tree, no {'params': ...} wrapper
+    dirs["ar_prior"] = export.save(os.path.join(root, "ar_only", "ar_prior"), params["params"], cfg,
                                    extra=extras_to_json({"codec": codec}))
 
     for name, size, ch, mult, attn, cond in [("decoder", 8, 8, (1, 2), (4,), True),

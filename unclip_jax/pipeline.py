@@ -364,7 +364,7 @@ class UnCLIP:
 
             def one(k, z_t, s, m, params, codec):
                 cond = {"z_t": z_t, "text_states": s, "text_mask": m}
-                return ar_prior.ar_sample(params, st.model, codec, cond, k,
+                return ar_prior.ar_sample(sampling._variables(params), st.model, codec, cond, k,
                                           temperature=temperature,
                                           guidance_scale=guidance)[0]
 
