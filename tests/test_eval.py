@@ -296,3 +296,23 @@ def test_eval_errors_name_the_fix(shapes_dir, tmp_path, capsys):
     from unclip_jax.eval import evaluate
     with pytest.raises(UserError, match="images_per_prompt=0 must be an integer"):
         evaluate.evaluate(str(tmp_path), shapes_dir, images_per_prompt=0)
+
+
+def test_merge_unites_variants_of_one_evaluation():
+    from unclip_jax.eval.report import format_markdown, merge
+    settings = dict(split="validation", num_prompts=3, images_per_prompt=2, seed=0,
+                    num_reference=6)
+    entry = {"mean": 0.5, "lo": 0.4, "hi": 0.6, "n": 3}
+    a = {"settings": settings, "variants": {"unclip": {"clip_score": entry}},
+         "prior": {"cosine": entry, "top1": entry}, "real": {"clip_score": entry},
+         "timings_s": {"unclip": 1.0}}
+    b = {"settings": dict(settings), "variants": {"unclip_ar": {"clip_score": entry}},
+         "prior_ar": {"cosine": entry, "top1": entry}, "real": {"clip_score": entry},
+         "timings_s": {"unclip_ar": 2.0}}
+    m = merge(a, b)
+    assert list(m["variants"]) == ["unclip", "unclip_ar"] and "prior_ar" in m
+    assert m["timings_s"] == {"unclip": 1.0, "unclip_ar": 2.0}
+    table = format_markdown(m)
+    assert "| AR prior + decoder |" in table and "| diffusion prior sample |" in table
+    with pytest.raises(ValueError, match="different splits"):
+        merge(a, dict(b, settings=dict(settings, split="test_heldout")))

@@ -12,6 +12,29 @@ VARIANT_NAMES = {
 }
 
 
+def merge(*results: dict) -> dict:
+    """One results dict from several `evaluate` runs of the same split and settings (e.g. the
+    variants split over two runs): variants and prior entries are united, the first run's
+    real-image rows, classifier and settings kept. Runs on different splits or prompt counts
+    are refused."""
+    if not results:
+        raise ValueError("merge needs at least one results dict")
+    key = lambda r: (r["settings"]["split"], r["settings"]["num_prompts"],
+                     r["settings"]["images_per_prompt"], r["settings"]["seed"])
+    if len({key(r) for r in results}) != 1:
+        raise ValueError("these results come from different splits, prompt counts or seeds: "
+                         f"{sorted({key(r) for r in results})}; merge runs of one evaluation")
+    out = dict(results[0])
+    out["variants"], out["timings_s"] = {}, {}
+    for r in results:
+        out["variants"].update(r["variants"])
+        out["timings_s"].update(r.get("timings_s", {}))
+        for k in ("prior", "prior_ar", "upsamplers"):
+            if k in r and k not in out:
+                out[k] = r[k]
+    return out
+
+
 def ci(entry: dict | None, digits: int = 2, percent: bool = False) -> str:
     """'m [lo, hi]' of a {'mean'|'value', 'lo', 'hi'} entry; '–' if absent."""
     if entry is None:
