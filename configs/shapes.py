@@ -168,7 +168,7 @@ def upsampler2():
         diffusion_cfg=common.diffusion(schedule="linear", predict="v", variance="fixed_small",
                                        sample_steps="ddim15", sampler="ddim"),
         data=data(256, low_res_size=64, crop_size=64, degradation="bsr"),
-        train_cfg=common.train(batch_size=8, steps=800, lr=5e-4, ema_decay=0.995))
+        train_cfg=common.train(batch_size=8, steps=4000, lr=5e-4, ema_decay=0.995))
 
 
 def clip():
