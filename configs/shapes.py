@@ -13,7 +13,7 @@ TEXT_LEN = 40          # tokens per caption (the longest shapes caption is 38 wi
 DATASET = "unclip_shapes/medium"   # what the embedded default model was trained on
 
 # Sizes and step counts below are what the embedded model (unclip_jax/assets/shapes) was
-# trained with on a shared 2-core CPU, one stage at a time, in about 100 minutes for all six
+# trained with on a shared 2-core CPU, one stage at a time, in about 110 minutes for all six
 # stages; the structure (CLIP → diffusion or AR prior → 16 px decoder with learned variance →
 # 64 px → 256 px upsamplers) is the paper's. README "Reproduce the shapes model" has the
 # commands; docs/results.md what each stage reaches.
