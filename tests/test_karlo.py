@@ -86,13 +86,18 @@ def _build_karlo(root):
     return models
 
 
-@pytest.fixture(scope="module")
-def karlo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("karlo")
+def converted_karlo(root) -> dict:
+    """Tiny Karlo components under ROOT/src, converted with `unclip-jax convert-karlo` to
+    ROOT/dst. → {'src', 'dst', 'models' (the torch components), 'root'}."""
     src, dst = str(root / "src"), str(root / "dst")
     models = _build_karlo(src)
     assert cli.main(["convert-karlo", src, dst]) == 0
-    return dict(src=src, dst=dst, models=models)
+    return dict(src=src, dst=dst, models=models, root=root)
+
+
+@pytest.fixture(scope="module")
+def karlo(tmp_path_factory):
+    return converted_karlo(tmp_path_factory.mktemp("karlo"))
 
 
 def _load(dst, stage):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_karlo import SR, D, _build_karlo
+from test_karlo import SR, D, converted_karlo
 from unclip_jax import cli
 from unclip_jax.pipeline import KEY_IDS, UnCLIP
 
@@ -30,11 +30,7 @@ SEED = 7
 
 @pytest.fixture(scope="module")
 def karlo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("karlo_pipe")
-    src, dst = str(root / "src"), str(root / "dst")
-    models = _build_karlo(src)
-    assert cli.main(["convert-karlo", src, dst]) == 0
-    return dict(src=src, dst=dst, models=models, root=root)
+    return converted_karlo(tmp_path_factory.mktemp("karlo_pipe"))
 
 
 @pytest.fixture(scope="module")

@@ -174,14 +174,13 @@ class UnCLIP:
         if not found:
             raise CheckpointError(f"{root} has none of the stage subdirectories "
                                   f"{', '.join(STAGE_ORDER)}; see `unclip-jax sample --help`")
-        want = {"diffusion": "prior", "ar": "ar_prior"}.get(prior)
-        if want is not None and want not in found:
-            raise CheckpointError(f"prior={prior!r} needs {os.path.join(root, want)}, which does "
+        keep = {"diffusion": "prior", "ar": "ar_prior", "none": None,
+                "auto": "prior" if "prior" in found else "ar_prior"}[prior]
+        if prior in ("diffusion", "ar") and keep not in found:
+            raise CheckpointError(f"prior={prior!r} needs {os.path.join(root, keep)}, which does "
                                   f"not exist; this model has "
                                   f"{[n for n in ('prior', 'ar_prior') if n in found] or 'no prior'}")
-        keep = {"none": (), "diffusion": ("prior",), "ar": ("ar_prior",)}.get(
-            prior, ("prior",) if "prior" in found else ("ar_prior",))
-        for name in {"prior", "ar_prior"} - set(keep):
+        for name in {"prior", "ar_prior"} - {keep}:
             found.pop(name, None)
         return cls.load(**found, devices=devices, progress=progress)
 

@@ -228,7 +228,7 @@ def _resolve_tokenizer(config, tokenizer):
 def decoder_embedding(data) -> str:
     """The embedding a decoder is conditioned on, 'z_i' or 'z_t', from a config's `data`
     section (`decoder_embedding`: 'image', the default, or 'text')."""
-    value = str(data.get("decoder_embedding", "image") if hasattr(data, "get") else "image")
+    value = str(data.get("decoder_embedding", "image"))
     if value not in DECODER_EMBEDDINGS:
         raise UserError(f"data.decoder_embedding={value!r}; choose 'image' (unCLIP: z_i) or "
                         "'text' (baseline: the caption's CLIP text embedding z_t)")
