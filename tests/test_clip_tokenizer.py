@@ -91,3 +91,35 @@ def test_bad_captions(tok):
         build_tokenizer(["", "a"], 50, "/nonexistent")
     with pytest.raises(UserError, match="tokenizer directory '/nonexistent' does not exist"):
         Tokenizer("/nonexistent", CTX)
+
+
+def test_build_is_deterministic_across_processes(tmp_path):
+    """Two fresh interpreters (different hash seeds) build byte-identical tokenizer files."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; from unclip_jax.clip.tokenizer import build_tokenizer; "
+              f"build_tokenizer({CAPTIONS * 3!r}, 60, sys.argv[1], {CTX})")
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"tok{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env)
+        outs.append(out)
+    files = sorted(p.name for p in outs[0].iterdir())
+    assert "tokenizer.json" in files and files == sorted(p.name for p in outs[1].iterdir())
+    for name in files:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_bpe_merges_frequent_words_first():
+    from unclip_jax.clip.tokenizer import train_bpe
+
+    vocab, merges = train_bpe(["red red red circle", "red star"], 40)
+    # 'r e' and 'e d</w>' both occur 4×, more than any other pair: the tie goes to the smaller
+    assert merges[:2] == [("e", "d</w>"), ("r", "ed</w>")]
+    assert "red</w>" in vocab and len(vocab) <= 40
+    assert list(vocab.values()) == list(range(len(vocab)))
+    again = train_bpe(["red star", "red red red circle"], 40)  # caption order does not matter
+    assert again == (vocab, merges)

@@ -4,7 +4,7 @@
 truncated to L = context_length. Over-long captions are cut with a `warnings.warn` that says
 how many tokens were dropped; the end-of-text token is always kept last.
 
-`build_tokenizer(captions, vocab_size, out_dir)` trains a BPE with the `tokenizers` library and
+`build_tokenizer(captions, vocab_size, out_dir)` learns a BPE deterministically (`train_bpe`) and
 saves it in the Hugging Face format (loadable by `PreTrainedTokenizerFast` / `AutoTokenizer`).
 Its conventions:
   normaliser      NFKC, lowercase (`normalize_caption` is the same on the Python side)
@@ -114,29 +114,95 @@ class Tokenizer:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
+def train_bpe(captions: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-pair merges learned from `captions`, deterministically: the same captions give the
+    same vocabulary and merges in every process (ties in pair frequency go to the
+    lexicographically smallest pair; no hash order is involved).
+
+    Words are the whitespace-split words of `normalize_caption`; a word's last symbol carries
+    WORD_SUFFIX. The base alphabet is every character seen, in both its plain and its
+    word-final form, so an unseen word made of seen characters never maps to <unk>.
+    Returns (vocab: token → id with <pad>, <bos>, <unk> first and the alphabet sorted after
+    them, then one id per merge; merges in the order learned). At most `vocab_size` ids (or the
+    specials and the alphabet, if those alone are more).
+    """
+    counts: dict[str, int] = {}
+    for caption in captions:
+        for w in normalize_caption(caption).split():
+            counts[w] = counts.get(w, 0) + 1
+    chars = sorted({ch for w in counts for ch in w})
+    alphabet = sorted(set(chars) | {ch + WORD_SUFFIX for ch in chars})
+    vocab = {tok: i for i, tok in enumerate([PAD, BOS, UNK] + alphabet)}
+    words = sorted(counts)                       # fixed order: the words themselves
+    symbols = [list(w[:-1]) + [w[-1] + WORD_SUFFIX] for w in words]
+    freq = [counts[w] for w in words]
+
+    def pairs_of(seq):
+        return zip(seq[:-1], seq[1:])
+
+    pair_count: dict[tuple[str, str], int] = {}
+    where: dict[tuple[str, str], set[int]] = {}
+    for k, seq in enumerate(symbols):
+        for p in pairs_of(seq):
+            pair_count[p] = pair_count.get(p, 0) + freq[k]
+            where.setdefault(p, set()).add(k)
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < vocab_size and pair_count:
+        best = min(pair_count, key=lambda p: (-pair_count[p], p))
+        if pair_count[best] <= 0:
+            break
+        merged = best[0] + best[1]
+        merges.append(best)
+        if merged not in vocab:
+            vocab[merged] = len(vocab)
+        for k in sorted(where.pop(best, ())):
+            seq = symbols[k]
+            for p in pairs_of(seq):               # remove this word's old pairs
+                pair_count[p] -= freq[k]
+                if pair_count[p] <= 0:
+                    del pair_count[p]
+                if p in where:
+                    where[p].discard(k)
+            out, i = [], 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            symbols[k] = out
+            for p in pairs_of(out):               # and count its new ones
+                pair_count[p] = pair_count.get(p, 0) + freq[k]
+                where.setdefault(p, set()).add(k)
+        pair_count.pop(best, None)
+    return vocab, merges
+
+
 def build_tokenizer(captions: Iterable[str], vocab_size: int, out_dir: str,
                     context_length: int = 77) -> str:
-    """Train a BPE of at most `vocab_size` ids (specials included) on `captions` and save it
-    to `out_dir` in the Hugging Face format. Returns `out_dir`.
+    """Learn a BPE of at most `vocab_size` ids (specials included) from `captions`
+    (`train_bpe`: deterministic, the same files from the same captions in any process) and
+    save it to `out_dir` in the Hugging Face format. Returns `out_dir`.
 
     The vocabulary may come out smaller than `vocab_size` on a small corpus; <eos> is always
     the last id (see the module docstring).
     """
     from tokenizers import Tokenizer as RustTokenizer
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     captions = _check_captions(list(captions))
     if vocab_size < 8:
         raise UserError(f"vocab_size {vocab_size} is too small; use at least 8")
-    tok = RustTokenizer(models.BPE(unk_token=UNK, end_of_word_suffix=WORD_SUFFIX))
+    vocab, merges = train_bpe(captions, vocab_size - 1)
+    vocab[EOS] = len(vocab)
+    tok = RustTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=UNK,
+                                   end_of_word_suffix=WORD_SUFFIX))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.BPEDecoder(suffix=WORD_SUFFIX)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, special_tokens=[PAD, BOS, UNK],
-                                  end_of_word_suffix=WORD_SUFFIX, show_progress=False)
-    tok.train_from_iterator(captions, trainer=trainer)
-    tok.add_special_tokens([EOS])
+    tok.add_special_tokens([PAD, BOS, UNK, EOS])
     bos, eos = tok.token_to_id(BOS), tok.token_to_id(EOS)
     assert eos == tok.get_vocab_size() - 1, "<eos> must be the last id"
     tok.post_processor = processors.TemplateProcessing(
