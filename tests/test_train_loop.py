@@ -10,7 +10,7 @@ import pytest
 
 import test_train_toy as train_toy
 from unclip_jax import export, parallel
-from unclip_jax.errors import NonFiniteError
+from unclip_jax.errors import CheckpointError, NonFiniteError
 from unclip_jax.train.loop import export_from_workdir, train
 from unclip_jax.train.optim import decay_mask
 
@@ -60,11 +60,12 @@ def test_resume_is_bit_exact_and_half_written_checkpoints_are_skipped(tmp_path, 
         "10", "5"]
     # step 10 loses its commit metadata (as if killed mid-write): resume must skip it
     os.remove(os.path.join(wd, "checkpoints", "10", "_CHECKPOINT_METADATA"))
-    with pytest.warns(RuntimeWarning, match="skipping unusable checkpoint step 10"):
+    with pytest.warns(RuntimeWarning, match="skipping half-written checkpoint step 10"):
         out = train(cfg, wd, devices=one, progress=False)
     assert out["step"] == 15
     assert_trees_equal(out["state"], full["state"])
-    # a truncated array file in the newest step: skipped too, restoring from step 10
+    # a truncated array file in a finalised step is damage, not a half-written save: resume
+    # stops naming the step and deletes nothing; moved aside, the run resumes from step 10
     state_dir = os.path.join(wd, "checkpoints", "15", "state")
     victims = [os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs
                if "manifest" not in f and os.path.getsize(os.path.join(r, f)) > 64]
@@ -72,8 +73,12 @@ def test_resume_is_bit_exact_and_half_written_checkpoints_are_skipped(tmp_path, 
     for v in victims:
         with open(v, "r+b") as fh:
             fh.truncate(16)
-    with pytest.warns(RuntimeWarning, match="skipping unusable checkpoint step 15"):
-        again = train(cfg, wd, devices=devices8[:4], progress=False)   # also: another mesh
+    with pytest.raises(CheckpointError, match="cannot restore checkpoint step 15.*aside to "
+                       "resume from step 10"):
+        train(cfg, wd, devices=devices8[:4], progress=False)
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["10", "15", "5"]
+    shutil.move(os.path.join(wd, "checkpoints", "15"), str(tmp_path / "damaged-15"))
+    again = train(cfg, wd, devices=devices8[:4], progress=False)   # also: another mesh
     assert again["step"] == 15
     for x, y in zip(jax.tree.leaves(host(again["state"])), jax.tree.leaves(host(full["state"]))):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)

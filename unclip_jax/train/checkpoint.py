@@ -7,8 +7,10 @@ Each step directory holds composite items:
   data    the input iterator's state (JSON)
   extras  stage extras fitted before training (JSON; e.g. AR-prior PCA and quantiser)
 Saves are asynchronous. The last `train.keep` checkpoints and every `train.keep_every`-th
-step are kept. A step directory that is half-written (no commit metadata, or an item that
-fails to restore) is skipped with a warning and the previous one is used.
+step are kept. A step directory that is half-written (no commit metadata, or a missing item)
+is skipped with a warning and the previous one is used. Any other failure to restore — another
+config, another model, a damaged file, non-finite values — stops with a `CheckpointError`
+naming the difference, and deletes nothing.
 """
 from __future__ import annotations
 
@@ -114,19 +116,91 @@ class Checkpointer:
         ))
         return out["state"], out["config"], out["data"], extras_from_json(out["extras"])
 
-    def restore_latest(self, abstract_state: Any):
-        """Newest restorable checkpoint as `(step, state, config, data_state, extras)`, or
-        None. Half-written or corrupt steps are skipped with a warning."""
+    def restore_latest(self, abstract_state: Any, config: mlc.ConfigDict | None = None):
+        """Newest checkpoint as `(step, state, config_dict, data_state, extras)`, or None.
+
+        Only a provably half-written step (no commit metadata or a missing item: a save that
+        never finished) is skipped with a warning and removed. A finalised step that does not
+        restore — another config, another model, a damaged file, an I/O or memory error — or
+        that holds non-finite values stops with a CheckpointError that names the mismatch
+        (config key and both values, or tree path and both shapes); nothing is deleted.
+        `config` is the run's config, used only to name a mismatch."""
         for step in reversed(self.steps()):
-            try:
-                return (step, *self.restore(step, abstract_state))
-            except Exception as e:  # corrupt / truncated item: fall back to an older step
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                warnings.warn(f"skipping unusable checkpoint step {step} in {self.directory}: "
-                              f"{msg}; it will be removed and overwritten", RuntimeWarning,
-                              stacklevel=2)
+            if not self._finalized(step):
+                warnings.warn(f"skipping half-written checkpoint step {step} in "
+                              f"{self.directory} (no commit metadata or missing items: its save "
+                              "never finished); it will be removed and overwritten",
+                              RuntimeWarning, stacklevel=2)
                 self._discard(step)
+                continue
+            try:
+                saved_tree = self._saved_tree(step)
+            except Exception:   # unreadable tree metadata: the restore below says why
+                saved_tree = None
+            if saved_tree is not None and tree_differences(saved_tree, abstract_state):
+                # checked before restoring: a failed Orbax restore leaves asyncio tasks whose
+                # errors are printed at exit, burying the one-line message
+                raise CheckpointError(self._explain(step, abstract_state, config, None))
+            try:
+                restored = self.restore(step, abstract_state)
+            except Exception as e:
+                raise CheckpointError(self._explain(step, abstract_state, config, e)) from e
+            bad = non_finite_paths(restored[0])
+            if bad:
+                more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+                raise CheckpointError(
+                    f"checkpoint step {step} in {self.directory} holds non-finite values "
+                    f"({bad[0]}{more}); it is damaged — {self._fix(step)}")
+            return (step, *restored)
         return None
+
+    def _fix(self, step: int) -> str:
+        older = [s for s in self.steps() if s < step]
+        where = (f"to resume from step {older[-1]}" if older else "to start from scratch")
+        return (f"move {os.path.join(self.directory, str(step))} aside {where}, or use a new "
+                "--workdir (nothing was deleted)")
+
+    def _explain(self, step: int, abstract_state: Any, config, error: Exception | None) -> str:
+        """One line naming why `step` did not restore: tree/shape and config differences
+        when they can be read, else the first line of `error`."""
+        config_parts, tree_parts = [], []
+        if config is not None:
+            try:
+                config_parts = config_differences(self._saved_config(step),
+                                                  json.loads(config.to_json_best_effort()))
+            except Exception:   # unreadable config item: name what else can be read
+                pass
+        try:
+            tree_parts = tree_differences(self._saved_tree(step), abstract_state)
+        except Exception:
+            pass
+        # config keys first (they say what to change back), then the first tree difference
+        parts = config_parts[:2] + tree_parts[:1] if tree_parts else config_parts[:3]
+        if not tree_parts and (error is None or not _is_mismatch(error)):
+            parts = []          # the trees agree: the files, not the settings, are at fault
+        hidden = len(config_parts) + len(tree_parts) - len(parts)
+        where = f"checkpoint step {step} in {self.directory}"
+        if parts:
+            shown = "; ".join(parts) + (f"; and {hidden} more differences" if hidden else "")
+            return (f"cannot resume from {where}: it was written by another config or model "
+                    f"({shown}); rerun with the settings it was written with, or use a new "
+                    "--workdir (nothing was deleted)")
+        msg = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"cannot restore {where} ({type(error).__name__}: {msg}); {self._fix(step)}"
+
+    def _saved_tree(self, step: int) -> dict[str, tuple]:
+        with ocp.StandardCheckpointer() as ckptr:
+            meta = ckptr.metadata(os.path.join(self.directory, str(step), "state"))
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        if not tree:
+            raise CheckpointError(f"no readable tree metadata in step {step}")
+        return {path_name(p): tuple(getattr(m, "shape", ()) or ())
+                for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    def _saved_config(self, step: int) -> dict:
+        with open(os.path.join(self.directory, str(step), "config", "metadata")) as f:
+            return json.load(f)
 
     def _discard(self, step: int) -> None:
         """Remove an unusable step so that a later save of the same step can succeed."""
@@ -142,3 +216,89 @@ class Checkpointer:
         out = self.manager.restore(int(step), args=ocp.args.Composite(
             extras=ocp.args.JsonRestore()))
         return extras_from_json(out["extras"])
+
+
+# ------------------------------------------------------------------ naming a mismatch
+def path_name(path) -> str:
+    """A key path → 'params.fc1.kernel' (dict keys, attribute names, sequence indices)."""
+    out = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                out.append(str(getattr(k, attr)))
+                break
+        else:
+            out.append(str(k))
+    return ".".join(out)
+
+
+def tree_differences(saved: dict[str, tuple], abstract_state: Any) -> list[str]:
+    """'PATH has shape A in the checkpoint and B now' / 'PATH is only in ...' lines."""
+    now = {path_name(p): tuple(getattr(x, "shape", ()) or ())
+           for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    out = []
+    for name in sorted(saved.keys() & now.keys()):
+        if saved[name] != now[name]:
+            out.append(f"{name} has shape {saved[name]} in the checkpoint and {now[name]} now")
+    for name in sorted(saved.keys() - now.keys()):
+        out.append(f"{name} is in the checkpoint but not in this model")
+    for name in sorted(now.keys() - saved.keys()):
+        out.append(f"{name} is in this model but not in the checkpoint")
+    return out
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+# keys a resumed run may change (how long, how often to log/save): never named as the cause
+RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.ckpt_every", "train.keep",
+                  "train.keep_every", "train.sample_every")
+
+
+def config_differences(saved: dict, now: dict) -> list[str]:
+    """'config KEY is A in the checkpoint and B now' for every key that differs (model and
+    diffusion keys first: they are the usual cause of a failed restore)."""
+    a, b = _flat(saved), _flat(now)
+    for k in RESUMABLE_KEYS:
+        a.pop(k, None)
+        b.pop(k, None)
+    missing = object()
+    keys = sorted(a.keys() | b.keys(),
+                  key=lambda k: (not k.startswith(("model.", "diffusion.", "stage")), k))
+    out = []
+    for k in keys:
+        x, y = a.get(k, missing), b.get(k, missing)
+        if x != y:
+            show = lambda v: "unset" if v is missing else json.dumps(v)
+            out.append(f"config {k} is {show(x)} in the checkpoint and {show(y)} now")
+    return out
+
+
+def _is_mismatch(error: Exception) -> bool:
+    """Whether Orbax's error says the requested tree/shapes differ from the stored ones."""
+    text = str(error)
+    return any(s in text for s in ("not compatible with the stored shape",
+                                   "tree structures do not match", "Requested shape"))
+
+
+def non_finite_paths(tree: Any) -> list[str]:
+    """Paths of the floating-point arrays of `tree` that hold a NaN or an infinity (works on
+    sharded, multi-process arrays: the test runs on device, only booleans come back)."""
+    flat = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
+    if not flat:
+        return []
+    ok = jax.jit(lambda xs: jax.numpy.stack([jax.numpy.isfinite(x).all() for x in xs]))(
+        [x for _, x in flat])
+    if ok.is_fully_replicated:
+        ok = np.asarray(ok.addressable_data(0))
+    else:
+        from jax.experimental import multihost_utils
+        ok = np.asarray(multihost_utils.process_allgather(ok, tiled=True))
+    return [path_name(p) for (p, _), good in zip(flat, ok) if not good]

@@ -145,10 +145,11 @@ def _fit_extras(stage: Stage, config, workdir: str) -> dict:
                                process_count=jax.process_count(), seed=int(config.seed) + 7919)
     extras = stage.prepare(config, make_iter)
     if jax.process_index() == 0:
+        from unclip_jax import atomic
         from unclip_jax.train.checkpoint import extras_to_json
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "extras.json"), "w") as f:
-            json.dump(extras_to_json(extras), f)
+        atomic.write_json(os.path.join(workdir, "extras.json"), extras_to_json(extras),
+                          indent=None)
     return extras
 
 
@@ -195,7 +196,11 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
                            seed=int(config.seed))
 
     abstract, shardings = state_shardings(boxed_init, tx, mesh, rules)
-    restored = ckpt.restore_latest(abstract)
+    try:
+        restored = ckpt.restore_latest(abstract, config)
+    except BaseException:
+        ckpt.close()      # let Orbax's background threads finish before the error surfaces
+        raise
     if restored is not None:
         start, state, _, data_state, extras = restored
         data.set_state(data_state)
@@ -206,7 +211,7 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
         state, _ = create_state(boxed_init, tx, mesh, rules)
 
     step_py = make_step_fn(stage, model, tx, config, extras, lr_fn)
-    writer = metrics_lib.MetricWriter(workdir)
+    writer = metrics_lib.MetricWriter(workdir, resume_step=start)
     total = int(tc.steps)
     stop_at = total if max_steps is None else min(total, start + int(max_steps))
     log_every = max(int(tc.get("log_every", 10) or 10), 1)
@@ -325,7 +330,7 @@ def restore_for_inference(workdir: str, config=None, step: int | None = None):
     ckpt = Checkpointer(workdir, config.train, async_save=False)
     try:
         if step is None:
-            found = ckpt.restore_latest(abstract)
+            found = ckpt.restore_latest(abstract, config)
             if found is None:
                 raise CheckpointError(f"no usable checkpoint in {ckpt.directory}")
             step, state, _, _, extras = found

@@ -41,10 +41,34 @@ def _plugin_metadata(plugin: str) -> bytes:
     return meta.SerializeToString()
 
 
+def truncate_jsonl(path: str, up_to_step: int) -> None:
+    """Keep only the complete rows of `path` with step <= `up_to_step` (atomic rewrite; a
+    torn last line from a killed run is dropped too)."""
+    if not os.path.isfile(path):
+        return
+    keep, changed = [], False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                ok = line.endswith("\n") and int(row["step"]) <= up_to_step
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if ok:
+                keep.append(line)
+            else:
+                changed = True
+    if changed:
+        from unclip_jax import atomic
+        atomic.write_text(path, "".join(keep))
+
+
 class MetricWriter:
     """Write scalar dicts to TensorBoard and `metrics.jsonl` (process 0 only)."""
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
+        """resume_step: the step the run (re)starts from; rows of an earlier attempt logged
+        after it are dropped from `metrics.jsonl` (atomically) so no step appears twice."""
         self.enabled = enabled and jax.process_index() == 0
         self._tb = None
         self._jsonl = None
@@ -54,7 +78,10 @@ class MetricWriter:
             tf.config.set_visible_devices([], "GPU")
             self._tf = tf
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            path = os.path.join(workdir, "metrics.jsonl")
+            if resume_step is not None:
+                truncate_jsonl(path, resume_step)
+            self._jsonl = open(path, "a")
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -107,7 +134,8 @@ def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
 def save_png_grid(images: np.ndarray, path: str) -> str:
     """Save `image_grid(images)` as a PNG at `path`."""
     from PIL import Image
+    from unclip_jax import atomic
     grid = image_grid(images)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    with atomic.open_atomic(path, "wb") as f:
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format="PNG")
     return path
