@@ -7,6 +7,8 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# tests compile afresh; tests/test_runtime.py checks the persistent cache in subprocesses
+os.environ.setdefault("UNCLIP_JAX_CACHE_DIR", "off")
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 import pytest  # noqa: E402

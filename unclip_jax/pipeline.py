@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from unclip_jax import export, parallel
+from unclip_jax import export, parallel, runtime
 from unclip_jax import pipeline_io as io
 from unclip_jax import sampling
 from unclip_jax.diffusion import schedules
@@ -85,7 +85,7 @@ def _decode_extra(extra: dict) -> dict:
 def as_key(key):
     """int seed or typed key → typed key."""
     if isinstance(key, (int, np.integer)):
-        return jax.random.key(int(key))
+        return jax.random.key(io.check_seed(key))
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key
     raise UserError(f"key must be an int seed or jax.random.key(...), got {type(key).__name__}")
@@ -109,13 +109,18 @@ class UnCLIP:
     """The loaded hierarchy plus a cache of compiled stage programs."""
 
     def __init__(self, stages: dict[str, Stage], tokenizer=None, *, devices=None,
-                 progress: bool = True):
+                 progress: bool = True, compile_cache: bool = True):
+        """compile_cache: keep compiled programs in JAX's persistent cache across processes
+        (`unclip_jax.runtime.enable_compilation_cache`; `UNCLIP_JAX_CACHE_DIR` picks the
+        directory or turns it off)."""
         if "prior" in stages and "ar_prior" in stages:
             raise UserError("give either prior= or ar_prior=, not both")
         if "upsampler2" in stages and "upsampler1" not in stages:
             raise UserError("upsampler2 needs upsampler1 (the 64→256 stage); pass both")
         if any(u in stages for u in UPSAMPLERS) and "decoder" not in stages:
             raise UserError("upsamplers need a decoder; pass decoder=DIR")
+        if compile_cache:
+            runtime.enable_compilation_cache()
         self.stages = stages
         self.tokenizer = tokenizer
         self.mesh = parallel.make_mesh({"data": -1}, devices)
@@ -132,7 +137,8 @@ class UnCLIP:
     def load(cls, clip: str | None = None, prior: str | None = None,
              ar_prior: str | None = None, decoder: str | None = None,
              upsampler1: str | None = None, upsampler2: str | None = None,
-             tokenizer: str | None = None, *, devices=None, progress: bool = True) -> "UnCLIP":
+             tokenizer: str | None = None, *, devices=None, progress: bool = True,
+             compile_cache: bool = True) -> "UnCLIP":
         """Load stage checkpoint directories (any may be None). A directory holding another
         stage raises CheckpointError."""
         dirs = dict(clip=clip, prior=prior, ar_prior=ar_prior, decoder=decoder,
@@ -152,13 +158,14 @@ class UnCLIP:
             ctx = stages["clip"].model.context_length
             tok = Tokenizer(tokenizer, context_length=ctx)
             tok.directory = os.path.abspath(tokenizer)
-        return cls(stages, tok, devices=devices, progress=progress)
+        return cls(stages, tok, devices=devices, progress=progress, compile_cache=compile_cache)
 
     @classmethod
-    def from_directory(cls, root: str, *, prior: str = "auto", devices=None,
-                       progress: bool = True) -> "UnCLIP":
+    def from_directory(cls, root: str | None = None, *, prior: str = "auto", devices=None,
+                       progress: bool = True, compile_cache: bool = True) -> "UnCLIP":
         """Load ROOT/{clip,tokenizer,prior,ar_prior,decoder,upsampler1,upsampler2} (see the
-        module docstring); absent subdirectories are skipped.
+        module docstring); absent subdirectories are skipped. Without ROOT, the bundled
+        shapes model (unclip_jax/assets/shapes).
 
         prior: which prior to load when ROOT has both — 'diffusion' (prior/), 'ar'
         (ar_prior/), 'auto' (prior/ if present, else ar_prior/) or 'none' (neither; for
@@ -166,6 +173,8 @@ class UnCLIP:
         """
         if prior not in PRIOR_CHOICES:
             raise UserError(f"prior={prior!r}; choose one of {', '.join(PRIOR_CHOICES)}")
+        if root is None:
+            root = io.BUNDLED_MODEL
         if not os.path.isdir(root):
             raise CheckpointError(f"checkpoint directory {root} does not exist; pass a directory "
                                   "with clip/, prior/, decoder/, ... subdirectories")
@@ -182,7 +191,7 @@ class UnCLIP:
                                   f"{[n for n in ('prior', 'ar_prior') if n in found] or 'no prior'}")
         for name in {"prior", "ar_prior"} - {keep}:
             found.pop(name, None)
-        return cls.load(**found, devices=devices, progress=progress)
+        return cls.load(**found, devices=devices, progress=progress, compile_cache=compile_cache)
 
     def directories(self) -> dict[str, dict[str, str]]:
         """{stage: {'dir': path, 'identity': hash}} of the loaded stages (for sidecars)."""
@@ -517,14 +526,25 @@ class UnCLIP:
         _stage_bar(bar, "decoder")
         x = self.decoder_sample(z_i, x_T, key, text=text, steps=decoder_steps,
                                 guidance=decoder_guidance, eta=eta, ddim=ddim)
-        out["decoder"] = x
+        out["decoder"] = x = self._finite("decoder", x)
         for u in UPSAMPLERS:
             if u in self.stages and not self._is_final_only(u):
                 _stage_bar(bar, u)
                 x = self.upsample(u, x, key, steps=ups[u], eta=upsampler_eta)
-                out[u] = x
+                out[u] = x = self._finite(u, x)
         _stage_bar(bar, None)
         return out
+
+    def _finite(self, stage: str, x):
+        """`x` when every value is finite, else CheckpointError naming the stage (NaN/Inf
+        outputs mean damaged weights or an unstable setting; never an all-black image)."""
+        if not bool(np.isfinite(np.asarray(jax.device_get(x))).all()):
+            where = self.stages[stage].directory if stage in self.stages else stage
+            raise CheckpointError(
+                f"the {stage} stage produced non-finite values (NaN/Inf); its weights in "
+                f"{where} may be damaged — re-export or re-download them (or try other "
+                "steps/guidance); nothing was written")
+        return x
 
     def _validate_steps(self, decoder_steps, ups):
         """Check every stage's settings before any compute (errors come first, not late)."""
@@ -576,6 +596,7 @@ class UnCLIP:
             if use_prior:
                 z_i = self.prior_sample(text, key, steps=prior_steps, guidance=prior_guidance,
                                         best_of=prior_best_of, temperature=prior_temperature)
+                z_i = self._finite(self.prior_stage.name, z_i)
             else:   # §5.1: z_t in place of z_i (zero-shot, or a decoder trained on z_t)
                 z_i = text["embeds"]
             out = self.decode(z_i, key, text=text, decoder_steps=decoder_steps,

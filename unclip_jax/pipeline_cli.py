@@ -20,7 +20,7 @@ import numpy as np
 from unclip_jax import pipeline_io as io
 from unclip_jax.errors import CheckpointError, UserError
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "assets", "shapes")   # embedded shapes model
+DEFAULT_MODEL = io.BUNDLED_MODEL   # the embedded shapes model
 
 
 def default_checkpoint() -> str:
@@ -38,13 +38,19 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
                    "prior/ (or ar_prior/), decoder/, upsampler1/, upsampler2/")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("samples", f"{command}.png"),
-                   help="PNG grid to write; the JSON sidecar goes next to it")
+                   help="grid to write (.png, or .jpg/.jpeg for JPEG); the JSON sidecar goes "
+                        "next to it (same name, .json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out and its sidecar (default: refuse)")
     p.add_argument("--cols", type=int, default=None, help="grid columns")
     p.add_argument("--decoder-steps", default=None, help="e.g. '50' or 'ddim25'")
     p.add_argument("--decoder-guidance", type=float, default=None)
     p.add_argument("--upsampler-steps", default=None,
                    help="one respacing for both upsamplers, or two separated by '/'")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not keep compiled programs in the persistent cache "
+                        "(default: $UNCLIP_JAX_CACHE_DIR or ~/.cache/unclip-jax/xla)")
 
 
 def add_arguments_sample(p: argparse.ArgumentParser) -> None:
@@ -143,19 +149,19 @@ def execute(pipe, command: str, inputs: dict, settings: dict, seed: int) -> np.n
     raise UserError(f"unknown command {command!r} in the sidecar")
 
 
-def _load(checkpoint: str | None, progress: bool, prior: str = "auto"):
+def _load(checkpoint: str | None, progress: bool, prior: str = "auto",
+          compile_cache: bool = True):
     """`prior` as `sample --prior` takes it ('text' loads no prior)."""
     from unclip_jax.pipeline import UnCLIP
     root = checkpoint if checkpoint is not None else default_checkpoint()
     return UnCLIP.from_directory(root, prior="none" if prior == "text" else prior,
-                                 progress=progress)
+                                 progress=progress, compile_cache=compile_cache)
 
 
-def _write(pipe, images, out: str, cols, record: dict) -> None:
-    io.save_grid(out, images, cols)
+def _write(pipe, images, out: str, cols, record: dict, overwrite: bool = False) -> None:
     record = dict(record, output=os.path.abspath(out), image_shape=list(images.shape),
                   checkpoints=pipe.directories())
-    io.write_sidecar(io.sidecar_path(out), record)
+    io.save_outputs(out, images, cols, record, overwrite=overwrite)
     print(f"wrote {out} ({images.shape[0]} images of {images.shape[1]}×{images.shape[2]}) "
           f"and {io.sidecar_path(out)}")
 
@@ -163,36 +169,71 @@ def _write(pipe, images, out: str, cols, record: dict) -> None:
 def _run(args, command: str) -> int:
     inputs = _inputs(args, command)
     settings = _settings(args, command)
+    io.check_seed(args.seed)
+    _check_cols(args.cols)
+    io.check_output(args.out, args.overwrite)          # before any sampling
     prior = getattr(args, "prior", "auto")
-    pipe = _load(args.checkpoint, not args.no_progress, prior)
+    pipe = _load(args.checkpoint, not args.no_progress, prior, not args.no_compile_cache)
     images = execute(pipe, command, inputs, settings, args.seed)
     record = dict(command=command, seed=args.seed, inputs=inputs, settings=settings, prior=prior,
                   checkpoint=None if args.checkpoint is None else os.path.abspath(args.checkpoint),
                   cols=args.cols)
-    _write(pipe, images, args.out, args.cols, record)
+    _write(pipe, images, args.out, args.cols, record, args.overwrite)
     return 0
 
 
-def regenerate(sidecar: str, out: str | None = None, progress: bool = False) -> str:
+def _check_cols(cols) -> None:
+    if cols is not None and int(cols) < 1:
+        raise UserError(f"--cols {cols}: the grid needs at least 1 column")
+
+
+def regenerate(sidecar: str, out: str | None = None, progress: bool = False,
+               compile_cache: bool = True, overwrite: bool = False) -> str:
     """Redo the command recorded in `sidecar`; writes `out` (default: <name>-regen.png)."""
     rec = io.read_sidecar(sidecar)
-    pipe = _load(rec.get("checkpoint"), progress, rec.get("prior", "auto"))
+    out = out or os.path.splitext(sidecar)[0] + "-regen.png"
+    io.check_output(out, overwrite)                    # before loading or sampling
+    _check_cols(rec.get("cols"))
+    pipe = _load(rec.get("checkpoint"), progress, rec.get("prior", "auto"), compile_cache)
     now = pipe.directories()
     for stage, info in rec.get("checkpoints", {}).items():
         if stage not in now or now[stage]["identity"] != info["identity"]:
             raise CheckpointError(f"the {stage} checkpoint differs from the one recorded in "
                                   f"{sidecar}; restore {info['dir']} to regenerate")
     images = execute(pipe, rec["command"], rec["inputs"], rec["settings"], int(rec["seed"]))
-    out = out or os.path.splitext(sidecar)[0] + "-regen.png"
     rec = {k: v for k, v in rec.items() if k not in ("output", "image_shape", "checkpoints")}
-    _write(pipe, images, out, rec.get("cols"), dict(rec, regenerated_from=os.path.abspath(sidecar)))
+    _write(pipe, images, out, rec.get("cols"), dict(rec, regenerated_from=os.path.abspath(sidecar)),
+           overwrite)
     return out
+
+
+# what `sample` takes by default; with --from-sidecar any other value would be ignored
+_SIDECAR_CONFLICTS = (("prompts", "PROMPTS", []), ("checkpoint", "--checkpoint", None),
+                      ("seed", "--seed", 0), ("num_images_per_prompt", "-n", 1),
+                      ("prior_steps", "--prior-steps", None),
+                      ("prior_guidance", "--prior-guidance", None),
+                      ("prior_best_of", "--prior-best-of", None), ("eta", "--eta", 0.0),
+                      ("prior", "--prior", "auto"), ("cols", "--cols", None),
+                      ("decoder_steps", "--decoder-steps", None),
+                      ("decoder_guidance", "--decoder-guidance", None),
+                      ("upsampler_steps", "--upsampler-steps", None))
+
+
+def _check_sidecar_alone(args) -> None:
+    given = [flag for attr, flag, default in _SIDECAR_CONFLICTS
+             if getattr(args, attr, default) != default]
+    if given:
+        raise UserError(f"--from-sidecar redoes the recorded command with its own settings; "
+                        f"drop {', '.join(given)} (or run without --from-sidecar to change "
+                        "them)")
 
 
 def run_sample(args) -> int:
     if args.from_sidecar:
+        _check_sidecar_alone(args)
         out = None if args.out == os.path.join("samples", "sample.png") else args.out
-        regenerate(args.from_sidecar, out, progress=not args.no_progress)
+        regenerate(args.from_sidecar, out, progress=not args.no_progress,
+                   compile_cache=not args.no_compile_cache, overwrite=args.overwrite)
         return 0
     return _run(args, "sample")
 

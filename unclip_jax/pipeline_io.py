@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from unclip_jax.errors import UserError
 
 SIDECAR_VERSION = 1
+BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "assets", "shapes")   # the shapes model
 
 
 # --------------------------------------------------------------------------- pixels
@@ -59,11 +60,21 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
         prompts = [prompts]
     prompts = list(prompts)
     if not prompts:
-        raise UserError("no prompts given; pass at least one prompt (e.g. --prompt 'a red circle')")
+        raise UserError("no prompts given; pass at least one prompt (e.g. "
+                        "unclip-jax sample 'a red circle')")
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p.strip():
             raise UserError(f"prompt {i} is empty; give every prompt some text")
     return prompts
+
+
+def check_seed(seed) -> int:
+    """A seed is an integer in [-2**63, 2**63) (what `jax.random.key` takes)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise UserError(f"seed {seed!r} is not an integer; pass e.g. --seed 0")
+    if not -(2 ** 63) <= int(seed) < 2 ** 63:
+        raise UserError(f"seed {seed} is out of range; use an integer from -2**63 to 2**63-1")
+    return int(seed)
 
 
 def check_guidance(name: str, value: float) -> float:
@@ -183,12 +194,62 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> Ima
     return Image.fromarray(canvas, "RGB")
 
 
-def save_grid(path: str, images: np.ndarray, ncols: int | None = None) -> str:
-    """Write `images` (uint8 [N,H,W,3]) as a PNG grid; creates the parent directory."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    make_grid(images, ncols).save(path, format="PNG")
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def image_format(path: str) -> str:
+    """'PNG' or 'JPEG' from the extension of `path`; UserError for any other extension."""
+    ext = os.path.splitext(str(path))[1].lower()
+    if ext not in IMAGE_FORMATS:
+        raise UserError(f"--out {path}: write a .png, .jpg or .jpeg file (the JSON sidecar goes "
+                        "next to it)")
+    return IMAGE_FORMATS[ext]
+
+
+def encode_image(image: Image.Image, fmt: str) -> bytes:
+    """PIL image → file bytes in `fmt` ('PNG', or 'JPEG' at quality 95)."""
+    import io as _io
+    buf = _io.BytesIO()
+    if fmt == "JPEG":
+        image.save(buf, format="JPEG", quality=95)
+    else:
+        image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def check_output(path: str, overwrite: bool = False) -> str:
+    """Check `--out` before any sampling: a .png/.jpg/.jpeg file name whose sidecar path
+    differs from it, no parent that is a file, not a directory, and (unless `overwrite`)
+    neither it nor its sidecar already there. Returns the absolute path."""
+    from unclip_jax import atomic
+    image_format(path)
+    out = atomic.check_output_path(path, overwrite=overwrite)
+    side = sidecar_path(out)
+    if os.path.abspath(side) == out:
+        raise UserError(f"--out {path} is where its sidecar would go; name an image file")
+    atomic.check_output_path(side, overwrite=overwrite, what="sidecar")
+    return out
+
+
+def save_grid(path: str, images: np.ndarray, ncols: int | None = None, *,
+              overwrite: bool = True) -> str:
+    """Write `images` (uint8 [N,H,W,3]) as one grid, PNG or JPEG by extension (atomically;
+    creates the parent directory)."""
+    from unclip_jax import atomic
+    data = encode_image(make_grid(images, ncols), image_format(path))
+    atomic.write_bytes(path, data, overwrite=overwrite)
     return path
+
+
+def save_outputs(path: str, images: np.ndarray, ncols: int | None, record: dict[str, Any],
+                 *, overwrite: bool = False) -> tuple[str, str]:
+    """Write the grid and its sidecar: both are encoded and written to temporary files
+    first, then renamed into place, so neither is changed unless both could be written."""
+    from unclip_jax import atomic
+    data = encode_image(make_grid(images, ncols), image_format(path))
+    side = sidecar_path(path)
+    atomic.write_files({path: data, side: sidecar_bytes(record)}, overwrite=overwrite)
+    return path, side
 
 
 def read_png(path: str) -> np.ndarray:
@@ -200,16 +261,34 @@ def read_png(path: str) -> np.ndarray:
 # --------------------------------------------------------------------------- sidecars
 
 def checkpoint_identity(directory: str) -> str:
-    """sha256 (hex, 16 chars) of a stage checkpoint's config.json, extra.json and the params'
-    Orbax tree metadata (`params/_METADATA`): changes whenever the config or tree changes."""
+    """sha256 (hex, 16 chars) of what a stage checkpoint or tokenizer directory computes
+    with: config.json, extra.json, the params' tree metadata and the parameter bytes — the
+    per-array checksums in `params.sha256.json` when the export has them (verified against
+    the arrays on load), else every file under params/ — and, for any other directory
+    (a tokenizer), every file in it. Changes whenever a weight or a tokenizer file does."""
     h = hashlib.sha256()
-    for rel in ("config.json", "extra.json", os.path.join("params", "_METADATA")):
-        p = os.path.join(directory, rel)
-        h.update(rel.encode())
-        if os.path.isfile(p):
-            with open(p, "rb") as f:
-                h.update(f.read())
+    for rel in _identity_files(directory):
+        h.update(rel.encode() + b"\0")
+        with open(os.path.join(directory, rel), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()[:16]
+
+
+def _identity_files(directory: str) -> list[str]:
+    from unclip_jax import export
+    if not os.path.isfile(os.path.join(directory, "config.json")):      # e.g. a tokenizer
+        walk = [os.path.relpath(os.path.join(r, f), directory)
+                for r, _, fs in os.walk(directory) for f in fs]
+        return sorted(walk)
+    rels = ["config.json", "extra.json", os.path.join("params", "_METADATA")]
+    if os.path.isfile(os.path.join(directory, export.CHECKSUMS)):
+        rels.append(export.CHECKSUMS)
+    else:
+        pdir = os.path.join(directory, "params")
+        rels += sorted(os.path.relpath(os.path.join(r, f), directory)
+                       for r, _, fs in os.walk(pdir) for f in fs)
+    return [r for r in dict.fromkeys(rels) if os.path.isfile(os.path.join(directory, r))]
 
 
 def sidecar_path(png_path: str) -> str:
@@ -218,15 +297,20 @@ def sidecar_path(png_path: str) -> str:
     return root + ".json"
 
 
-def write_sidecar(path: str, record: dict[str, Any]) -> str:
-    """Write the JSON record that lets `unclip-jax sample --from-sidecar` redo an image."""
+def sidecar_bytes(record: dict[str, Any]) -> bytes:
+    """The sidecar JSON of `record` (with its format and package versions)."""
     from unclip_jax import __version__
 
     record = dict(record)
     record.setdefault("sidecar_version", SIDECAR_VERSION)
     record.setdefault("package_version", __version__)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
+    return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_sidecar(path: str, record: dict[str, Any], *, overwrite: bool = True) -> str:
+    """Write the JSON record that lets `unclip-jax sample --from-sidecar` redo an image."""
+    from unclip_jax import atomic
+    atomic.write_bytes(path, sidecar_bytes(record), overwrite=overwrite)
     return path
 
 
@@ -242,4 +326,57 @@ def read_sidecar(path: str) -> dict[str, Any]:
     if not isinstance(record, dict) or "command" not in record or "seed" not in record:
         raise UserError(f"{path} is not an unclip-jax sidecar (no command/seed); pass the .json "
                         "written next to a grid")
+    check_sidecar(record, path)
     return record
+
+
+# command → {input field: "str" | "list"}: what each recorded command needs
+_SIDECAR_INPUTS = {"sample": {"prompts": "list"}, "vary": {"images": "list"},
+                   "interpolate": {"image_a": "str", "image_b": "str"},
+                   "textdiff": {"image": "str", "caption_from": "str", "caption_to": "str"}}
+_SIDECAR_SETTINGS = {"decoder_steps", "decoder_guidance", "upsampler_steps",
+                     "num_images_per_prompt", "prior_steps", "prior_guidance", "prior_best_of",
+                     "eta", "text_as_image_embed", "n", "fixed_xT", "max_angle"}
+
+
+def check_sidecar(record: dict, path: str = "sidecar") -> None:
+    """Validate a sidecar's fields (types, required keys); UserError naming the field."""
+    def bad(field, want):
+        return UserError(f"{path}: field {field!r} must be {want}; pass an unmodified sidecar "
+                         "written next to a grid")
+    command = record.get("command")
+    if command not in _SIDECAR_INPUTS:
+        raise bad("command", "one of " + ", ".join(_SIDECAR_INPUTS))
+    try:
+        check_seed(record["seed"])
+    except UserError:
+        raise bad("seed", "an integer in [-2**63, 2**63)") from None
+    inputs = record.get("inputs")
+    if not isinstance(inputs, dict):
+        raise bad("inputs", "an object")
+    for name, kind in _SIDECAR_INPUTS[command].items():
+        v = inputs.get(name)
+        ok = (isinstance(v, str) if kind == "str" else
+              isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v))
+        if not ok:
+            raise bad(f"inputs.{name}", "a string" if kind == "str" else "a list of strings")
+    settings = record.get("settings")
+    if not isinstance(settings, dict):
+        raise bad("settings", "an object")
+    for k, v in settings.items():
+        if k not in _SIDECAR_SETTINGS:
+            raise bad(f"settings.{k}", "absent (unknown setting)")
+        if not (v is None or isinstance(v, (str, int, float, bool)) or
+                (isinstance(v, list) and all(isinstance(x, (str, int)) for x in v))):
+            raise bad(f"settings.{k}", "a string, number, boolean or null")
+    for field, kinds, want in (("checkpoint", (str, type(None)), "a directory or null"),
+                               ("prior", (str,), "a string"),
+                               ("cols", (int, type(None)), "an integer or null")):
+        if field in record and (not isinstance(record[field], kinds) or
+                                isinstance(record[field], bool)):
+            raise bad(field, want)
+    ckpts = record.get("checkpoints", {})
+    if not isinstance(ckpts, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("identity"), str) and
+            isinstance(v.get("dir"), str) for v in ckpts.values()):
+        raise bad("checkpoints", "an object of {stage: {dir, identity}}")

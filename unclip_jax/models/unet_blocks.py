@@ -51,10 +51,53 @@ def conv(features: int, kernel: int, name: str, dtype: Dtype = jnp.float32, *, s
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[-1],)))
 
 
+def group_norm(x, scale, bias, num_groups: int, epsilon: float = 1e-5):
+    """GroupNorm of x [B, ..., C] (float32) with per-channel `scale`, `bias` [C] → [B, ..., C].
+
+    Statistics per (example, group) over the spatial axes and the group's C / num_groups
+    channels, as in `flax.linen.GroupNorm` (biased variance, `epsilon` inside the root).
+    Written as per-channel spatial sums followed by a sum within each group (two passes: mean,
+    then the centred second moment), and the normalisation folded into one per-channel
+    multiply-add. XLA fuses each pass into a single reduction over the contiguous channel axis
+    instead of reducing a [B, H, W, G, C/G] view, which is 2–4× faster on the CPU and equal to
+    the reference up to float32 rounding.
+    """
+    B, C = x.shape[0], x.shape[-1]
+    axes = tuple(range(1, x.ndim - 1))
+    per_group = C // num_groups
+    count = per_group
+    for a in axes:
+        count *= x.shape[a]
+    bshape = (B,) + (1,) * len(axes) + (C,)
+
+    def group_mean(per_channel_sum):        # [B, C] → [B, C]: the group's mean, per channel
+        g = per_channel_sum.reshape(B, num_groups, per_group).sum(-1) / count
+        return jnp.repeat(g, per_group, axis=1)
+
+    centred = x - group_mean(jnp.sum(x, axes)).reshape(bshape)
+    var = group_mean(jnp.sum(jnp.square(centred), axes))
+    mult = jax.lax.rsqrt(var + epsilon) * scale
+    return centred * mult.reshape(bshape) + bias.reshape((1,) * (x.ndim - 1) + (C,))
+
+
+class GroupNormParams(nn.Module):
+    """The `scale` (ones) and `bias` (zeros) [C] of a GroupNorm, logical axis 'norm'."""
+    channels: int
+
+    @nn.compact
+    def __call__(self):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                           (self.channels,), jnp.float32)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+                          (self.channels,), jnp.float32)
+        return scale, bias
+
+
 class GroupNorm(nn.Module):
     """GroupNorm over the channel axis computed in float32; returns float32.
 
-    x [..., C] → [..., C]; C must be divisible by `num_groups`. Params `scale`, `bias` [C].
+    x [..., C] → [..., C]; C must be divisible by `num_groups`. Params `norm/scale`,
+    `norm/bias` [C] (the layout of `flax.linen.GroupNorm` named 'norm'); math in `group_norm`.
     """
     num_groups: int = 32
     epsilon: float = 1e-5
@@ -67,12 +110,8 @@ class GroupNorm(nn.Module):
                 f"GroupNorm: {channels} channels are not divisible by {self.num_groups} groups; "
                 f"set model.norm_groups to a divisor of every level's width "
                 f"(model_channels × channel_mult)")
-        return nn.GroupNorm(
-            num_groups=self.num_groups, epsilon=self.epsilon, dtype=jnp.float32,
-            param_dtype=jnp.float32, name="norm",
-            scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
-        )(x.astype(jnp.float32))
+        scale, bias = GroupNormParams(channels, name="norm")()
+        return group_norm(x.astype(jnp.float32), scale, bias, self.num_groups, self.epsilon)
 
 
 def upsample_nearest(x):
