@@ -68,6 +68,12 @@ def _tmp_name(path: str, directory: bool = False) -> str:
     return tmp
 
 
+def temp_dir(path: str) -> str:
+    """A new empty temporary directory beside `path` (same file system: it can be renamed
+    to `path`); the caller removes it."""
+    return _tmp_name(path, directory=True)
+
+
 def _commit_file(tmp: str, path: str, overwrite: bool) -> None:
     if overwrite:
         os.replace(tmp, path)
@@ -102,16 +108,66 @@ def open_atomic(path: str, mode: str = "w", *, overwrite: bool = True,
     if not overwrite and os.path.lexists(path):
         raise UserError(f"{path} already exists; pass --overwrite to replace it or choose "
                         "another path")
-    tmp = _tmp_name(path)
+    try:
+        tmp = _tmp_name(path)
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         with open(tmp, mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         _commit_file(tmp, path, overwrite)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _write_error(path, e) from e
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise
+
+
+def _write_error(path: str, e: OSError) -> UserError:
+    """A failed write (full disk, read-only or missing directory, permissions) as one line."""
+    why = e.strerror or type(e).__name__
+    return UserError(f"cannot write {path} ({why}); nothing was changed there")
+
+
+def write_files(files: dict[str, bytes], *, overwrite: bool = True) -> None:
+    """Write several files as one unit: every file goes to a temporary name first; only when
+    all are complete are they renamed into place (so e.g. an image and its sidecar never
+    describe different runs). On error no temporary file is left, and with
+    `overwrite=False` no new file either."""
+    tmps: dict[str, str] = {}
+    done: list[str] = []
+    try:
+        for path, data in files.items():
+            if not overwrite and os.path.lexists(path):
+                raise UserError(f"{path} already exists; pass --overwrite to replace it or "
+                                "choose another path")
+            try:
+                tmps[path] = tmp = _tmp_name(path)
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise _write_error(path, e) from e
+        for path, tmp in tmps.items():
+            try:
+                _commit_file(tmp, path, overwrite)
+            except OSError as e:
+                raise _write_error(path, e) from e
+            done.append(path)
+    except BaseException:
+        for tmp in tmps.values():
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if not overwrite:
+            for path in done:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
         raise
 
 

@@ -4,14 +4,26 @@ Layout of `DIR`:
   config.json   the stage's full config (`ConfigDict.to_json_best_effort()`), with `stage`
   params/       Orbax PyTree checkpoint of the parameters (plain arrays, no optimizer state)
   extra.json    optional small metadata (e.g. normalisation statistics, source, commit)
+  params.sha256.json
+                the sha256 of every parameter array's bytes as stored (C order, stored dtype),
+                with its dtype and shape; `load` verifies each array against it (a directory
+                without it loads with a warning that its weights are unverified). A packaged
+                model's MANIFEST records the sha256 of this file per stage, checked too.
+
+Writes are atomic and do not clobber: the export is built in a temporary sibling directory
+and moved into place; an existing export is replaced only with `overwrite=True`. Other
+entries of `DIR` (e.g. a tokenizer/ copied there) are kept.
 
 Training checkpoints (train state, iterator state) live under a workdir and are handled by
 `unclip_jax.train.checkpoint`; `export_params` turns one of those into this format.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import warnings
 from typing import Any
 
 import jax
@@ -19,24 +31,87 @@ import ml_collections as mlc
 import numpy as np
 import orbax.checkpoint as ocp
 
-from unclip_jax.errors import CheckpointError
+from unclip_jax import atomic
+from unclip_jax.errors import CheckpointError, UserError
+
+CHECKSUMS = "params.sha256.json"
+MANIFEST = "MANIFEST.json"          # of a packaged model directory (`unclip_jax.package`)
+_ENTRIES = ("params", "config.json", "extra.json", CHECKSUMS)
+
+
+def _path_name(path) -> str:
+    return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in path)
+
+
+def array_checksums(params: Any) -> dict[str, dict]:
+    """{tree path: {'sha256', 'dtype', 'shape'}} of every array of `params`, hashing the
+    C-order bytes in the array's own dtype."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+        out[_path_name(path)] = {"sha256": hashlib.sha256(a.tobytes()).hexdigest(),
+                                 "dtype": str(a.dtype), "shape": list(a.shape)}
+    return out
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_destination(directory: str, overwrite: bool = False) -> str:
+    """UserError unless `directory` can receive an export: not a file, and not already
+    holding one unless `overwrite`. Call before long work (training, converting)."""
+    directory = atomic.check_output_path(directory, overwrite=True, what="export directory",
+                                         is_dir=True)
+    if not overwrite and any(os.path.lexists(os.path.join(directory, e)) for e in _ENTRIES):
+        raise UserError(f"{directory} already holds an exported checkpoint; pass --overwrite "
+                        "to replace it or choose another directory")
+    return directory
 
 
 def save(directory: str, params: Any, config: mlc.ConfigDict, extra: dict | None = None,
-         dtype: str | None = None) -> str:
-    """Write params (optionally cast, e.g. dtype='float16' for shipping) and config to `directory`."""
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
+         dtype: str | None = None, overwrite: bool = False) -> str:
+    """Write params (optionally cast, e.g. dtype='float16' for shipping), their checksums
+    and config to `directory` (atomically; an existing export only with `overwrite`)."""
+    directory = check_destination(directory, overwrite)
     if dtype is not None:
         params = jax.tree.map(lambda a: np.asarray(a).astype(dtype), params)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(directory, "params"), params, force=True)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    if extra is not None:
-        with open(os.path.join(directory, "extra.json"), "w") as f:
-            json.dump(extra, f, indent=2)
+    params = jax.tree.map(lambda a: np.asarray(jax.device_get(a)), params)
+    tmp = atomic.temp_dir(directory)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, "params"), params)
+        atomic.write_text(os.path.join(tmp, "config.json"), config.to_json_best_effort(indent=2))
+        if extra is not None:
+            atomic.write_json(os.path.join(tmp, "extra.json"), extra)
+        atomic.write_json(os.path.join(tmp, CHECKSUMS),
+                          {"algorithm": "sha256 of each array's C-order bytes in its stored "
+                                        "dtype", "arrays": array_checksums(params)})
+        _move_in(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _move_in(tmp: str, directory: str) -> None:
+    """Move the complete export in `tmp` into `directory`: a new directory is one rename;
+    into an existing one each entry replaces its old version (other entries are kept)."""
+    if not os.path.isdir(directory):
+        os.replace(tmp, directory)
+        return
+    for name in _ENTRIES:
+        src, dst = os.path.join(tmp, name), os.path.join(directory, name)
+        if os.path.isdir(src):
+            atomic.replace_dir(src, dst)
+        elif os.path.isfile(src):
+            os.replace(src, dst)
+        elif os.path.lexists(dst):              # e.g. no extra.json this time
+            shutil.rmtree(dst) if os.path.isdir(dst) else os.unlink(dst)
 
 
 def load_config(directory: str) -> mlc.ConfigDict:
@@ -45,8 +120,59 @@ def load_config(directory: str) -> mlc.ConfigDict:
         raise CheckpointError(
             f"{directory} is not an unclip-jax checkpoint (no config.json); pass the directory "
             "written by `unclip-jax train`, `convert-clip` or `convert-karlo`")
-    with open(path) as f:
-        return mlc.ConfigDict(json.load(f))
+    return mlc.ConfigDict(_read_json(path))
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); restore it from the original "
+                              "export") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object; restore it from the original "
+                              "export")
+    return data
+
+
+def verify(directory: str, params: Any) -> bool:
+    """Check every array of `params` (as stored, before any cast) against the directory's
+    `params.sha256.json`, and that file against the MANIFEST of a packaged model around it.
+    True when verified; False (with a warning) when the directory has no checksums; raises
+    CheckpointError naming the first array (or file) that does not match."""
+    path = os.path.join(directory, CHECKSUMS)
+    if not os.path.isfile(path):
+        warnings.warn(f"{directory} has no {CHECKSUMS}: its weights are unverified "
+                      "(re-export it to add checksums)", UserWarning, stacklevel=3)
+        return False
+    manifest = os.path.join(os.path.dirname(os.path.abspath(directory)), MANIFEST)
+    stage = os.path.basename(os.path.abspath(directory))
+    if os.path.isfile(manifest):
+        try:
+            entry = _read_json(manifest).get("stages", {}).get(stage, {})
+        except CheckpointError:
+            entry = {}
+        want = entry.get("params_sha256") if isinstance(entry, dict) else None
+        if want is not None and want != file_sha256(path):
+            raise CheckpointError(f"{path} does not match the checksum recorded for {stage!r} "
+                                  f"in {manifest}; the model directory was modified — "
+                                  "re-package or re-download it")
+    recorded = _read_json(path).get("arrays")
+    if not isinstance(recorded, dict):
+        raise CheckpointError(f"{path} has no 'arrays' mapping; re-export the checkpoint")
+    actual = array_checksums(params)
+    for name in sorted(recorded.keys() | actual.keys()):
+        r, a = recorded.get(name), actual.get(name)
+        if r is None or a is None:
+            where = "the checksums" if a is None else "the params"
+            raise CheckpointError(f"{directory}: array {name} is missing from {where} "
+                                  f"(params/ and {CHECKSUMS} disagree); re-export the checkpoint")
+        if r.get("sha256") != a["sha256"]:
+            raise CheckpointError(f"{directory}: array {name} does not match its checksum in "
+                                  f"{CHECKSUMS} (damaged weights); re-export or re-download "
+                                  "the checkpoint")
+    return True
 
 
 def load(directory: str, expect_stage: str | tuple[str, ...] | None = None,
@@ -67,12 +193,19 @@ def load(directory: str, expect_stage: str | tuple[str, ...] | None = None,
     params_dir = os.path.join(os.path.abspath(directory), "params")
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"{directory} has no params/ (half-written checkpoint?)")
-    with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(params_dir)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(params_dir)
+    except Exception as e:      # damaged or truncated array files
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read the parameters in {params_dir} "
+                              f"({type(e).__name__}: {msg}); re-export or re-download the "
+                              "checkpoint") from None
+    params = jax.tree.map(lambda a: np.asarray(a), params)
+    verify(directory, params)
     if dtype is not None:
-        params = jax.tree.map(lambda a: np.asarray(a).astype(dtype), params)
+        params = jax.tree.map(lambda a: a.astype(dtype), params)
     extra = {}
     if os.path.isfile(os.path.join(directory, "extra.json")):
-        with open(os.path.join(directory, "extra.json")) as f:
-            extra = json.load(f)
+        extra = _read_json(os.path.join(directory, "extra.json"))
     return params, config, extra

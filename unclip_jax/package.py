@@ -10,7 +10,9 @@ as float32). `OUT/MANIFEST.json` records, per stage, the trained steps, batch si
 steps, the final loss (mean `loss` of the last `FINAL_ROWS` rows of the workdir's
 `metrics.jsonl` logged at or before the exported step), the last such row, the size of the
 exported directory, the workdir, dtype, commit and an optional note; at the top level the
-commit, dataset, dtype and total size. The layout is the one `UnCLIP.from_directory` reads.
+commit, dataset, dtype and total size. Each stage entry also holds `params_sha256`, the
+sha256 of the stage's `params.sha256.json` (its per-array checksums); both are verified when
+the model loads. The layout is the one `UnCLIP.from_directory` reads.
 
 Packaging into an existing OUT replaces only the named stages' subdirectories (and the
 tokenizer when one is given) and merges the MANIFEST: other stages' entries and any other
@@ -29,6 +31,7 @@ import subprocess
 import tempfile
 from typing import Any
 
+from unclip_jax import atomic, export
 from unclip_jax.errors import CheckpointError, UserError
 
 STAGES = ("clip", "prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
@@ -168,6 +171,7 @@ def stage_entry(workdir: str, exported: str, dtype: str, commit: str | None,
         "dtype": dtype,
         "workdir": os.path.abspath(workdir),
         "commit": commit,
+        "params_sha256": export.file_sha256(os.path.join(exported, export.CHECKSUMS)),
     }
     if note is not None:
         entry["note"] = note
@@ -192,11 +196,7 @@ def read_manifest(out_dir: str) -> dict:
 
 
 def _write_json(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, data)
 
 
 def merge_manifest(old: dict, new_stages: dict[str, dict], out_dir: str, *, commit, dataset,
@@ -277,9 +277,7 @@ def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None
         if tokenizer is not None:
             shutil.copytree(tokenizer, os.path.join(staging, TOKENIZER))
         for name in os.listdir(staging):          # all exported: swap them in
-            final = os.path.join(out_dir, name)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(os.path.join(staging, name), final)
+            atomic.replace_dir(os.path.join(staging, name), os.path.join(out_dir, name))
     except BaseException:
         if created:                               # a failed first packaging leaves no OUT
             shutil.rmtree(out_dir, ignore_errors=True)

@@ -188,11 +188,13 @@ def copy_tokenizer(src: str, dst: str) -> str | None:
     return dst
 
 
-def convert(src: str, dst: str) -> str:
-    """Import `src` and write an inference checkpoint (stage 'clip') to `dst`."""
+def convert(src: str, dst: str, overwrite: bool = False) -> str:
+    """Import `src` and write an inference checkpoint (stage 'clip') to `dst` (an existing
+    one is replaced only with `overwrite`)."""
     from configs.shapes import clip as clip_stage
     from unclip_jax import export
 
+    export.check_destination(dst, overwrite)
     model_cfg, params = load_hf_clip(src)
     dst = os.path.abspath(dst)
     tok_dir = copy_tokenizer(src, os.path.join(dst, "tokenizer"))
@@ -203,15 +205,18 @@ def convert(src: str, dst: str) -> str:
         config.model = model_cfg
         config.data.image_size = model_cfg.vision.image_size
     return export.save(dst, params, config, extra=dict(source=os.path.abspath(src),
-                                                       format="transformers CLIPModel"))
+                                                       format="transformers CLIPModel"),
+                       overwrite=overwrite)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("src", help="directory written by transformers' CLIPModel.save_pretrained")
     parser.add_argument("dst", help="output inference checkpoint directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a checkpoint already in DST")
 
 
 def run(args) -> int:
-    out = convert(args.src, args.dst)
+    out = convert(args.src, args.dst, overwrite=args.overwrite)
     print(f"wrote CLIP checkpoint to {out}")
     return 0

@@ -5,8 +5,9 @@ Layout of an embeddings directory:
   chunk_00000/         z_i.npy f32 [n, D], z_t.npy f32 [n, D], text_states.npy f16 [n, L, W],
   chunk_00001/ ...     text_mask.npy bool [n, L], index.npy int64 [n] (the examples' `index`)
 
-A chunk is written to `chunk_XXXXX.tmp/` and renamed when complete, so a directory named
-`chunk_XXXXX` is always whole; a left-over `.tmp` is a half-written chunk to redo.
+A chunk is written to a temporary sibling directory (`unclip_jax.atomic`) and renamed when
+complete, so a directory named `chunk_XXXXX` is always whole; the manifest is replaced
+atomically too.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import shutil
 
 import numpy as np
 
+from unclip_jax import atomic
 from unclip_jax.errors import UserError
 
 FIELDS = ("z_i", "z_t", "text_states", "text_mask", "index")
@@ -33,20 +35,16 @@ def chunk_done(out_dir: str, k: int) -> bool:
 def write_chunk(out_dir: str, k: int, arrays: dict[str, np.ndarray]) -> str:
     """Atomically write chunk `k` (every FIELDS array); returns its directory."""
     final = os.path.join(out_dir, chunk_name(k))
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for name in FIELDS:
-        np.save(os.path.join(tmp, name + ".npy"), arrays[name])
-    os.replace(tmp, final)
+    shutil.rmtree(final + ".tmp", ignore_errors=True)     # left by an older version
+    with atomic.build_dir(final) as tmp:
+        for name in FIELDS:
+            with atomic.open_atomic(os.path.join(tmp, name + ".npy"), "wb") as f:
+                np.save(f, arrays[name])
     return final
 
 
 def write_manifest(out_dir: str, manifest: dict) -> None:
-    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+    atomic.write_json(os.path.join(out_dir, MANIFEST), manifest)
 
 
 def read_manifest(out_dir: str) -> dict | None:

@@ -163,8 +163,8 @@ def build(source: str, data_dir: str, image_size: int = 256, min_size: int = 64,
     else:
         builder.download_and_prepare()
         counts = dict(builder.counts)
-        with open(counts_file, "w") as f:
-            json.dump(counts, f, indent=2)
+        from unclip_jax import atomic
+        atomic.write_json(counts_file, counts)
     if verbose:
         print("image_caption_folder: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return counts

@@ -106,7 +106,9 @@ def run_all(out: str | None = "demo.png", steps: int = 100, num_samples: int = 2
         sheet = Image.new("RGB", (sum(p.width for p in panels), panels[0].height), "white")
         for i, p in enumerate(panels):
             sheet.paste(p, (i * p.width, 0))
-        sheet.save(out, format="PNG")
+        from unclip_jax import atomic
+        with atomic.open_atomic(out, "wb") as f:
+            sheet.save(f, format="PNG")
         print(f"wrote {out}")
     return rows
 

@@ -86,11 +86,9 @@ def run(args) -> int:
         chunk=args.chunk, upsampler_images=args.upsampler_images)
     table = report.format_markdown(results)
     print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    from unclip_jax import atomic
+    atomic.write_json(args.out, results)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table)
+        atomic.write_text(args.markdown, table)
     print(f"wrote {args.out}")
     return 0

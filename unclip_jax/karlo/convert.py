@@ -176,7 +176,7 @@ def convert_super_res(src: str, component: str, cfg) -> dict:
 
 # ----------------------------------------------------------------------------- all of it
 
-def convert_karlo(src: str, dst: str) -> dict[str, str]:
+def convert_karlo(src: str, dst: str, overwrite: bool = False) -> dict[str, str]:
     """Convert every Karlo component of `src` and write checkpoints under `dst`.
 
     Returns {'clip', 'tokenizer', 'prior', 'decoder', 'upsampler1', 'upsampler2'} → directory.
@@ -189,6 +189,8 @@ def convert_karlo(src: str, dst: str) -> dict[str, str]:
     from unclip_jax.train.checkpoint import extras_to_json
 
     _check_components(src)
+    for name in ("clip", "prior", "decoder", "upsampler1", "upsampler2"):
+        export.check_destination(os.path.join(dst, name), overwrite)   # before any work
     src, dst = os.path.abspath(src), os.path.abspath(dst)
     stages = karlo_cfg.from_diffusers(src)
     clip_cfg, clip_params = convert_clip_text(src)
@@ -219,7 +221,8 @@ def convert_karlo(src: str, dst: str) -> dict[str, str]:
         clip_stage.model = clip_cfg
     source = dict(source=src, format="diffusers unCLIP (Karlo)")
     out["clip"] = export.save(os.path.join(dst, "clip"), {"params": clip_params}, clip_stage,
-                              extra=dict(source, component="text_encoder", text_only=True))
+                              extra=dict(source, component="text_encoder", text_only=True),
+                              overwrite=overwrite)
     components = dict(prior="prior", decoder="decoder+text_proj",
                       upsampler1="super_res_first", upsampler2="super_res_last")
     for name, p in params.items():
@@ -229,7 +232,8 @@ def convert_karlo(src: str, dst: str) -> dict[str, str]:
         extra = dict(source, component=components[name])
         if name == "prior":
             extra.update(extras_to_json({"stats": stats}))
-        out[name] = export.save(os.path.join(dst, name), {"params": p}, cfg, extra=extra)
+        out[name] = export.save(os.path.join(dst, name), {"params": p}, cfg, extra=extra,
+                                overwrite=overwrite)
     return out
 
 
@@ -238,10 +242,12 @@ def add_arguments(parser) -> None:
                         "`huggingface-cli download kakaobrain/karlo-v1-alpha --local-dir SRC`)")
     parser.add_argument("dst", help="output directory (clip/, tokenizer/, prior/, decoder/, "
                         "upsampler1/, upsampler2/)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace checkpoints already converted into DST")
 
 
 def run(args) -> int:
-    out = convert_karlo(args.src, args.dst)
+    out = convert_karlo(args.src, args.dst, overwrite=args.overwrite)
     for name, d in out.items():
         print(f"{name}: {d}")
     return 0

@@ -86,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory (checkpoints, metrics, samples); resumes if it exists")
     parser.add_argument("--export", default=None, metavar="DIR",
                         help="after training, write the EMA params in the inference format")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --export replace an existing export in DIR")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps in this invocation (resume later)")
     add_config_overrides(parser)
@@ -123,10 +125,13 @@ def run(args) -> int:
     from unclip_jax.distributed import initialize_from_env
     initialize_from_env()          # multi-host jobs: before any JAX backend use
     import jax
+    from unclip_jax import export
     from unclip_jax.train.loop import export_from_workdir, train
+    if args.export:
+        export.check_destination(args.export, args.overwrite)      # before training
     out = train(config, args.workdir, max_steps=args.max_steps)
     if args.export and jax.process_index() == 0 and not out["preempted"]:
-        export_from_workdir(args.workdir, args.export)
+        export_from_workdir(args.workdir, args.export, overwrite=args.overwrite)
     m = out["metrics"]
     if jax.process_index() == 0:
         print(f"step {out['step']}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())))

@@ -342,11 +342,13 @@ def restore_for_inference(workdir: str, config=None, step: int | None = None):
 
 
 def export_from_workdir(workdir: str, out_dir: str, step: int | None = None,
-                        dtype: str | None = None) -> str:
-    """Write the EMA params of a training run in the inference format (`unclip_jax.export`)."""
+                        dtype: str | None = None, overwrite: bool = False) -> str:
+    """Write the EMA params of a training run in the inference format (`unclip_jax.export`;
+    an existing export in `out_dir` is replaced only with `overwrite`)."""
     from unclip_jax import export
+    export.check_destination(out_dir, overwrite)
     params, config, extras, step = restore_for_inference(workdir, step=step)
     from unclip_jax.train.checkpoint import extras_to_json
     host = jax.tree.map(lambda a: np.asarray(jax.device_get(a)), params)
     extra = {"source": os.path.abspath(workdir), "step": int(step), **extras_to_json(extras)}
-    return export.save(out_dir, host, config, extra=extra, dtype=dtype)
+    return export.save(out_dir, host, config, extra=extra, dtype=dtype, overwrite=overwrite)
