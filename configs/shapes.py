@@ -178,8 +178,30 @@ def clip():
                                weight_decay=0.1, ema_decay=0.995))
 
 
+def clip2_model():
+    """The second shapes CLIP: a 72 px ViT with 12 px patches, so its 6×6 patch grid puts each
+    cell of the scenes' 3×3 position grid on exactly 2×2 patches; one more vision layer. Text
+    tower and embedding sizes as `clip_model` (the later stages read them)."""
+    m = clip_model()
+    m.vision.update(dict(image_size=72, patch_size=12, width=64, layers=4, heads=2))
+    return m
+
+
+def clip2():
+    """CLIP trained with hard negatives: each image is also scored against K captions of its
+    own scene with one attribute changed (unclip_jax.data.hard_negatives), larger batches and
+    more steps than `clip`."""
+    cfg = common.stage_config(
+        "clip", clip2_model(),
+        data=data(72, hard_negatives=4,
+                  hard_negative_kinds="colour,shape,size,position,count,binding"),
+        train_cfg=common.train(batch_size=128, steps=1600, lr=1e-3, b2=0.98, eps=1e-6,
+                               weight_decay=0.1, ema_decay=0.995, warmup=100))
+    return cfg
+
+
 BUILDERS = dict(decoder=decoder, clip=clip, prior=prior, ar_prior=ar_prior,
-                upsampler1=upsampler1, upsampler2=upsampler2)
+                upsampler1=upsampler1, upsampler2=upsampler2, clip2=clip2)
 
 
 def get_config(arg=None):

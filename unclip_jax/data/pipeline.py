@@ -2,7 +2,9 @@
 
 `make_pipeline(config, split)` returns a `BatchIterator` of per-process numpy batches:
 
-  clip        {'image' f32 [b,S,S,3] in [-1,1], 'tokens' int32 [b,L]}
+  clip        {'image' f32 [b,S,S,3] in [-1,1], 'tokens' int32 [b,L]}; with
+              config.data.hard_negatives = K > 0 also 'neg_tokens' int32 [b,K,L]: captions
+              of the same scene with one attribute changed (`data.hard_negatives`)
   prior,      {'z_i' f32 [b,D], 'z_t' f32 [b,D], 'text_states' f32 [b,L,W],
   ar_prior     'text_mask' bool [b,L]}
   decoder     {'image' f32 [b,S,S,3], 'z_i', 'text_states', 'text_mask'}; with
@@ -169,7 +171,10 @@ def _preprocess(stage: str, data) -> Callable:
         image = decode(ex["image"])
         if stage == "clip":
             s = int(data.image_size)
-            return {"image": degrade.resize(image, s), "caption": ex["caption"]}
+            out = {"image": degrade.resize(image, s), "caption": ex["caption"]}
+            if int(data.get("hard_negatives", 0) or 0) > 0:
+                out.update(index=ex["index"], neg_seed=seed)
+            return out
         if stage == "decoder":
             s = int(data.image_size)
             return {"image": degrade.resize(image, s), "index": ex["index"]}
@@ -290,11 +295,26 @@ def make_pipeline(config, split: str = "train", *, process_index: int | None = N
 
     if stage == "clip":
         tok = _resolve_tokenizer(config, tokenizer)
+        k_neg = int(data.get("hard_negatives", 0) or 0)
+        if k_neg > 0:
+            from unclip_jax.data import hard_negatives as hn
+            kinds = hn.parse_kinds(str(data.get("hard_negative_kinds", ",".join(hn.KINDS))))
+            if not name.startswith("unclip_shapes"):
+                raise UserError(f"config.data.hard_negatives needs scene labels, which only "
+                                f"unclip_shapes has (dataset {name!r}); set it to 0")
+            scene_seed = int(builder.builder_config.seed)
 
         def finish(raw):
             captions = [c.decode("utf-8") for c in raw.pop("caption")]
             ids, _ = tok(captions)
             raw["tokens"] = np.asarray(ids, np.int32)
+            if k_neg > 0:
+                index = raw["index"] if keep_index else raw.pop("index")
+                negs = hn.batch_negatives(captions, [hn.scene(scene_seed, split, int(i))
+                                                     for i in index],
+                                          k_neg, raw.pop("neg_seed"), kinds)
+                neg_ids, _ = tok(negs)
+                raw["neg_tokens"] = np.asarray(neg_ids, np.int32).reshape(len(captions), k_neg, -1)
             return raw
     elif stage in EMBED_STAGES:
         store = _resolve_embeddings(config, split, n, embeddings)

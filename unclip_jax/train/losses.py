@@ -75,12 +75,20 @@ def _allgather_rows(x: np.ndarray) -> np.ndarray:
 
 # -------------------------------------------------------------------------------- CLIP
 def clip_loss(params, batch, key, model, config, extras):
-    """Symmetric InfoNCE on the (global) batch of images [B,S,S,3] in [-1,1] and tokens [B,L]."""
+    """Symmetric InfoNCE on the (global) batch of images [B,S,S,3] in [-1,1] and tokens [B,L].
+    With 'neg_tokens' [B,K,L] (hard-negative captions, see `data.hard_negatives`) each image is
+    also scored against all B·K of them in its image→text cross entropy."""
     from unclip_jax.clip.loss import contrastive_loss
     from unclip_jax.clip.preprocess import preprocess
     images = preprocess(batch["image"], model.image_size)
-    text, image, scale = model.apply(_variables(params), batch["tokens"], images)
-    loss, metrics = contrastive_loss(text, image, scale)
+    tokens = batch["tokens"]
+    neg = batch.get("neg_tokens")
+    B = tokens.shape[0]
+    if neg is not None:
+        tokens = jnp.concatenate([tokens, neg.reshape(-1, neg.shape[-1])], axis=0)
+    text, image, scale = model.apply(_variables(params), tokens, images)
+    loss, metrics = contrastive_loss(text[:B], image, scale,
+                                     negatives=None if neg is None else text[B:])
     metrics = {k: v for k, v in metrics.items() if k != "loss"}
     return loss, metrics
 
