@@ -53,6 +53,34 @@ def _check_captions(captions: Sequence[str]) -> list[str]:
     return captions
 
 
+def load_hf_tokenizer(path: str):
+    """`AutoTokenizer` from a local directory without ever running code from it: a
+    tokenizer_config.json whose `auto_map` names the directory's own Python classes is refused
+    (never prompted for, whatever stdin holds), and nothing is fetched from the network."""
+    from transformers import AutoTokenizer
+    config_path = os.path.join(path, "tokenizer_config.json")
+    if os.path.isfile(config_path):
+        import json
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                cfg = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{config_path} is not valid JSON ({e}); restore the tokenizer "
+                            "files") from None
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            raise UserError(f"tokenizer directory {path} asks to run its own Python code "
+                            "('auto_map' in tokenizer_config.json); unclip-jax never runs code "
+                            "from a model directory — use a standard tokenizer (tokenizer.json)")
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False,
+                                             local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load the tokenizer in {path} ({msg}); pass a directory with "
+                        "tokenizer.json (e.g. from `build_tokenizer` or a CLIP "
+                        "checkpoint)") from None
+
+
 class Tokenizer:
     """Tokenise captions with a Hugging Face tokenizer directory to a fixed context length.
 
@@ -67,8 +95,7 @@ class Tokenizer:
                 raise UserError(f"tokenizer directory {path!r} does not exist; pass a directory "
                                 "with tokenizer.json (e.g. from `build_tokenizer` or a CLIP "
                                 "checkpoint)")
-            from transformers import AutoTokenizer
-            hf_tokenizer = AutoTokenizer.from_pretrained(path)
+            hf_tokenizer = load_hf_tokenizer(path)
         if hf_tokenizer.pad_token_id is None:
             raise UserError("the tokenizer has no padding token; set `pad_token` in its "
                             "tokenizer_config.json")
