@@ -222,8 +222,8 @@ def check_output(path: str, overwrite: bool = False) -> str:
     differs from it, no parent that is a file, not a directory, and (unless `overwrite`)
     neither it nor its sidecar already there. Returns the absolute path."""
     from unclip_jax import atomic
-    image_format(path)
     out = atomic.check_output_path(path, overwrite=overwrite)
+    image_format(path)
     side = sidecar_path(out)
     if os.path.abspath(side) == out:
         raise UserError(f"--out {path} is where its sidecar would go; name an image file")

@@ -1,0 +1,183 @@
+"""Issue-17 guarantees of `unclip-jax sample|vary|...` outputs: checked before sampling,
+written atomically with their sidecar, never clobbered without --overwrite, JPEG when asked;
+--from-sidecar alone; sidecars validated; identities cover weights and tokenizer; non-finite
+stage outputs are errors. Every refusal is one line and leaves the directory as it was."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline_fixtures import CAPTIONS, checkpoints
+from unclip_jax import cli, export
+from unclip_jax import pipeline_io as io
+
+FAST = ["--prior-steps", "2", "--decoder-steps", "2", "--upsampler-steps", "ddim1",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return checkpoints(tmp_path_factory)
+
+
+def listing(root):
+    out = {}
+    for r, ds, fs in os.walk(root):
+        for d in ds:
+            out[os.path.relpath(os.path.join(r, d), root) + "/"] = None
+        for f in fs:
+            p = os.path.join(r, f)
+            out[os.path.relpath(p, root)] = open(p, "rb").read()
+    return out
+
+
+@pytest.fixture
+def no_sampling(monkeypatch):
+    """Fail the test if a model is loaded: the refusal must come before any sampling."""
+    from unclip_jax.pipeline import UnCLIP
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded before the output path was checked")
+    monkeypatch.setattr(UnCLIP, "from_directory", classmethod(boom))
+
+
+def one_line_error(capsys, rc):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("unclip-jax: error:"), err
+    return err[0]
+
+
+def test_existing_output_needs_overwrite_and_jpeg_is_real(dirs, tmp_path, capsys):
+    out = str(tmp_path / "grid.png")
+    argv = ["sample", CAPTIONS[0], "--checkpoint", dirs["root"], "--seed", "1", "--prior",
+            "text"] + FAST
+    assert cli.main(argv + ["--out", out]) == 0
+    before = listing(tmp_path)
+    assert set(before) == {"grid.png", "grid.json"}
+    capsys.readouterr()
+    rc = cli.main(argv + ["--seed", "2", "--out", out])
+    assert "already exists; pass --overwrite" in one_line_error(capsys, rc)
+    assert listing(tmp_path) == before
+    assert cli.main(argv + ["--seed", "2", "--out", out, "--overwrite"]) == 0
+    after = listing(tmp_path)
+    assert set(after) == {"grid.png", "grid.json"} and after["grid.png"] != before["grid.png"]
+    assert json.loads(after["grid.json"])["seed"] == 2
+    jpg = str(tmp_path / "photo.jpg")
+    assert cli.main(argv + ["--out", jpg]) == 0
+    assert open(jpg, "rb").read(3) == b"\xff\xd8\xff"          # JPEG, not PNG bytes
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+@pytest.mark.parametrize("make_out, msg", [
+    (lambda t: str(t), "is a directory"),
+    (lambda t: str(t / "file.txt" / "x.png"), "is a file, not a directory"),
+    (lambda t: str(t / "x.json"), "write a .png, .jpg or .jpeg file"),
+    (lambda t: str(t / "x.gif"), "write a .png, .jpg or .jpeg file"),
+    (lambda t: str(t / "taken.png"), "already exists"),
+    (lambda t: str(t / "sidecar_taken.png"), "sidecar"),
+])
+def test_bad_out_is_refused_before_sampling(dirs, tmp_path, capsys, no_sampling, make_out, msg):
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "taken.png").write_bytes(b"png")
+    (tmp_path / "sidecar_taken.json").write_text("{}")
+    before = listing(tmp_path)
+    rc = cli.main(["sample", CAPTIONS[0], "--checkpoint", dirs["root"], "--out",
+                   make_out(tmp_path)] + FAST)
+    assert msg in one_line_error(capsys, rc)
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--seed", str(2 ** 63)], "seed 9223372036854775808 is out of range"),
+    (["--cols", "0"], "--cols 0"),
+    (["--cols", "-3"], "--cols -3"),
+])
+def test_bad_numbers_are_one_line(dirs, tmp_path, capsys, no_sampling, extra, msg):
+    rc = cli.main(["sample", CAPTIONS[0], "--checkpoint", dirs["root"], "--out",
+                   str(tmp_path / "x.png")] + FAST + extra)
+    assert msg in one_line_error(capsys, rc)
+    assert os.listdir(tmp_path) == []
+
+
+def test_from_sidecar_refuses_other_settings_and_bad_sidecars(dirs, tmp_path, capsys,
+                                                              no_sampling):
+    side = tmp_path / "s.json"
+    good = {"command": "sample", "seed": 1, "inputs": {"prompts": ["a red circle"]},
+            "settings": {"decoder_steps": "2"}, "checkpoint": dirs["root"], "cols": None,
+            "prior": "auto"}
+    side.write_text(json.dumps(good))
+    before = listing(tmp_path)
+    for extra in (["a blue square"], ["--seed", "5"], ["-n", "3"],
+                  ["--checkpoint", "/nonexistent"], ["--decoder-steps", "999999"]):
+        rc = cli.main(["sample", "--from-sidecar", str(side), "--no-progress"] + extra)
+        line = one_line_error(capsys, rc)
+        assert "--from-sidecar redoes the recorded command" in line and "drop" in line
+    for field, value, named in (("seed", 2 ** 64, "'seed'"), ("seed", "7", "'seed'"),
+                                ("inputs", {"prompts": "a red circle"}, "'inputs.prompts'"),
+                                ("settings", [], "'settings'"), ("command", "rm", "'command'"),
+                                ("cols", "2", "'cols'")):
+        side.write_text(json.dumps(dict(good, **{field: value})))
+        rc = cli.main(["sample", "--from-sidecar", str(side), "--no-progress"])
+        assert f"field {named}" in one_line_error(capsys, rc)
+    side.write_text(json.dumps({k: v for k, v in good.items() if k != "inputs"}))
+    rc = cli.main(["sample", "--from-sidecar", str(side), "--no-progress"])
+    assert "field 'inputs'" in one_line_error(capsys, rc)
+    side.write_text(json.dumps(good))
+    assert listing(tmp_path) == before
+
+
+def test_identity_covers_weights_and_tokenizer(dirs, tmp_path):
+    dec = str(tmp_path / "decoder")
+    params, config, extra = export.load(dirs["decoder"])
+    export.save(dec, params, config, extra=extra)
+    same = io.checkpoint_identity(dec)
+    import jax
+    export.save(dec, jax.tree.map(lambda a: a * 0.9, params), config, extra=extra,
+                overwrite=True)
+    assert io.checkpoint_identity(dec) != same
+    tok = str(tmp_path / "tok")
+    shutil.copytree(os.path.join(dirs["root"], "tokenizer"), tok)
+    before = io.checkpoint_identity(tok)
+    with open(os.path.join(tok, "tokenizer.json"), "a") as f:
+        f.write(" ")
+    assert io.checkpoint_identity(tok) != before
+    assert io.checkpoint_identity(tok) != io.checkpoint_identity(dirs["clip"])
+
+
+def test_regenerate_refuses_changed_weights(dirs, tmp_path, capsys):
+    root = tmp_path / "model"
+    root.mkdir()
+    for name in ("clip", "tokenizer", "decoder"):
+        shutil.copytree(os.path.join(dirs["root"], name), root / name)
+    side = tmp_path / "a.json"
+    side.write_text(json.dumps({
+        "command": "sample", "seed": 1, "inputs": {"prompts": [CAPTIONS[0]]},
+        "settings": {"decoder_steps": "1", "text_as_image_embed": True}, "prior": "text",
+        "checkpoint": str(root), "cols": None,
+        "checkpoints": {n: {"dir": str(root / n), "identity": io.checkpoint_identity(str(root / n))}
+                        for n in ("clip", "tokenizer", "decoder")}}))
+    params, config, extra = export.load(str(root / "decoder"))
+    import jax
+    export.save(str(root / "decoder"), jax.tree.map(lambda a: a * 0.9, params), config,
+                extra=extra, overwrite=True)
+    rc = cli.main(["sample", "--from-sidecar", str(side), "--no-progress"])
+    assert "the decoder checkpoint differs" in one_line_error(capsys, rc)
+    assert not os.path.exists(str(tmp_path / "a-regen.png"))
+
+
+def test_non_finite_stage_output_is_an_error_naming_the_stage(dirs, tmp_path, capsys):
+    root = tmp_path / "model"
+    root.mkdir()
+    for name in ("clip", "tokenizer"):
+        shutil.copytree(os.path.join(dirs["root"], name), root / name)
+    params, config, extra = export.load(dirs["decoder"])
+    import jax
+    export.save(str(root / "decoder"), jax.tree.map(lambda a: a * np.nan, params), config,
+                extra=extra)
+    out = tmp_path / "out.png"
+    rc = cli.main(["sample", CAPTIONS[0], "--checkpoint", str(root), "--prior", "text",
+                   "--decoder-steps", "1", "--no-progress", "--out", str(out)])
+    assert "the decoder stage produced non-finite values" in one_line_error(capsys, rc)
+    assert not out.exists() and not (tmp_path / "out.json").exists()
