@@ -69,7 +69,7 @@ def _ok(colour: str, shape: str) -> bool:
     return (colour, shape) not in _HELDOUT
 
 
-def _random_object(rng, cell: str) -> dict:
+def random_object(rng, cell: str) -> dict:
     while True:
         obj = {a: _NAMES[a][int(rng.integers(len(_NAMES[a])))] for a in ("shape", "colour", "size")}
         if _ok(obj["colour"], obj["shape"]):
@@ -105,7 +105,7 @@ def edit(objects: list[dict], kind: str, rng: np.random.Generator) -> list[dict]
         if can_drop and (not can_add or rng.random() < 0.5):
             del objs[j]
         else:
-            objs.append(_random_object(rng, free[int(rng.integers(len(free)))]))
+            objs.append(random_object(rng, free[int(rng.integers(len(free)))]))
         return objs
     if kind == "binding":
         pairs = [(a, b, attr) for attr in ("colour", "shape") for a in range(n)

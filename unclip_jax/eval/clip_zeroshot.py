@@ -1,0 +1,163 @@
+"""CLIP zero-shot attribute accuracy on real `unclip_shapes` images: does the embedding carry
+colour, shape, position, size, object count and colour–shape binding?
+
+For each real image the scene's own caption competes with captions of the same scene (same
+template and background) where one thing differs; the image is correct when its CLIP image
+embedding is nearest (cosine) to the true caption's text embedding:
+
+  colour, shape, position, size   single-object scenes; the object's attribute swapped through
+                                  every class (chance 1/8, 1/6, 1/9, 1/3)
+  count                           every scene; captions of 1, 2 and 3 objects — the scene's
+                                  first objects, or the scene plus random objects in free
+                                  cells (chance 1/3)
+  binding                         scenes of 2+ objects whose first two colours differ; the
+                                  caption with those two colours swapped (chance 1/2)
+
+    acc = zero_shot(clip_dir, data_dir, split='validation', limit=1000)
+    acc['position']   # fraction correct
+
+CLI: `python -m unclip_jax.eval.clip_zeroshot --clip CLIP_DIR --data_dir DATA [--tokenizer DIR]`
+prints the table as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from unclip_jax.data import hard_negatives as hn
+from unclip_jax.data import render
+from unclip_jax.errors import UserError
+
+ATTRIBUTES = ("colour", "shape", "position", "size")
+PROBES = ATTRIBUTES + ("count", "binding")
+CLASSES = {"colour": tuple(render.COLOURS), "shape": tuple(render.SHAPES),
+           "position": tuple(render.POSITIONS), "size": tuple(render.SIZES)}
+
+
+def candidates(objects: list[dict], background: str, caption: str, probe: str,
+               rng: np.random.Generator) -> tuple[list[str], int] | None:
+    """(candidate captions, index of the true one) of one scene for `probe`, or None where the
+    probe does not apply to the scene (e.g. colour on a two-object scene)."""
+    template = hn.template_of(caption, background)
+
+    def cap(objs):
+        return render.caption(objs, background, template)
+
+    if probe in ATTRIBUTES:
+        if len(objects) != 1:
+            return None
+        texts = [cap([{**objects[0], probe: v}]) for v in CLASSES[probe]]
+        return texts, CLASSES[probe].index(objects[0][probe])
+    if probe == "count":
+        n = len(objects)
+        used = {o["position"] for o in objects}
+        free = [c for c in render.POSITIONS if c not in used]
+        rng.shuffle(free)
+        texts, extra = [], []
+        for c in range(1, hn.MAX_OBJECTS + 1):
+            if c <= n:
+                texts.append(cap(objects[:c]))
+            else:
+                extra.append(hn.random_object(rng, free[len(extra)]))
+                texts.append(cap(objects + extra))
+        return texts, n - 1
+    if probe == "binding":
+        if len(objects) < 2 or objects[0]["colour"] == objects[1]["colour"]:
+            return None
+        swapped = [dict(o) for o in objects]
+        swapped[0]["colour"], swapped[1]["colour"] = objects[1]["colour"], objects[0]["colour"]
+        return [cap(objects), cap(swapped)], 0
+    raise UserError(f"unknown probe {probe!r}; choose from {PROBES}")
+
+
+def score(image_embeds: np.ndarray, encode_text, scenes: list[tuple], probes=PROBES,
+          seed: int = 0) -> dict:
+    """image_embeds [N, D]; encode_text(list of str) → [M, D]; scenes: N (objects, background,
+    caption) → {probe: accuracy, probe + '_n': examples scored}."""
+    img = image_embeds / np.linalg.norm(image_embeds, axis=-1, keepdims=True)
+    out = {}
+    for probe in probes:
+        rng = np.random.default_rng([seed, PROBES.index(probe)])
+        rows, texts, spans = [], [], []
+        for i, (objs, bg, caption) in enumerate(scenes):
+            c = candidates(objs, bg, caption, probe, rng)
+            if c is None:
+                continue
+            rows.append((i, c[1]))
+            spans.append((len(texts), len(texts) + len(c[0])))
+            texts.extend(c[0])
+        if not rows:
+            out[probe], out[probe + "_n"] = float("nan"), 0
+            continue
+        t = np.asarray(encode_text(texts), np.float32)
+        t = t / np.linalg.norm(t, axis=-1, keepdims=True)
+        correct = [int(np.argmax(t[a:b] @ img[i])) == truth
+                   for (i, truth), (a, b) in zip(rows, spans)]
+        out[probe], out[probe + "_n"] = float(np.mean(correct)), len(correct)
+    return out
+
+
+def zero_shot(clip_dir: str, data_dir: str, *, split: str = "validation",
+              dataset: str | None = None, tokenizer: str | None = None,
+              limit: int | None = None, probes=PROBES, seed: int = 0) -> dict:
+    """Zero-shot probe accuracies of the exported CLIP at `clip_dir` on the first `limit`
+    scenes of `split` (all scene sizes; the attribute probes use the single-object ones)."""
+    from unclip_jax import export
+    from unclip_jax.clip.model import clip_encode_images, clip_encode_text, model_config
+    from unclip_jax.clip.tokenizer import Tokenizer
+    from unclip_jax.data import sources
+    from unclip_jax.data.embed import _tokenizer_for
+    from unclip_jax.eval.data import load_examples, resolve_dataset
+
+    params, cfg, _ = export.load(clip_dir, expect_stage="clip")
+    mc = model_config(cfg)
+    tok = (Tokenizer(tokenizer, int(mc.text.context_length)) if tokenizer
+           else _tokenizer_for(clip_dir, mc))
+    name = resolve_dataset(data_dir, dataset)
+    seed_scene = int(sources.builder_for(name, data_dir).builder_config.seed)
+    ex = load_examples(data_dir, split, image_size=int(mc.vision.image_size), dataset=name,
+                       single_object=False, limit=limit)
+    scenes = [hn.scene(seed_scene, split, int(i)) for i in ex["index"]]
+    for (_, _, cap), real in zip(scenes, ex["caption"]):
+        if cap != real:
+            raise UserError(f"scene caption {cap!r} differs from the stored {real!r}")
+    emb = np.concatenate([np.asarray(clip_encode_images(params, mc, ex["image"][i:i + 256])["embeds"])
+                          for i in range(0, len(ex["image"]), 256)])
+
+    def encode_text(texts):
+        out = []
+        for i in range(0, len(texts), 512):
+            ids, _ = tok(texts[i:i + 512])
+            out.append(np.asarray(clip_encode_text(params, mc, ids)["embeds"]))
+        return np.concatenate(out)
+
+    return score(emb, encode_text, scenes, probes, seed)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--clip", required=True, help="exported CLIP directory (stage clip)")
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--split", default="validation")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the "
+                   "CLIP's tokenizer/ or its config's)")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--out", default=None, help="also write the result as JSON here")
+    a = p.parse_args(argv)
+    res = zero_shot(a.clip, a.data_dir, split=a.split, dataset=a.dataset,
+                    tokenizer=a.tokenizer, limit=a.limit)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
