@@ -195,7 +195,7 @@ def clip2():
         "clip", clip2_model(),
         data=data(72, hard_negatives=4,
                   hard_negative_kinds="colour,shape,size,position,count,binding"),
-        train_cfg=common.train(batch_size=128, steps=1600, lr=1e-3, b2=0.98, eps=1e-6,
+        train_cfg=common.train(batch_size=128, steps=1000, lr=1e-3, b2=0.98, eps=1e-6,
                                weight_decay=0.1, ema_decay=0.995, warmup=100))
     return cfg
 
