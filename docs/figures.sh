@@ -6,7 +6,8 @@
 # TEXT_DECODER_MODEL (optional): a model directory whose decoder/ was trained on the CLIP text
 # embedding (`--config.data.decoder_embedding=text`, README "Reproduce the shapes model"), with
 # the same clip/, tokenizer/ and upsamplers; it adds the ablation row (a). Every PNG gets a JSON
-# sidecar that `unclip-jax sample --from-sidecar` regenerates bit for bit.
+# sidecar that `unclip-jax sample --from-sidecar` regenerates bit for bit. `--overwrite`
+# replaces the figures already in docs/ (without it an existing output is refused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TEXT_MODEL="${1:-}"
@@ -15,16 +16,16 @@ PROMPTS=("a large red circle on the left" "a small blue square at the top"
          "a medium yellow star in the bottom right corner")
 
 # samples of the full chain (prior → 16 px decoder → 64 px → 256 px)
-unclip-jax sample "${PROMPTS[@]}" -n 4 --seed 0 --cols 8 --out docs/samples_shapes.png
+unclip-jax sample "${PROMPTS[@]}" -n 4 --seed 0 --cols 8 --out docs/samples_shapes.png --overwrite
 
 # §5.1 ablation, one grid per row of docs/results.md, same prompts and seed
 unclip-jax sample "${PROMPTS[@]}" -n 4 --seed 0 --cols 8 --prior text \
-  --out docs/ablation_zeroshot_text.png                                   # (c)
+  --out docs/ablation_zeroshot_text.png --overwrite                         # (c)
 unclip-jax sample "${PROMPTS[@]}" -n 4 --seed 0 --cols 8 --prior ar \
-  --out docs/ablation_ar_prior.png                                        # AR prior
+  --out docs/ablation_ar_prior.png --overwrite                              # AR prior
 if [[ -n "$TEXT_MODEL" ]]; then
   unclip-jax sample "${PROMPTS[@]}" -n 4 --seed 0 --cols 8 --checkpoint "$TEXT_MODEL" \
-    --out docs/ablation_text_decoder.png                                  # (a)
+    --out docs/ablation_text_decoder.png --overwrite                        # (a)
 fi
 
 # manipulations (paper Figs. 3-5) on validation scenes saved in docs/inputs/ (the single-object
@@ -36,10 +37,10 @@ fi
 #                24: 'blue_triangle_right', 25: 'pink_square_centre'}.items():
 #       Image.fromarray(ex['image'][i]).save(f'docs/inputs/{n}.png', optimize=True)"
 unclip-jax vary docs/inputs/red_circle_top_left.png docs/inputs/blue_triangle_right.png \
-  -n 4 --seed 0 --cols 4 --out docs/variations.png
+  -n 4 --seed 0 --cols 4 --out docs/variations.png --overwrite
 unclip-jax interpolate docs/inputs/cyan_circle_left.png docs/inputs/pink_square_centre.png \
-  -n 6 --seed 0 --out docs/interpolation.png
+  -n 6 --seed 0 --out docs/interpolation.png --overwrite
 unclip-jax textdiff docs/inputs/red_circle_top_left.png \
   --from "a large red circle in the top left corner" \
   --to "a large blue circle in the top left corner" -n 5 --max-angle 0.5 --seed 0 \
-  --out docs/textdiff.png
+  --out docs/textdiff.png --overwrite

@@ -89,3 +89,42 @@ def test_bad_sources_have_clear_messages(tmp_path):
     (tmp_path / "bad.csv").write_text("file,text\na.png,hi\n")
     with pytest.raises(UserError, match="columns 'path' and 'caption'"):
         folder.build(str(tmp_path / "bad.csv"), str(tmp_path / "out"))
+
+
+def test_non_utf8_caption_is_skipped_and_counted(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("good", "latin1"):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(src / f"{name}.png")
+    (src / "good.txt").write_text("a good caption")
+    (src / "latin1.txt").write_bytes("un caf\xe9 cr\xe8me".encode("latin-1"))
+    counts = folder.build(str(src), str(tmp_path / "out"), 16, 8, verbose=False)
+    assert counts == {"written": 1, "unreadable": 1, "too_small": 0, "no_caption": 0}
+
+
+def test_nothing_readable_is_one_clear_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"not an image")
+    (src / "a.txt").write_text("a caption")
+    with pytest.raises(UserError, match=r"no usable image–caption pair in .*unreadable=1"):
+        folder.build(str(src), str(tmp_path / "out"), 16, 8, verbose=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_changed_or_other_source_is_not_silently_reused(tmp_path):
+    rng = np.random.default_rng(0)
+    for d in ("one", "two"):
+        (tmp_path / d).mkdir()
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+            tmp_path / d / "x.png")
+        (tmp_path / d / "x.txt").write_text(f"caption {d}")
+    out = str(tmp_path / "out")
+    folder.build(str(tmp_path / "one"), out, 16, 8, verbose=False)
+    assert folder.build(str(tmp_path / "one"), out, 16, 8, verbose=False)["written"] == 1
+    with pytest.raises(UserError, match="built from another source"):
+        folder.build(str(tmp_path / "two"), out, 16, 8, verbose=False)
+    (tmp_path / "one" / "x.txt").write_text("a changed caption")
+    with pytest.raises(UserError, match="a source that has changed since"):
+        folder.build(str(tmp_path / "one"), out, 16, 8, verbose=False)

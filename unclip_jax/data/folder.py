@@ -8,9 +8,13 @@ Sources (builder kwarg `source`, or the download config's manual_dir):
 
 Every image is converted to RGB (grayscale, palette, CMYK; alpha composited on white),
 resized on its shortest side and centre-cropped to `image_size` (default 256), and stored as
-PNG with its `caption` and `index`. Unreadable files, images smaller than `min_size` on their
-shortest side and images without a caption are skipped and counted; the counts are printed at
-the end of a build, written to `build_counts.json` beside the data, and returned by `build`.
+PNG with its `caption` and `index`. Unreadable files (images, or captions that are not
+UTF-8), images smaller than `min_size` on their shortest side and images without a caption
+are skipped and counted; the counts are printed at the end of a build, written to
+`build_counts.json` beside the data, and returned by `build`. `build_source.json` records the
+source and a fingerprint of its files (paths, sizes, modification times, captions) and the
+build settings: building again into the same `data_dir` from a changed or another source is
+refused instead of silently reusing the old data.
 """
 from __future__ import annotations
 
@@ -28,6 +32,17 @@ from unclip_jax.errors import UserError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 COUNT_KEYS = ("written", "unreadable", "too_small", "no_caption")
+UNREADABLE_CAPTION = "\x00unreadable caption"     # list_pairs' mark for a non-UTF-8 .txt
+
+
+def _read_caption(txt: str) -> str | None:
+    if not os.path.isfile(txt):
+        return None
+    try:
+        with open(txt, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except (UnicodeDecodeError, OSError):
+        return UNREADABLE_CAPTION
 
 
 def list_pairs(source: str) -> list[tuple[str, str | None]]:
@@ -40,8 +55,7 @@ def list_pairs(source: str) -> list[tuple[str, str | None]]:
                 if f.lower().endswith(IMAGE_EXTS):
                     path = os.path.join(root, f)
                     txt = os.path.splitext(path)[0] + ".txt"
-                    cap = open(txt, encoding="utf-8").read().strip() if os.path.isfile(txt) else None
-                    pairs.append((path, cap or None))
+                    pairs.append((path, _read_caption(txt)))
         return pairs
     if not os.path.isfile(source):
         raise UserError(f"image-caption source {source} does not exist; pass a directory of "
@@ -105,6 +119,20 @@ def load_image(path: str, size: int, min_size: int) -> tuple[np.ndarray | None, 
     return np.asarray(resize_center_crop(rgb, size)), "written"
 
 
+def source_fingerprint(pairs: list[tuple[str, str | None]]) -> str:
+    """sha256 over every pair's path, caption and the image's size and modification time."""
+    import hashlib
+    h = hashlib.sha256()
+    for path, cap in pairs:
+        try:
+            st = os.stat(path)
+            stat = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stat = "missing"
+        h.update(json.dumps([path, cap, stat]).encode() + b"\n")
+    return h.hexdigest()
+
+
 class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):
     """Local image–caption pairs (see module docstring)."""
 
@@ -142,6 +170,9 @@ class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):
             if cap is None:
                 self.counts["no_caption"] += 1
                 continue
+            if cap == UNREADABLE_CAPTION:
+                self.counts["unreadable"] += 1
+                continue
             image, outcome = load_image(path, self.image_size, self.min_size)
             self.counts[outcome] += 1
             if image is None:
@@ -153,18 +184,46 @@ class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):
 def build(source: str, data_dir: str, image_size: int = 256, min_size: int = 64,
           verbose: bool = True) -> dict[str, int]:
     """Build `image_caption_folder` from `source` into `data_dir`; returns (and prints) counts."""
-    list_pairs(source)  # validates the source early with a clear message
+    from unclip_jax import atomic
+    pairs = list_pairs(source)  # validates the source early with a clear message
+    existed = os.path.exists(data_dir)
     builder = ImageCaptionFolder(data_dir=data_dir, source=source, image_size=image_size,
                                  min_size=min_size)
     counts_file = os.path.join(builder.data_dir, "build_counts.json")
+    source_file = os.path.join(builder.data_dir, "build_source.json")
+    origin = {"source": os.path.abspath(source), "image_size": int(image_size),
+              "min_size": int(min_size), "files": len(pairs),
+              "fingerprint": source_fingerprint(pairs)}
     if builder.is_prepared() and os.path.isfile(counts_file):
+        if os.path.isfile(source_file):
+            with open(source_file) as f:
+                built = json.load(f)
+            if built != origin:
+                what = ("another source" if built.get("source") != origin["source"] else
+                        "other settings" if built.get("files") == origin["files"] and
+                        built.get("fingerprint") == origin["fingerprint"] else
+                        "a source that has changed since")
+                raise UserError(f"{builder.data_dir} holds image_caption_folder built from "
+                                f"{what} ({built.get('source')}, {built.get('files')} files, "
+                                f"image_size {built.get('image_size')}); pass another "
+                                "--data_dir, or delete that directory to rebuild")
         with open(counts_file) as f:
             counts = json.load(f)
     else:
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except Exception as e:
+            if "No examples were yielded" not in str(e):
+                raise
+            if not existed:                      # leave no empty dataset tree behind
+                import shutil
+                shutil.rmtree(data_dir, ignore_errors=True)
+            found = ", ".join(f"{k}={v}" for k, v in builder.counts.items())
+            raise UserError(f"no usable image–caption pair in {source} ({found}); every image "
+                            "needs a readable caption and at least --min_size pixels") from None
         counts = dict(builder.counts)
-        from unclip_jax import atomic
         atomic.write_json(counts_file, counts)
+        atomic.write_json(source_file, origin)
     if verbose:
         print("image_caption_folder: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return counts
