@@ -7,7 +7,8 @@ every scene). A decoder sampling at S cannot be read more accurately than this.
 
     python -m unclip_jax.eval.ceilings --data_dir DATA --sizes 16,24,32,48,64 --out DIR
 
-writes DIR/ceiling_S.json per size ({'attributes': {...}, 'count': acc, 'seconds': ...}).
+writes DIR/ceiling_S.json per size ({'attributes': {...}, 'count': acc, 'seconds': ...}) and
+the attribute classifier of each size to DIR/classifier_S.
 """
 from __future__ import annotations
 
@@ -95,12 +96,14 @@ def train_count_classifier(data_dir: str, *, image_size: int, dataset: str | Non
 
 
 def resolution_ceiling(data_dir: str, image_size: int, *, dataset: str | None = None,
-                       steps: int = 1500) -> dict:
-    """Attribute and count classifiers trained and scored at `image_size` (real images)."""
+                       steps: int = 1500, classifier_dir: str | None = None) -> dict:
+    """Attribute and count classifiers trained and scored at `image_size` (real images); the
+    attribute classifier is saved to `classifier_dir` when given (`unclip-jax eval
+    --classifier` reads it)."""
     from unclip_jax.eval.attributes import train_attribute_classifier
     start = time.time()
     att = train_attribute_classifier(data_dir, dataset=dataset, image_size=image_size,
-                                     steps=steps)
+                                     steps=steps, out_dir=classifier_dir)
     cnt = train_count_classifier(data_dir, dataset=dataset, image_size=image_size, steps=steps)
     return {"image_size": image_size, "steps": steps, "attributes": att["validation_accuracy"],
             "num_validation_single": att["num_validation"], "count": cnt["accuracy"],
@@ -120,7 +123,8 @@ def main(argv=None) -> int:
         path = os.path.join(a.out, f"ceiling_{s}.json")
         if os.path.exists(path):           # a rerun continues where it stopped
             continue
-        res = resolution_ceiling(a.data_dir, s, dataset=a.dataset, steps=a.steps)
+        res = resolution_ceiling(a.data_dir, s, dataset=a.dataset, steps=a.steps,
+                                 classifier_dir=os.path.join(a.out, f"classifier_{s}"))
         print(json.dumps(res), flush=True)
         with open(path + ".tmp", "w") as f:
             json.dump(res, f, indent=1)
