@@ -181,3 +181,51 @@ def test_non_finite_stage_output_is_an_error_naming_the_stage(dirs, tmp_path, ca
                    "--decoder-steps", "1", "--no-progress", "--out", str(out)])
     assert "the decoder stage produced non-finite values" in one_line_error(capsys, rc)
     assert not out.exists() and not (tmp_path / "out.json").exists()
+
+
+def test_decompression_bomb_and_empty_from_are_one_line(dirs, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+    big = tmp_path / "big.png"
+    Image.new("RGB", (100, 100), "white").save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)      # 10,000 px is now a "bomb"
+    before = listing(tmp_path)
+    for argv in (["vary", str(big)], ["interpolate", str(big), str(big)],
+                 ["textdiff", str(big), "--from", "a", "--to", "b"]):
+        rc = cli.main(argv + ["--checkpoint", dirs["root"], "--out", str(tmp_path / "o.png"),
+                              "--no-progress"])
+        assert "too large to decode safely" in one_line_error(capsys, rc)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89478485)
+    rc = cli.main(["textdiff", str(big), "--from", " ", "--to", "b", "--checkpoint",
+                   dirs["root"], "--out", str(tmp_path / "o.png"), "--no-progress"])
+    assert "the --from caption is empty" in one_line_error(capsys, rc)
+    rc = cli.main(["sample", "--checkpoint", dirs["root"], "--out", str(tmp_path / "o.png")])
+    line = one_line_error(capsys, rc)
+    assert "no prompts" in line and "--prompt" not in line
+    assert listing(tmp_path) == before
+
+
+def test_config_not_matching_params_is_one_line_and_debug_shows_traceback(dirs, tmp_path,
+                                                                           capsys):
+    root = tmp_path / "model"
+    root.mkdir()
+    for name in ("clip", "tokenizer", "decoder"):
+        shutil.copytree(os.path.join(dirs["root"], name), root / name)
+    cfg_path = root / "decoder" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model"]["model_channels"] *= 2
+    cfg_path.write_text(json.dumps(cfg))
+    argv = ["sample", CAPTIONS[0], "--checkpoint", str(root), "--prior", "text",
+            "--decoder-steps", "1", "--no-progress", "--out", str(tmp_path / "o.png")]
+    line = one_line_error(capsys, cli.main(argv))
+    assert "config.json does not match its parameters" in line
+    with pytest.raises(Exception) as err:
+        cli.main(["--debug"] + argv)
+    assert type(err.value).__module__.startswith("flax")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_unknown_tokens_warn(dirs):
+    from unclip_jax.clip.tokenizer import Tokenizer
+    tok = Tokenizer(os.path.join(dirs["root"], "tokenizer"), context_length=8)
+    with pytest.warns(UserWarning, match="made only of tokens unknown"):
+        tok(["☃☃ ☃"])

@@ -5,8 +5,10 @@ Each subcommand lives in the module that does its work; that module defines
 subcommand runs, so `unclip-jax --help` is instant and one command's heavy imports
 (TensorFlow, torch) never slow another.
 
-User mistakes (`UserError`, `ValueError`, missing files) are printed as one line
-`unclip-jax: error: ...` with exit status 2; nothing is written on error.
+User mistakes (`UserError`, `ValueError`, missing files, a full disk, a checkpoint whose
+config.json does not match its parameters) are printed as one line `unclip-jax: error: ...`
+with exit status 2; nothing is written on error. `unclip-jax --debug COMMAND ...` shows the
+traceback instead.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ def _setup_env() -> None:
 
 def build_parser(load: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unclip-jax", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -67,9 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     runner = getattr(mod, f"run_{args.command.replace('-', '_')}", None) or mod.run
     try:
         return int(runner(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as e:
+        if args.debug:
+            raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"unclip-jax: error: {msg}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if args.debug or not type(e).__module__.startswith("flax.errors"):
+            raise
+        # e.g. ScopeParamShapeError: the model built from config.json is not the saved one
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"unclip-jax: error: a checkpoint's config.json does not match its parameters "
+              f"({type(e).__name__}: {first}); restore the config.json it was exported with",
+              file=sys.stderr)
         return 2
 
 

@@ -703,7 +703,10 @@ class UnCLIP:
         if not 0.0 <= max_angle <= 1.0:
             raise UserError(f"max_angle={max_angle} must lie in [0, 1] (a slerp fraction; the "
                             "paper uses 0.25–0.5)")
-        io.check_prompts([caption_from, caption_to])
+        for flag, caption in (("--from", caption_from), ("--to", caption_to)):
+            if not isinstance(caption, str) or not caption.strip():
+                raise UserError(f"the {flag} caption is empty; give the caption of the image "
+                                "(--from) and the one to move toward (--to)")
         steps = _ddim_steps(decoder_steps, self)
         self._validate_steps(steps, self._upsampler_steps(upsampler_steps))
         with self._bar(self._num_stages(False) + 1, "text_diff") as bar:

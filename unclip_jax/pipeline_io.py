@@ -128,7 +128,11 @@ def load_image(path: str, size: int) -> np.ndarray:
             img = im
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist; check the path") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except Image.DecompressionBombError:
+        raise UserError(f"image {path} is too large to decode safely (over "
+                        f"{Image.MAX_IMAGE_PIXELS} pixels: a decompression bomb?); pass a "
+                        "smaller image") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UserError(f"cannot read image {path} ({type(e).__name__}); pass a PNG/JPEG file") from None
     return _square(to_rgb(img), size)
 

@@ -121,8 +121,9 @@ class Tokenizer:
         """captions (list of B strings) → (ids int32 [B, L], mask bool [B, L] True = token)."""
         captions = _check_captions(captions)
         L = self.context_length
-        lengths = [len(ids) for ids in
-                   self.hf(captions, truncation=False, verbose=False)["input_ids"]]
+        full = self.hf(captions, truncation=False, verbose=False)["input_ids"]
+        lengths = [len(ids) for ids in full]
+        self._warn_unknown(captions, full)
         over = [(i, n - L) for i, n in enumerate(lengths) if n > L]
         if over:
             worst = max(cut for _, cut in over)
@@ -135,6 +136,21 @@ class Tokenizer:
         ids = np.asarray(enc["input_ids"], np.int32)
         mask = np.asarray(enc["attention_mask"]).astype(bool)
         return ids, mask
+
+    def _warn_unknown(self, captions: list[str], full_ids) -> None:
+        """Warn about captions whose every token is unknown (the model sees no known word)."""
+        unk = self.hf.unk_token_id
+        if unk is None:
+            return
+        specials = set(self.hf.all_special_ids) - {unk}
+        bad = [i for i, ids in enumerate(full_ids)
+               if (content := [t for t in ids if t not in specials])
+               and all(t == unk for t in content)]
+        if bad:
+            warnings.warn(
+                f"{len(bad)} caption(s) are made only of tokens unknown to this tokenizer "
+                f"(caption {bad[0]}: {captions[bad[0]][:40]!r}); the model sees no word it "
+                "knows — use words from its training captions", stacklevel=3)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Token ids (with or without specials / padding) → text without special tokens."""
