@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from typing import Any
 
@@ -31,7 +32,7 @@ import ml_collections as mlc
 import numpy as np
 import orbax.checkpoint as ocp
 
-from unclip_jax import atomic
+from unclip_jax import atomic, paths
 from unclip_jax.errors import CheckpointError, UserError
 
 CHECKSUMS = "params.sha256.json"
@@ -68,7 +69,12 @@ def check_destination(directory: str, overwrite: bool = False) -> str:
     holding one unless `overwrite`. Call before long work (training, converting)."""
     directory = atomic.check_output_path(directory, overwrite=True, what="export directory",
                                          is_dir=True)
-    if not overwrite and any(os.path.lexists(os.path.join(directory, e)) for e in _ENTRIES):
+    if paths.is_remote(directory):
+        directory = paths.resolve(directory, "export directory")
+        held = any(paths.exists(paths.join(directory, e)) for e in _ENTRIES)
+    else:
+        held = any(os.path.lexists(os.path.join(directory, e)) for e in _ENTRIES)
+    if not overwrite and held:
         raise UserError(f"{directory} already holds an exported checkpoint; pass --overwrite "
                         "to replace it or choose another directory")
     return directory
@@ -77,8 +83,16 @@ def check_destination(directory: str, overwrite: bool = False) -> str:
 def save(directory: str, params: Any, config: mlc.ConfigDict, extra: dict | None = None,
          dtype: str | None = None, overwrite: bool = False) -> str:
     """Write params (optionally cast, e.g. dtype='float16' for shipping), their checksums
-    and config to `directory` (atomically; an existing export only with `overwrite`)."""
+    and config to `directory` (atomically; an existing export only with `overwrite`).
+    A gs:// `directory` gets the export built locally and uploaded, config.json last."""
     directory = check_destination(directory, overwrite)
+    if paths.is_remote(directory):
+        with tempfile.TemporaryDirectory(prefix="unclip-export-") as local:
+            save(os.path.join(local, "export"), params, config, extra, dtype)
+            for name in ("config.json", *_ENTRIES):      # readers look for config.json first
+                paths.rmtree(paths.join(directory, name))
+            paths.copy_tree(os.path.join(local, "export"), directory, last=("config.json",))
+        return directory
     if dtype is not None:
         params = jax.tree.map(lambda a: np.asarray(a).astype(dtype), params)
     params = jax.tree.map(lambda a: np.asarray(jax.device_get(a)), params)
@@ -180,7 +194,17 @@ def load(directory: str, expect_stage: str | tuple[str, ...] | None = None,
     """Read `(params, config, extra)`; params are host numpy arrays cast to `dtype`.
 
     Raises CheckpointError when the directory is missing, not a checkpoint, or of another stage.
+    A gs:// directory is downloaded to a temporary directory and read from there.
     """
+    if paths.is_remote(directory):
+        directory = paths.resolve(directory, "checkpoint directory")
+        if not paths.isdir(directory):
+            raise CheckpointError(f"checkpoint directory {directory} does not exist")
+        with paths.local_copy(directory) as local:
+            try:
+                return load(local, expect_stage, dtype)
+            except CheckpointError as e:
+                raise CheckpointError(str(e).replace(local, directory)) from None
     if not os.path.isdir(directory):
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     config = load_config(directory)

@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 from typing import Any
 
-from unclip_jax import atomic, export
+from unclip_jax import atomic, export, paths
 from unclip_jax.errors import CheckpointError, UserError
 
 STAGES = ("clip", "prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
@@ -105,11 +105,11 @@ def human_bytes(n: int) -> str:
 def read_metrics(workdir: str, up_to_step: int | None = None) -> list[dict]:
     """Rows of `workdir/metrics.jsonl` (empty when absent), keeping only rows logged at or
     before `up_to_step` when given (a run may have logged past its last checkpoint)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    path = paths.join(workdir, "metrics.jsonl")
+    if not paths.isfile(path):
         return []
     rows = []
-    with open(path) as f:
+    with paths.open(path) as f:
         for line in f:
             if line.strip():
                 rows.append(json.loads(line))
@@ -169,7 +169,7 @@ def stage_entry(workdir: str, exported: str, dtype: str, commit: str | None,
         "final_metrics": rows[-1] if rows else None,
         "size_bytes": directory_bytes(exported),
         "dtype": dtype,
-        "workdir": os.path.abspath(workdir),
+        "workdir": paths.resolve(workdir, "workdir"),
         "commit": commit,
         "params_sha256": export.file_sha256(os.path.join(exported, export.CHECKSUMS)),
     }
@@ -253,7 +253,7 @@ def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None
             raise UserError(f"--note {name}=... is for a stage that is not being packaged; "
                             f"add --stage {name}=WORKDIR or drop the note")
     for name, work in stages.items():
-        if not os.path.isdir(work):
+        if not paths.isdir(work):
             raise UserError(f"stage {name}: workdir {work} does not exist; pass the --workdir "
                             f"used by `unclip-jax train` for the {name} stage")
     if tokenizer is not None and not os.path.isdir(tokenizer):

@@ -17,6 +17,7 @@ import os
 import jax
 import numpy as np
 
+from unclip_jax import paths
 from unclip_jax.data import degrade, embedding_files as ef, sources
 from unclip_jax.data.pipeline import decode
 from unclip_jax.errors import UserError
@@ -53,12 +54,13 @@ def embed_dataset(clip_dir: str, data_dir: str, out_dir: str, *, dataset: str = 
     batch_size = int(math.ceil(batch_size / ndev) * ndev)
     chunk_size = int(math.ceil(chunk_size / batch_size) * batch_size)
     num_chunks = max(1, math.ceil(n / chunk_size))
-    manifest = dict(format=1, dataset=dataset, data_dir=os.path.abspath(data_dir), split=split,
-                    num_examples=n, chunk_size=chunk_size, num_chunks=num_chunks,
-                    clip=os.path.abspath(clip_dir), embed_dim=int(model_cfg.embed_dim),
+    out_dir = paths.resolve(out_dir, "--out")
+    manifest = dict(format=1, dataset=dataset, data_dir=paths.resolve(data_dir, "--data_dir"),
+                    split=split, num_examples=n, chunk_size=chunk_size, num_chunks=num_chunks,
+                    clip=paths.resolve(clip_dir, "--clip"), embed_dim=int(model_cfg.embed_dim),
                     text_len=int(model_cfg.text.context_length),
                     text_width=int(model_cfg.text.width), complete=False)
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
     old = ef.read_manifest(out_dir)
     if old is not None and any(old.get(k) != manifest[k] for k in
                                ("dataset", "split", "num_examples", "chunk_size", "clip")):

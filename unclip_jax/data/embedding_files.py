@@ -8,16 +8,23 @@ Layout of an embeddings directory:
 A chunk is written to a temporary sibling directory (`unclip_jax.atomic`) and renamed when
 complete, so a directory named `chunk_XXXXX` is always whole; the manifest is replaced
 atomically too.
+
+The directory may be a gs:// URL (`unclip_jax.paths`). There a chunk is built locally and
+uploaded with `index.npy` last (a chunk counts as written when `index.npy` exists), and a
+reader copies each chunk once into a local cache (`UNCLIP_CACHE_DIR`, default
+~/.cache/unclip-jax/embeddings) and memory-maps it from there.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 
 import numpy as np
 
-from unclip_jax import atomic
+from unclip_jax import atomic, paths
 from unclip_jax.errors import UserError
 
 FIELDS = ("z_i", "z_t", "text_states", "text_mask", "index")
@@ -29,11 +36,19 @@ def chunk_name(k: int) -> str:
 
 
 def chunk_done(out_dir: str, k: int) -> bool:
+    if paths.is_remote(out_dir):
+        return paths.exists(paths.join(out_dir, chunk_name(k), "index.npy"))
     return os.path.isdir(os.path.join(out_dir, chunk_name(k)))
 
 
 def write_chunk(out_dir: str, k: int, arrays: dict[str, np.ndarray]) -> str:
     """Atomically write chunk `k` (every FIELDS array); returns its directory."""
+    if paths.is_remote(out_dir):
+        final = paths.join(out_dir, chunk_name(k))
+        with tempfile.TemporaryDirectory(prefix="unclip-chunk-") as local:
+            write_chunk(local, k, arrays)
+            paths.copy_tree(os.path.join(local, chunk_name(k)), final, last=("index.npy",))
+        return final
     final = os.path.join(out_dir, chunk_name(k))
     shutil.rmtree(final + ".tmp", ignore_errors=True)     # left by an older version
     with atomic.build_dir(final) as tmp:
@@ -44,15 +59,38 @@ def write_chunk(out_dir: str, k: int, arrays: dict[str, np.ndarray]) -> str:
 
 
 def write_manifest(out_dir: str, manifest: dict) -> None:
-    atomic.write_json(os.path.join(out_dir, MANIFEST), manifest)
+    atomic.write_json(paths.join(out_dir, MANIFEST), manifest)
 
 
 def read_manifest(out_dir: str) -> dict | None:
-    path = os.path.join(out_dir, MANIFEST)
-    if not os.path.isfile(path):
+    path = paths.join(out_dir, MANIFEST)
+    if not paths.isfile(path):
         return None
-    with open(path) as f:
+    with paths.open(path) as f:
         return json.load(f)
+
+
+def cache_dir() -> str:
+    root = os.environ.get("UNCLIP_CACHE_DIR") or os.path.join("~", ".cache", "unclip-jax")
+    return os.path.join(paths.resolve(root, "UNCLIP_CACHE_DIR"), "embeddings")
+
+
+def _local_chunk(directory: str, k: int) -> str:
+    """A local directory holding chunk `k` of `directory` (a download for gs://; reused
+    while the object sizes match)."""
+    src = paths.join(directory, chunk_name(k))
+    if not paths.is_remote(directory):
+        return src
+    key = hashlib.sha256(directory.encode()).hexdigest()[:16]
+    dst = os.path.join(cache_dir(), key, chunk_name(k))
+    os.makedirs(dst, exist_ok=True)
+    for f in FIELDS:
+        remote, local = paths.join(src, f + ".npy"), os.path.join(dst, f + ".npy")
+        size = paths.epath(remote).stat().length
+        if not os.path.isfile(local) or os.path.getsize(local) != size:
+            with atomic.open_atomic(local, "wb") as out, paths.open(remote, "rb") as fin:
+                shutil.copyfileobj(fin, out, 1 << 22)
+    return dst
 
 
 class EmbeddingStore:
@@ -63,6 +101,7 @@ class EmbeddingStore:
     """
 
     def __init__(self, directory: str, split: str | None = None, num_examples: int | None = None):
+        directory = paths.resolve(directory, "config.data.embeddings_dir")
         manifest = read_manifest(directory)
         if manifest is None:
             raise UserError(
@@ -85,7 +124,7 @@ class EmbeddingStore:
         self.directory = directory
         self.chunks = []
         for k in range(manifest["num_chunks"]):
-            d = os.path.join(directory, chunk_name(k))
+            d = _local_chunk(directory, k)
             self.chunks.append({f: np.load(os.path.join(d, f + ".npy"), mmap_mode="r")
                                 for f in FIELDS})
         index = np.concatenate([np.asarray(c["index"]) for c in self.chunks])

@@ -1,17 +1,17 @@
 """Resolve `config.data.name` / `data_dir` to a prepared TFDS builder, with clear errors."""
 from __future__ import annotations
 
-import os
-
 import tensorflow_datasets as tfds
 
+from unclip_jax import paths
 from unclip_jax.errors import UserError
 
 DATASETS = ("unclip_shapes", "folder", "synthetic")
 
 
 def builder_for(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-    """The prepared builder for `name` ('unclip_shapes[/CONFIG]' or 'folder') in `data_dir`."""
+    """The prepared builder for `name` ('unclip_shapes[/CONFIG]' or 'folder') in `data_dir`
+    (a local path or a gs:// URL, read by TFDS/tf.data directly; see `unclip_jax.paths`)."""
     base, _, config = name.partition("/")
     if base not in DATASETS:
         raise UserError(f"unknown dataset {name!r} in config.data.name; choose one of "
@@ -21,7 +21,8 @@ def builder_for(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     if not data_dir:
         raise UserError(f"config.data.data_dir is empty; set it to the directory the {base} "
                         f"dataset was built into (`unclip-jax data build ... --data_dir DIR`)")
-    if not os.path.isdir(data_dir):
+    data_dir = paths.resolve(data_dir, "config.data.data_dir")
+    if not paths.isdir(data_dir):
         raise UserError(f"data_dir {data_dir} does not exist; build the dataset first: "
                         f"`unclip-jax data build {'shapes' if base == 'unclip_shapes' else 'folder SRC'}"
                         f" --data_dir {data_dir}`")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from typing import Any
 
@@ -25,12 +24,16 @@ import ml_collections as mlc
 import numpy as np
 import orbax.checkpoint as ocp
 
+from unclip_jax import paths
 from unclip_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 ITEMS = ("state", "config", "data", "extras")
 COMMIT_FILE = "_CHECKPOINT_METADATA"   # Orbax writes it when a step is finalised
+# On gs:// Orbax writes steps in place (no atomic rename) and marks a finished one with this
+# file (its CommitFileTemporaryPath); a step without it is unfinished and Orbax removes it.
+GCS_COMMIT_FILE = "commit_success.txt"
 
 
 def extras_to_json(extras: dict | None) -> dict:
@@ -59,7 +62,7 @@ class Checkpointer:
     """Save/restore `(state, config, data_state, extras)` under `workdir/checkpoints`."""
 
     def __init__(self, workdir: str, train_cfg, *, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = paths.join(paths.resolve(workdir, "workdir"), "checkpoints")
         keep_every = int(train_cfg.get("keep_every", 0) or 0)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max(int(train_cfg.get("keep", 3) or 1), 1),
@@ -93,14 +96,15 @@ class Checkpointer:
         """Steps known to Orbax plus any step-named directories (finalised or not)."""
         self.manager.reload()
         found = set(self.manager.all_steps())
-        if os.path.isdir(self.directory):
-            found |= {int(d) for d in os.listdir(self.directory) if d.isdigit()}
+        found |= {int(d) for d in paths.listdir(self.directory) if d.isdigit()}
         return sorted(found)
 
     def _finalized(self, step: int) -> bool:
-        step_dir = os.path.join(self.directory, str(step))
-        return os.path.isfile(os.path.join(step_dir, COMMIT_FILE)) and all(
-            os.path.isdir(os.path.join(step_dir, item)) for item in ITEMS)
+        step_dir = paths.join(self.directory, str(step))
+        if paths.is_remote(step_dir) and not paths.isfile(paths.join(step_dir, GCS_COMMIT_FILE)):
+            return False
+        return paths.isfile(paths.join(step_dir, COMMIT_FILE)) and all(
+            paths.isdir(paths.join(step_dir, item)) for item in ITEMS)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict, dict]:
         """`(state, config_dict, data_state, extras)` of `step`, state placed per the
@@ -157,7 +161,7 @@ class Checkpointer:
     def _fix(self, step: int) -> str:
         older = [s for s in self.steps() if s < step]
         where = (f"to resume from step {older[-1]}" if older else "to start from scratch")
-        return (f"move {os.path.join(self.directory, str(step))} aside {where}, or use a new "
+        return (f"move {paths.join(self.directory, str(step))} aside {where}, or use a new "
                 "--workdir (nothing was deleted)")
 
     def _explain(self, step: int, abstract_state: Any, config, error: Exception | None) -> str:
@@ -190,7 +194,7 @@ class Checkpointer:
 
     def _saved_tree(self, step: int) -> dict[str, tuple]:
         with ocp.StandardCheckpointer() as ckptr:
-            meta = ckptr.metadata(os.path.join(self.directory, str(step), "state"))
+            meta = ckptr.metadata(paths.join(self.directory, str(step), "state"))
         tree = getattr(meta, "item_metadata", meta)
         tree = getattr(tree, "tree", tree)
         if not tree:
@@ -199,14 +203,13 @@ class Checkpointer:
                 for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
     def _saved_config(self, step: int) -> dict:
-        with open(os.path.join(self.directory, str(step), "config", "metadata")) as f:
+        with paths.open(paths.join(self.directory, str(step), "config", "metadata")) as f:
             return json.load(f)
 
     def _discard(self, step: int) -> None:
         """Remove an unusable step so that a later save of the same step can succeed."""
         if jax.process_index() == 0:
-            import shutil
-            shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+            paths.rmtree(paths.join(self.directory, str(step)))
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"discard_checkpoint_{step}")

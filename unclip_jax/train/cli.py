@@ -83,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True,
                         help="config file and variant, e.g. configs/shapes.py:decoder")
     parser.add_argument("--workdir", required=True,
-                        help="run directory (checkpoints, metrics, samples); resumes if it exists")
+                        help="run directory (checkpoints, metrics, samples), local or gs://; "
+                             "resumes if it exists")
     parser.add_argument("--export", default=None, metavar="DIR",
                         help="after training, write the EMA params in the inference format")
     parser.add_argument("--overwrite", action="store_true",
@@ -122,6 +123,10 @@ def add_config_overrides(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     config = apply_overrides(load_config(args.config), args.config_overrides)
+    from unclip_jax import paths
+    args.workdir = paths.resolve(args.workdir, "--workdir")     # one rule: unclip_jax.paths
+    if args.export:
+        args.export = paths.resolve(args.export, "--export")
     from unclip_jax.distributed import initialize_from_env
     initialize_from_env()          # multi-host jobs: before any JAX backend use
     import jax

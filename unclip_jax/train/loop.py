@@ -11,7 +11,6 @@ import functools
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from unclip_jax import parallel
+from unclip_jax import parallel, paths
 from unclip_jax.errors import NonFiniteError, UserError
 from unclip_jax.train import metrics as metrics_lib
 from unclip_jax.train.checkpoint import Checkpointer
@@ -147,8 +146,8 @@ def _fit_extras(stage: Stage, config, workdir: str) -> dict:
     if jax.process_index() == 0:
         from unclip_jax import atomic
         from unclip_jax.train.checkpoint import extras_to_json
-        os.makedirs(workdir, exist_ok=True)
-        atomic.write_json(os.path.join(workdir, "extras.json"), extras_to_json(extras),
+        paths.makedirs(workdir)
+        atomic.write_json(paths.join(workdir, "extras.json"), extras_to_json(extras),
                           indent=None)
     return extras
 
@@ -174,7 +173,7 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
     Raises NonFiniteError naming the step when the loss/gradients become NaN/Inf; the last
     good checkpoint is kept and nothing after it is saved.
     """
-    workdir = os.path.abspath(workdir)
+    workdir = paths.resolve(workdir, "workdir")
     tc = config.train
     batch_size = int(tc.batch_size)
     pcount, pindex = jax.process_count(), jax.process_index()
@@ -304,7 +303,7 @@ def _write_samples(stage, state, model, config, batch, extras, step, workdir, wr
                           batch, extras)
     images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
     if jax.process_index() == 0:
-        metrics_lib.save_png_grid(images, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
+        metrics_lib.save_png_grid(images, paths.join(workdir, "samples", f"step_{step:07d}.png"))
         writer.write_images(step, "samples", images)
 
 
@@ -314,15 +313,16 @@ def restore_for_inference(workdir: str, config=None, step: int | None = None):
     restored onto this process's devices."""
     import ml_collections as mlc
     from unclip_jax.errors import CheckpointError
-    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    workdir = paths.resolve(workdir, "workdir")
+    ckpt_dir = paths.join(workdir, "checkpoints")
     if config is None:
-        if not os.path.isdir(ckpt_dir):
+        if not paths.isdir(ckpt_dir):
             raise CheckpointError(f"{workdir} has no checkpoints/; train first or pass the "
                                   "workdir used by `unclip-jax train`")
-        steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+        steps = sorted(int(d) for d in paths.listdir(ckpt_dir) if d.isdigit())
         if not steps:
             raise CheckpointError(f"{ckpt_dir} holds no checkpoint steps")
-        with open(os.path.join(ckpt_dir, str(step or steps[-1]), "config", "metadata")) as f:
+        with paths.open(paths.join(ckpt_dir, str(step or steps[-1]), "config", "metadata")) as f:
             config = mlc.ConfigDict(json.load(f))
     stage, mesh, rules, model, tx, _ = build(config)
     boxed_init = _init_fn(stage, model, config, jax.random.key(0))
@@ -350,5 +350,6 @@ def export_from_workdir(workdir: str, out_dir: str, step: int | None = None,
     params, config, extras, step = restore_for_inference(workdir, step=step)
     from unclip_jax.train.checkpoint import extras_to_json
     host = jax.tree.map(lambda a: np.asarray(jax.device_get(a)), params)
-    extra = {"source": os.path.abspath(workdir), "step": int(step), **extras_to_json(extras)}
+    extra = {"source": paths.resolve(workdir, "workdir"), "step": int(step),
+             **extras_to_json(extras)}
     return export.save(out_dir, host, config, extra=extra, dtype=dtype, overwrite=overwrite)

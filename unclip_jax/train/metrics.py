@@ -1,17 +1,22 @@
 """Training metrics: TensorBoard event files, `metrics.jsonl`, FLOP counts, PNG sample grids.
 
 Only process 0 writes. Scalars go to `WORKDIR/tensorboard` (tf.summary) and one JSON line per
-log step to `WORKDIR/metrics.jsonl`.
+log step to `WORKDIR/metrics.jsonl`. WORKDIR may be a gs:// URL (`unclip_jax.paths`); there
+`metrics.jsonl` is uploaded at most every REMOTE_FLUSH_S seconds and when the writer closes.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
+import time
 from typing import Any, Mapping
 
 import jax
 import numpy as np
+
+from unclip_jax import paths
+
+REMOTE_FLUSH_S = 30.0
 
 
 def compiled_flops(compiled, num_devices: int = 1) -> float | None:
@@ -44,10 +49,10 @@ def _plugin_metadata(plugin: str) -> bytes:
 def truncate_jsonl(path: str, up_to_step: int) -> None:
     """Keep only the complete rows of `path` with step <= `up_to_step` (atomic rewrite; a
     torn last line from a killed run is dropped too)."""
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         return
     keep, changed = [], False
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with paths.open(path, "r", encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 row = json.loads(line)
@@ -59,8 +64,7 @@ def truncate_jsonl(path: str, up_to_step: int) -> None:
             else:
                 changed = True
     if changed:
-        from unclip_jax import atomic
-        atomic.write_text(path, "".join(keep))
+        paths.write_text(path, "".join(keep))
 
 
 class MetricWriter:
@@ -73,15 +77,19 @@ class MetricWriter:
         self._tb = None
         self._jsonl = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
+            paths.makedirs(workdir)
             import tensorflow as tf  # heavy: only imported by the writing process
             tf.config.set_visible_devices([], "GPU")
             self._tf = tf
-            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-            path = os.path.join(workdir, "metrics.jsonl")
+            self._tb = tf.summary.create_file_writer(paths.join(workdir, "tensorboard"))
+            path = paths.join(workdir, "metrics.jsonl")
             if resume_step is not None:
                 truncate_jsonl(path, resume_step)
-            self._jsonl = open(path, "a")
+            self._jsonl = paths.open(path, "a")
+            # Appending to a Cloud Storage object re-uploads it whole: flush it there at most
+            # every REMOTE_FLUSH_S seconds (and on close), local files after every row.
+            self._flush_every = REMOTE_FLUSH_S if paths.is_remote(path) else 0.0
+            self._flushed = time.monotonic()
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -94,7 +102,9 @@ class MetricWriter:
         self._tb.flush()
         row = {"step": int(step), **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}
         self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
+        if time.monotonic() - self._flushed >= self._flush_every:
+            self._jsonl.flush()
+            self._flushed = time.monotonic()
 
     def write_images(self, step: int, name: str, images: np.ndarray) -> None:
         """Images [N, H, W, C] in [-1, 1] as one PNG grid under tag `name`."""
