@@ -6,6 +6,8 @@ RUNTIME = [
     "flax>=0.10.0",
     "optax>=0.2.3",
     "orbax-checkpoint>=0.6.0",
+    "etils[epath]>=1.5",                # unclip_jax.paths: local and gs:// paths
+    "google-cloud-storage>=2.14",       # Orbax asks it about a gs:// bucket before saving
     "ml_collections>=0.1.1",
     "einops>=0.8.0",
     "transformers>=4.40",
@@ -30,6 +32,8 @@ TEST = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    "gcp-storage-emulator>=2024.8.3",   # tests/test_gcs.py: a local Cloud Storage
+    "cryptography>=42",                 # ... and the TLS certificate its proxy serves
 ]
 
 setup(
