@@ -32,7 +32,7 @@ TEST = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
-    "gcp-storage-emulator>=2024.8.3",   # tests/test_gcs.py: a local Cloud Storage
+    "gcp-storage-emulator>=2026.7.19",  # tests/test_gcs.py: a local Cloud Storage
     "cryptography>=42",                 # ... and the TLS certificate its proxy serves
 ]
 
