@@ -359,3 +359,26 @@ def test_upsampler_scores_match_an_independent_computation(ckpt, shapes_dir):
         assert u["psnr"]["n"] == 3 and u["psnr"]["lo"] <= u["psnr"]["mean"] <= u["psnr"]["hi"]
         # a random network is far worse than interpolation
         assert u["psnr"]["mean"] < u["psnr_bicubic"]["mean"]
+
+
+def test_eval_true_z_i_variant_decodes_the_real_images_embeddings(ckpt, shapes_dir):
+    """'true_z_i' feeds the decoder each prompt's own real-image z_i (the decoder's ceiling):
+    the same images as decoding those embeddings directly."""
+    from unclip_jax.eval.evaluate import decode_in_chunks, evaluate
+    from unclip_jax.eval.data import load_examples
+    from unclip_jax.pipeline import UnCLIP
+    kw = dict(decoder_steps="2", upsampler_steps="2")
+    res = evaluate(ckpt["root"], shapes_dir, num_prompts=2, images_per_prompt=2,
+                   variants=("true_z_i",), num_resamples=20, **kw)
+    assert set(res["variants"]) == {"true_z_i"}
+    pipe = UnCLIP.from_directory(ckpt["root"], progress=False)
+    real = load_examples(shapes_dir, "validation", image_size=pipe.image_size("upsampler2"),
+                         limit=4)
+    z = np.repeat(pipe.encode_images(real["image"])[:2], 2, axis=0)
+    text = pipe.encode_text([c for c in real["caption"][:2] for _ in range(2)])
+    images = decode_in_chunks(pipe, z, text, jax.random.key(0), 64, kw)
+    feats = pipe.encode_images(images)
+    cos = np.sum(feats * text["embeds"], -1) / np.linalg.norm(feats, axis=-1) / np.linalg.norm(
+        text["embeds"], axis=-1)
+    assert res["variants"]["true_z_i"]["clip_cosine"]["mean"] == pytest.approx(cos.mean(),
+                                                                               abs=1e-4)

@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default="unclip,zeroshot_text",
                         help="comma list of unclip, unclip_ar (the model's ar_prior/), zeroshot_text, "
-                             "text_decoder")
+                             "text_decoder, true_z_i (the decoder on the real image's z_i)")
     parser.add_argument("--text_decoder", default=None,
                         help="decoder checkpoint trained on CLIP text embeddings (ablation a)")
     parser.add_argument("--classifier", default=None, help="attribute-classifier directory")

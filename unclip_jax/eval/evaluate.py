@@ -12,6 +12,8 @@ Variants (paper §5.1 in miniature), all sharing the seed and so the same decode
                  model.normalize_z_i ignores it)
   text_decoder   (only with `text_decoder=DIR`) a decoder trained with the CLIP text embedding
                  in place of z_i, fed z_t; it needs a separately trained decoder checkpoint
+  true_z_i       the decoder fed the CLIP image embedding of the prompt's own real image (no
+                 prior): the decoder's ceiling, what it draws when z_i is exactly right
 
 Per variant: CLIP score (100 × mean cosine to the caption's text embedding, and the raw mean
 cosine), Fréchet distance between CLIP image embeddings of generated and real images,
@@ -41,7 +43,7 @@ from unclip_jax.errors import UserError
 from unclip_jax.eval import metrics
 from unclip_jax.eval.data import ATTRIBUTES, EVAL_SPLITS, load_examples
 
-VARIANTS = ("unclip", "unclip_ar", "zeroshot_text", "text_decoder")
+VARIANTS = ("unclip", "unclip_ar", "zeroshot_text", "text_decoder", "true_z_i")
 # fold_in ids of the bootstrap keys, one per metric family
 _CI_IDS = {"clip": 11, "fd": 12, "div": 13, "attr": 14, "prior": 15, "upsampler": 16}
 
@@ -215,6 +217,9 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
                                                _k(key, "prior"), num_resamples)
         elif name == "zeroshot_text":
             images = decode_in_chunks(pipe, z_text, text, key, chunk, decode_kw)
+        elif name == "true_z_i":
+            images = decode_in_chunks(pipe, np.repeat(z_true, images_per_prompt, axis=0), text,
+                                      key, chunk, decode_kw)
         else:
             images = _text_decoder_images(checkpoint_dir, text_decoder, text, key, progress,
                                           chunk, decode_kw)

@@ -8,6 +8,7 @@ VARIANT_NAMES = {
     "unclip_ar": "AR prior + decoder",
     "zeroshot_text": "text embedding → image-embedding decoder (zero-shot)",
     "text_decoder": "decoder trained on the text embedding",
+    "true_z_i": "decoder on the true z_i (no prior)",
     "real": "real images",
 }
 
