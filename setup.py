@@ -42,7 +42,7 @@ setup(
     description="unCLIP (hierarchical text-conditional image generation with CLIP latents) in JAX/Flax",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",          # jax 0.10 / flax 0.12 (what is tested) need 3.11+
     packages=find_packages(include=["unclip_jax", "unclip_jax.*", "configs"]),
     include_package_data=True,
     package_data={"unclip_jax": ["assets/**/*"]},
