@@ -63,8 +63,12 @@ check_override() {  # check_override ARG: --config.KEY=VALUE
   [[ $1 == --config.?*=* ]] || die "override $1 needs a value: write ${1%%=*}=VALUE"
 }
 
-check_config() {  # check_config SPEC: FILE[:ARG] must exist (relative paths: repository root)
+check_config() {  # check_config SPEC: FILE[:ARG] must exist (relative paths: current directory)
   local file=${1%%:*}
-  [[ $file == /* ]] || file="$REPO_ROOT/$file"
-  [[ -f $file ]] || die "--config file not found: ${1%%:*} (paths are relative to $REPO_ROOT)"
+  [[ $file == /* ]] || file="$PWD/$file"
+  [[ -f $file ]] || die "--config file not found: ${1%%:*} (relative paths are relative to $PWD)"
+}
+
+absolute() {  # absolute PATH: PATH made absolute against the current directory (URLs kept)
+  if [[ $1 == /* || $1 == *://* ]]; then printf '%s' "$1"; else printf '%s' "$PWD/$1"; fi
 }

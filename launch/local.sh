@@ -17,7 +17,8 @@ UNCLIP_PROCESS_ID=i, UNCLIP_CPU_COLLECTIVES=gloo, JAX_PLATFORMS=cpu and
 XLA_FLAGS=--xla_force_host_platform_device_count=D (so the job has N*D CPU devices).
 Each runs `PY -m unclip_jax.cli train --config FILE --workdir DIR [overrides]`, or with
 --cmd, `bash -c COMMAND` (e.g. --cmd 'python3 -m unclip_jax.distributed', a collective check).
-Commands run in the repository root; a relative --config is relative to it.
+Commands run in the current directory, so relative paths (--config, --workdir,
+--config.data.data_dir=..., ...) mean the same to the processes as to this script.
 Process i logs to DIR/logs/process-i.log. The script waits for all; when one fails it
 stops the others, shows the failed log's tail and exits 1.
 
@@ -71,7 +72,8 @@ if (( ! DRY_RUN )); then
   command -v setsid > /dev/null || die "setsid (util-linux) not found; install util-linux"
 fi
 
-[[ $WORKDIR == /* ]] || WORKDIR="$PWD/$WORKDIR"
+WORKDIR=$(absolute "$WORKDIR")
+[[ -z $CONFIG ]] || CONFIG=$(absolute "$CONFIG")
 LOGDIR="$WORKDIR/logs"
 if [[ -n $CMD ]]; then
   PROGRAM=(bash -c "$CMD")
@@ -79,7 +81,6 @@ else
   PROGRAM=("$PYTHON" -m unclip_jax.cli train --config "$CONFIG" --workdir "$WORKDIR" "${OVERRIDES[@]}")
 fi
 
-run cd "$REPO_ROOT"
 run mkdir -p "$LOGDIR"
 
 PIDS=()

@@ -18,7 +18,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
-CONFIG = "configs/shapes.py:decoder"
+CONFIG = "configs/shapes.py:decoder"                 # as the workers see it (repo-relative)
+CONFIG_ABS = os.path.join(REPO, CONFIG)                # given from any directory
 
 
 def clean_env(extra=None):
@@ -85,7 +86,7 @@ def _replace(args, option, value):
 
 
 TPU_ARGS = ["--name", "my-pod", "--zone", "us-central2-b", "--accelerator", "v4-32",
-            "--project", "my-proj", "--config", CONFIG, "--workdir", "gs://bucket/run1",
+            "--project", "my-proj", "--config", CONFIG_ABS, "--workdir", "gs://bucket/run1",
             "--repo", "https://example.com/unclip-jax.git", "--ref", "dev", "--run-id", "r1",
             "--config.train.steps=10", "--config.data.caption=it's a b"]
 
@@ -106,16 +107,56 @@ def test_tpu_dry_run_commands():
         assert "--worker=all" in c
     install_cmd = next(a for a in install if a.startswith("--command="))
     assert "git clone --quiet https://example.com/unclip-jax.git" in install_cmd
-    assert "git fetch --quiet origin dev" in install_cmd and "pip install" in install_cmd
+    assert "git fetch --quiet origin dev" in install_cmd
+    # the images' Python 3.10 is not used: uv makes a 3.11 venv and installs into it
+    assert "python3 -m pip install --quiet --user uv" in install_cmd
+    assert 'uv venv --quiet --allow-existing --python 3.11 "$HOME/unclip-venv"' in install_cmd
+    assert 'uv pip install --quiet --python "$HOME/unclip-venv/bin/python" -e .\\[tpu\\]' \
+        in install_cmd
     train_cmd = next(a for a in train if a.startswith("--command="))[len("--command="):]
     assert "UNCLIP_AUTO_DISTRIBUTED=1" in train_cmd
     words = shlex.split(train_cmd)
+    assert words[words.index("UNCLIP_AUTO_DISTRIBUTED=1") + 1] == "$HOME/unclip-venv/bin/python"
     i = words.index("train")
     assert words[i + 1:i + 9] == ["--config", CONFIG, "--workdir", "gs://bucket/run1",
                                   "--config.train.steps=10", "--config.data.caption=it's a b",
                                   "2>&1", "<"]
     assert fetch[-2:] == ["my-pod:unclip-logs/r1-worker*.log", "tpu-logs/my-pod/"]
     assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("accel, runtime", [
+    ("v2-8", "tpu-ubuntu2204-base"), ("v3-32", "tpu-ubuntu2204-base"),
+    ("v4-32", "tpu-ubuntu2204-base"), ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+    ("v5e-16", "v2-alpha-tpuv5-lite"), ("v5p-32", "v2-alpha-tpuv5"), ("v6e-16", "v2-alpha-tpuv6e"),
+])
+def test_tpu_runtime_follows_accelerator(accel, runtime):
+    proc = launch("tpu_pod.sh", "--dry-run", *_replace(TPU_ARGS, "--accelerator", accel))
+    assert proc.returncode == 0, proc.stderr
+    [create] = [c for c in commands(proc.stdout) if c[:5] == ["gcloud", "compute", "tpus",
+                                                              "tpu-vm", "create"]]
+    assert f"--version={runtime}" in create and f"--accelerator-type={accel}" in create
+    proc = launch("tpu_pod.sh", "--dry-run", *_replace(TPU_ARGS, "--accelerator", accel),
+                  "--version", "my-runtime")
+    assert "--version=my-runtime" in proc.stdout and runtime not in proc.stdout
+
+
+def test_tpu_queued_resource_dry_run():
+    args = _replace(TPU_ARGS, "--accelerator", "v5litepod-16") + ["--queued", "--spot"]
+    proc = launch("tpu_pod.sh", "--dry-run", *args)
+    assert proc.returncode == 0, proc.stderr
+    cmds = commands(proc.stdout)
+    assert [c[3:5] for c in cmds if c[0] == "gcloud"] == [
+        ["tpu-vm", "describe"], ["queued-resources", "create"], ["queued-resources", "describe"],
+        ["tpu-vm", "ssh"], ["tpu-vm", "ssh"], ["tpu-vm", "scp"]]
+    create = cmds[1]
+    assert create[:6] == ["gcloud", "compute", "tpus", "queued-resources", "create", "my-pod"]
+    for flag in ["--node-id=my-pod", "--accelerator-type=v5litepod-16",
+                 "--runtime-version=v2-alpha-tpuv5-lite", "--spot", "--zone=us-central2-b",
+                 "--project=my-proj"]:
+        assert flag in create
+    assert cmds[2][-1] == "--format=value(state.state)"
+    assert "every 30 s until it prints ACTIVE" in proc.stdout
 
 
 FAKE_GCLOUD = f"""
@@ -127,6 +168,12 @@ args = sys.argv[1:]
 with open(os.path.join(os.environ["FAKE_OUT"], "gcloud.jsonl"), "a") as f:
     f.write(json.dumps(args) + "\\n")
 verb = args[3]
+if args[2] == "queued-resources":
+    if verb == "describe":      # ACTIVE on the second poll
+        n = len(glob.glob(os.path.join(os.environ["FAKE_OUT"], "qr-poll-*")))
+        open(os.path.join(os.environ["FAKE_OUT"], f"qr-poll-{{n}}"), "w").close()
+        print("ACTIVE" if n else "WAITING_FOR_RESOURCES")
+    sys.exit(0)
 if verb == "describe":
     if not os.environ.get("FAKE_EXISTING"):
         sys.exit(1)
@@ -186,6 +233,54 @@ def test_tpu_run_creates_installs_trains_fetches(fake_bin, tmp_path):
     assert "training output from run" in proc.stdout  # streamed through tee
 
 
+FAKE_UV = f"""
+#!{sys.executable}
+# Stand-in uv: records argv; `uv venv --python V DIR` makes DIR/bin/python (the fake Python).
+import json, os, sys
+args = sys.argv[1:]
+with open(os.path.join(os.environ["FAKE_OUT"], "uv.jsonl"), "a") as f:
+    f.write(json.dumps({{"argv": args, "cwd": os.getcwd()}}) + "\\n")
+if args[0] == "venv":
+    os.makedirs(os.path.join(args[-1], "bin"), exist_ok=True)
+    os.symlink(os.path.join(os.path.dirname(sys.argv[0]), "fakepy"),
+               os.path.join(args[-1], "bin", "python"))
+"""
+
+
+def test_tpu_queued_uv_install_and_train(fake_bin, tmp_path):
+    """--queued waits for ACTIVE; without --python the workers get a uv venv of 3.11 and
+    train with its interpreter."""
+    out, home, env = fake_gcloud(fake_bin, tmp_path)
+    write_exe(fake_bin[0] / "uv", FAKE_UV)
+    args = _replace(_replace(_replace(TPU_ARGS, "--repo", REPO), "--ref", "main"),
+                    "--accelerator", "v6e-16")
+    proc = launch("tpu_pod.sh", *args, "--queued", "--log-dir", str(tmp_path / "logs"),
+                  env=dict(env, UNCLIP_QUEUED_POLL_S="0"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = gcloud_calls(out)
+    assert [c[2:4] for c in calls] == [
+        ["tpu-vm", "describe"], ["queued-resources", "create"], ["queued-resources", "describe"],
+        ["queued-resources", "describe"], ["tpu-vm", "ssh"], ["tpu-vm", "ssh"], ["tpu-vm", "scp"]]
+    assert "--runtime-version=v2-alpha-tpuv6e" in calls[1]
+    assert "queued resource my-pod is ACTIVE" in proc.stderr
+    uv = [json.loads(l)["argv"] for l in open(out / "uv.jsonl")]
+    venv = str(home / "unclip-venv")
+    assert uv == [["venv", "--quiet", "--allow-existing", "--python", "3.11", venv],
+                  ["pip", "install", "--quiet", "--python", f"{venv}/bin/python", "-e", ".[tpu]"]]
+    run = json.load(open(out / "py-run.json"))
+    assert run["argv"][:3] == ["-m", "unclip_jax.cli", "train"]
+
+
+def test_tpu_python_version_matches_setup():
+    """The Python the workers get satisfies setup.py's python_requires (3.10 does not)."""
+    import re
+    req = re.search(r'python_requires=">=(3\.\d+)"', open(os.path.join(REPO, "setup.py")).read())
+    script = open(os.path.join(LAUNCH, "tpu_pod.sh")).read()
+    default = re.search(r"PY_VERSION=(3\.\d+)", script).group(1)
+    version = lambda v: tuple(map(int, v.split(".")))
+    assert version(default) >= version(req.group(1)) > version("3.10")
+
+
 def test_tpu_reuses_matching_slice_and_rejects_other_type(fake_bin, tmp_path):
     out, home, env = fake_gcloud(fake_bin, tmp_path, existing="v4-32")
     (home / "unclip-jax").mkdir()
@@ -218,6 +313,10 @@ def test_tpu_reuses_matching_slice_and_rejects_other_type(fake_bin, tmp_path):
     (TPU_ARGS + ["--config.train.steps"], "override --config.train.steps needs a value"),
     (TPU_ARGS + ["--bogus"], "unknown option --bogus"),
     (TPU_ARGS + ["--ref"], "option --ref needs a value"),
+    (_replace(TPU_ARGS, "--accelerator", "v9x-8"),
+     "no known TPU runtime for --accelerator v9x-8; pass --version RUNTIME"),
+    (_replace(TPU_ARGS, "--config", "/etc/passwd"), "--config must be a file inside this repository"),
+    (TPU_ARGS + ["--python-version", "3"], "--python-version must look like 3.11"),
 ])
 def test_tpu_bad_input(args, message, tmp_path):
     # A checkout with an `origin` remote supplies --repo by itself; point git at an empty
@@ -262,9 +361,29 @@ def test_slurm_dry_run_script():
     words = shlex.split(srun)
     assert "UNCLIP_PROCESS_ID=\"$SLURM_PROCID\"" in words[words.index("-c") + 1]
     assert words[words.index("-c") + 2:] == [
-        "bash", "python3", "-m", "unclip_jax.cli", "train", "--config", CONFIG, "--workdir",
+        "bash", "python3", "-m", "unclip_jax.cli", "train", "--config", CONFIG_ABS, "--workdir",
         "/shared/run1", "--config.train.steps=10", "--config.data.caption=a b"]
     assert "--output=/shared/logs/%x-%j-proc%t.log" in words
+    assert "--gpus-per-task=1" not in words and "CUDA_VISIBLE_DEVICES" not in script
+    assert f"cd {REPO}" in script.splitlines()          # the directory it was run from
+
+
+def test_slurm_per_gpu_auto_cpus_mem_exclusive():
+    proc = launch("gpu_slurm.sh", "--dry-run", *SLURM_ARGS, "--per-gpu", "--auto",
+                  "--cpus-per-task", "12", "--mem", "0", "--exclusive", "--port", "5555")
+    assert proc.returncode == 0, proc.stderr
+    script, _ = sbatch_script(proc.stdout)
+    lines = script.splitlines()
+    for line in ["#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --cpus-per-task=12", "#SBATCH --mem=0", "#SBATCH --exclusive",
+                 "export JAX_COORDINATOR_PORT=5555"]:
+        assert line in lines
+    words = shlex.split(next(l for l in lines if l.startswith("srun ")))
+    # srun gets cpus-per-task itself (not inherited since SLURM 22.05) and binds one GPU per
+    # task; nobody sets CUDA_VISIBLE_DEVICES by hand
+    assert "--cpus-per-task=12" in words and "--gpus-per-task=1" in words
+    assert words[words.index("-c") + 1] == 'export UNCLIP_AUTO_DISTRIBUTED=1; exec "$@"'
+    assert "UNCLIP_COORDINATOR" not in script and "CUDA_VISIBLE_DEVICES" not in script
 
 
 FAKE_SCONTROL = """
@@ -278,11 +397,16 @@ FAKE_SRUN = f"""
 # Stand-in srun: drops its options, starts SLURM_NTASKS tasks with PROCID/LOCALID set.
 import os, subprocess, sys
 args = sys.argv[1:]
+opts = []
 while args[0].startswith("--"):
-    args.pop(0)
+    opts.append(args.pop(0))
 n, per_node = int(os.environ["SLURM_NTASKS"]), int(os.environ["FAKE_TASKS_PER_NODE"])
-procs = [subprocess.Popen(args, env=dict(os.environ, SLURM_PROCID=str(t),
-                                         SLURM_LOCALID=str(t % per_node))) for t in range(n)]
+def task_env(t):
+    env = dict(os.environ, SLURM_PROCID=str(t), SLURM_LOCALID=str(t % per_node))
+    if "--gpus-per-task=1" in opts:     # SLURM binds task t to its own GPU
+        env["CUDA_VISIBLE_DEVICES"] = str(t % per_node)
+    return env
+procs = [subprocess.Popen(args, env=task_env(t)) for t in range(n)]
 sys.exit(max(p.wait() for p in procs))
 """
 
@@ -315,7 +439,7 @@ def test_slurm_script_runs_with_fake_slurm(fake_bin, tmp_path, per_gpu):
             want["CUDA_VISIBLE_DEVICES"] = str(t % 4)
         assert rec["env"] == want
         assert rec["cwd"] == REPO
-        assert rec["argv"] == ["-m", "unclip_jax.cli", "train", "--config", CONFIG, "--workdir",
+        assert rec["argv"] == ["-m", "unclip_jax.cli", "train", "--config", CONFIG_ABS, "--workdir",
                                "/shared/run1", "--config.train.steps=10",
                                "--config.data.caption=a b"]
 
@@ -327,8 +451,8 @@ def test_slurm_submits_written_script(fake_bin, tmp_path):
         cp "$1" {out}/submitted.sbatch
         echo "Submitted batch job 7"
         """)
-    proc = launch("gpu_slurm.sh", *SLURM_ARGS, "--port", "4567", "--log-dir", "logs", env=env,
-                  cwd=tmp_path)
+    proc = launch("gpu_slurm.sh", *_replace(SLURM_ARGS, "--config", CONFIG_ABS), "--port",
+                  "4567", "--log-dir", "logs", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Submitted batch job 7" in proc.stdout
     [written] = list((tmp_path / "logs").glob("unclip-jax-*.sbatch"))
@@ -362,12 +486,12 @@ def free_port():
 
 def test_local_dry_run_commands(tmp_path):
     proc = launch("local.sh", "--dry-run", "-n", "3", "--devices-per-process", "2", "--port",
-                  "4242", "--workdir", "wd", "--config", CONFIG, "--config.train.steps=5",
+                  "4242", "--workdir", "wd", "--config", CONFIG_ABS, "--config.train.steps=5",
                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = [l for l in proc.stdout.splitlines() if l.startswith("+ ")]
     procs = [l for l in lines if "UNCLIP_PROCESS_ID=" in l]
-    assert len(procs) == 3 and lines[0] == f"+ cd {REPO}"
+    assert len(procs) == 3 and not any(l.startswith("+ cd ") for l in lines)
     workdir = str(tmp_path / "wd")
     for i, line in enumerate(procs):
         words = shlex.split(line[2:])
@@ -377,7 +501,7 @@ def test_local_dry_run_commands(tmp_path):
         assert "UNCLIP_COORDINATOR=127.0.0.1:4242" in words
         assert "UNCLIP_NUM_PROCESSES=3" in words and "UNCLIP_CPU_COLLECTIVES=gloo" in words
         assert "XLA_FLAGS=--xla_force_host_platform_device_count=2" in words
-        assert words[words.index("train") + 1:-4] == ["--config", CONFIG, "--workdir", workdir,
+        assert words[words.index("train") + 1:-4] == ["--config", CONFIG_ABS, "--workdir", workdir,
                                                       "--config.train.steps=5"]
     assert not (tmp_path / "wd").exists()  # a dry run creates nothing
 
@@ -393,6 +517,19 @@ def test_local_two_processes_all_reduce(tmp_path):
         result = json.loads(last)
         assert result["process_index"] == i and result["process_count"] == 2
         assert result["global_devices"] == 4 and result["psum"] == result["expected"] == 10.0
+
+
+def test_local_processes_run_where_the_script_is_run(tmp_path):
+    """One rule for relative paths: the processes run in the launching directory, so
+    `--config.data.data_dir=data` means ./data there, like --workdir (issue: it used to
+    mean REPO/data)."""
+    (tmp_path / "data").mkdir()
+    proc = launch("local.sh", "-n", "2", "--workdir", "wd", "--cmd",
+                  "pwd; test -d data && echo found-data", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for i in range(2):
+        log = (tmp_path / "wd" / "logs" / f"process-{i}.log").read_text().split()
+        assert log == [str(tmp_path), "found-data"]
 
 
 def test_local_failure_stops_the_others(tmp_path):

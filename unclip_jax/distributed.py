@@ -15,7 +15,13 @@ UNCLIP_AUTO_DISTRIBUTED `1`: call `jax.distributed.initialize()` with no argumen
                         detect the cluster (Cloud TPU VM pod slices; also SLURM and Open MPI)
 
 The first three go together: all set (explicit job) or none. With none of them and no
-UNCLIP_AUTO_DISTRIBUTED=1 the process runs alone and nothing is initialised.
+UNCLIP_AUTO_DISTRIBUTED=1 the process runs alone and nothing is initialised. When both are set
+the explicit variables win.
+
+Under SLURM (SLURM_LOCALID set) the process also tells JAX which GPUs it drives
+(`slurm_local_device_ids`): all GPUs it sees with one task per node or with GPUs bound per
+task, its own one when every task sees all of them. JAX's own SLURM detection would pick GPU
+SLURM_LOCALID in every case. A JAX_LOCAL_DEVICE_IDS set by the user is left to JAX.
 
 `python -m unclip_jax.distributed` initialises from the environment and checks that every
 process takes part in a collective (see `check_collectives`); it prints one JSON line.
@@ -93,6 +99,73 @@ def parse_env(env: Mapping[str, str]) -> dict | None:
     return None
 
 
+def _tasks_on_node(env: Mapping[str, str]) -> int | None:
+    """Tasks of this SLURM step on this node, from SLURM's compressed per-node list
+    (`SLURM_STEP_TASKS_PER_NODE` / `SLURM_TASKS_PER_NODE`, e.g. '8(x2),4') and SLURM_NODEID."""
+    for name in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+        text = env.get(name, "").strip()
+        if not text:
+            continue
+        counts: list[int] = []
+        for part in text.split(","):
+            m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+            if not m:
+                return None
+            counts += [int(m.group(1))] * int(m.group(2) or 1)
+        node = int(env.get("SLURM_NODEID", "0") or 0)
+        return counts[node] if node < len(counts) else None
+    per_node = env.get("SLURM_NTASKS_PER_NODE", "").strip()
+    return int(per_node) if per_node.isdigit() else None
+
+
+def slurm_local_device_ids(env: Mapping[str, str]) -> list[int] | None:
+    """The GPUs (indices among those this process sees) a process of a SLURM step drives.
+
+    JAX's own SLURM detection picks `[SLURM_LOCALID]`, which is right only when every task
+    of a node sees all of the node's GPUs and drives one: with one process per node it uses
+    1 GPU of 8, and when SLURM binds each task to its own GPU (`srun --gpus-per-task=1`,
+    CUDA_VISIBLE_DEVICES='3' for local task 3) it asks for device 3 of a 1-GPU view. Here:
+      * the process sees as many GPUs as its node runs tasks (>1): a shared view, one GPU
+        each: [SLURM_LOCALID];
+      * otherwise (one task per node, or GPUs bound per task): every GPU it sees.
+    The GPUs seen are CUDA_VISIBLE_DEVICES (set by SLURM's GPU allocation), else
+    SLURM_GPUS_ON_NODE. None outside a SLURM step or when neither says how many GPUs there
+    are (JAX then decides).
+    """
+    if not env.get("SLURM_LOCALID", "").strip().isdigit() or env.get("JAX_LOCAL_DEVICE_IDS"):
+        return None             # not SLURM, or the user chose (JAX reads that variable)
+    visible = env.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible:
+        count = len([d for d in visible.split(",") if d.strip()])
+    elif env.get("SLURM_GPUS_ON_NODE", "").strip().isdigit():
+        count = int(env["SLURM_GPUS_ON_NODE"])
+    else:
+        return None
+    if count == 0:
+        return None
+    tasks = _tasks_on_node(env)
+    if tasks is not None and tasks > 1 and count == tasks:
+        return [int(env["SLURM_LOCALID"])]
+    return list(range(count))
+
+
+def initialize_kwargs(env: Mapping[str, str]) -> dict | None:
+    """The keyword arguments `initialize_from_env` gives `jax.distributed.initialize` (None:
+    single process). Explicit variables give coordinator, count and id; UNCLIP_AUTO_DISTRIBUTED=1
+    leaves them to JAX's cluster detection. Under SLURM both add `local_device_ids`
+    (`slurm_local_device_ids`), which JAX's detection then keeps."""
+    spec = parse_env(env)
+    if spec is None:
+        return None
+    kwargs = {} if spec.get("auto") else {
+        "coordinator_address": spec["coordinator"], "num_processes": spec["num_processes"],
+        "process_id": spec["process_id"]}
+    ids = slurm_local_device_ids(env)
+    if ids is not None:
+        kwargs["local_device_ids"] = ids
+    return kwargs
+
+
 def initialize_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     """Initialise JAX's multi-process runtime as the environment says; safe to call twice.
 
@@ -107,11 +180,7 @@ def initialize_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int]
     if spec["cpu_collectives"]:
         jax.config.update("jax_cpu_collectives_implementation", spec["cpu_collectives"])
     try:
-        if spec.get("auto"):
-            jax.distributed.initialize()
-        else:
-            jax.distributed.initialize(spec["coordinator"], num_processes=spec["num_processes"],
-                                       process_id=spec["process_id"])
+        jax.distributed.initialize(**initialize_kwargs(env))
     except RuntimeError as e:
         if "must be called before any JAX" in str(e):
             raise UserError("JAX was already in use before multi-host start-up; call "
