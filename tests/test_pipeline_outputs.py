@@ -229,3 +229,28 @@ def test_unknown_tokens_warn(dirs):
     tok = Tokenizer(os.path.join(dirs["root"], "tokenizer"), context_length=8)
     with pytest.warns(UserWarning, match="made only of tokens unknown"):
         tok(["☃☃ ☃"])
+
+
+def test_large_requests_run_in_chunks_with_the_same_images(dirs):
+    from unclip_jax.pipeline import UnCLIP
+    pipe = UnCLIP.from_directory(dirs["root"], progress=False)
+    kw = dict(num_images_per_prompt=2, decoder_steps="2", upsampler_steps="ddim1",
+              text_as_image_embed=True)   # the programs test_existing_output... compiled
+    whole = pipe.generate(CAPTIONS[:3], 5, **kw)
+    chunked = pipe.generate(CAPTIONS[:3], 5, max_batch=4, **kw)     # chunks of 4 and 2
+    assert whole.shape[0] == 6
+    np.testing.assert_array_equal(chunked, whole)
+
+
+def test_requests_that_cannot_fit_are_refused_with_the_number(dirs, tmp_path, capsys,
+                                                                monkeypatch):
+    page = os.sysconf("SC_PAGE_SIZE")
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 1024 if name == "SC_AVPHYS_PAGES"
+                        else real(name))
+    rc = cli.main(["sample", CAPTIONS[0], "-n", "100000", "--checkpoint", dirs["root"],
+                   "--out", str(tmp_path / "o.png")] + FAST)
+    line = one_line_error(capsys, rc)
+    assert "100000 images of 32×32 need" in line and "ask for at most" in line
+    assert f"{1024 * page / 2**30:.1f} GiB of memory is free" in line
+    assert os.listdir(tmp_path) == []

@@ -270,6 +270,7 @@ class UnCLIP:
         out = [self._shard(io.pad_to_multiple(a, self.num_devices)[0]) for a in arrays]
         idx = io.pad_to_multiple(np.arange(n, dtype=np.int32), self.num_devices)[0]
         idx[n:] = np.arange(n, idx.shape[0], dtype=np.int32)
+        idx = idx + np.int32(getattr(self, "_offset", 0))   # generate's chunk position
         return out, self._shard(idx), n
 
     # ------------------------------------------------------------------ CLIP
@@ -388,7 +389,7 @@ class UnCLIP:
         self._need("decoder")
         s = self.image_size("decoder")
         key = jax.random.fold_in(as_key(key), KEY_IDS["x_T"])
-        keys = _example_keys(key, jnp.arange(n))
+        keys = _example_keys(key, jnp.arange(n) + getattr(self, "_offset", 0))
         return np.asarray(jax.vmap(lambda k: jax.random.normal(k, (s, s, 3)))(keys))
 
     def decoder_sample(self, z_i, x_T, key, *, text: dict | None = None, steps=None,
@@ -565,7 +566,8 @@ class UnCLIP:
                  prior_steps=None, decoder_steps=None, upsampler_steps=None,
                  prior_guidance=None, decoder_guidance=None, prior_best_of=None,
                  prior_temperature: float = 1.0, eta: float = 0.0,
-                 text_as_image_embed: bool = False, return_intermediates: bool = False):
+                 text_as_image_embed: bool = False, return_intermediates: bool = False,
+                 max_batch: int | None = None):
         """Text → images uint8 [len(prompts)·num_images_per_prompt, H, W, 3], prompt-major.
 
         key: int seed or typed key. Steps are respacing strings ('25', 'ddim25'); None uses
@@ -575,6 +577,10 @@ class UnCLIP:
         trained on z_t, see `text_conditioned_decoder`).
         With return_intermediates also returns a dict with z_t, z_i, x_T (enough to redo or
         edit a result through `decode`) and each stage's float output.
+        max_batch: images sampled per call (default `MAX_BATCH_PER_DEVICE` per device); a
+        larger request runs in chunks, each image with the key of its position in the whole
+        request, so it is the image one batch would give (up to the float rounding of another
+        batch shape). A request whose results alone would not fit in memory is refused.
         """
         self._need("clip", "tokenizer", "decoder")
         use_prior = not (text_as_image_embed or self.text_conditioned_decoder)
@@ -590,20 +596,51 @@ class UnCLIP:
         self._validate_steps(decoder_steps, self._upsampler_steps(upsampler_steps))
         _check_eta(eta)
         expanded = [p for p in prompts for _ in range(n)]
-        with self._bar(self._num_stages(use_prior), "generate") as bar:
-            _stage_bar(bar, "clip+prior")
-            text = self.encode_text(expanded)
-            if use_prior:
-                z_i = self.prior_sample(text, key, steps=prior_steps, guidance=prior_guidance,
-                                        best_of=prior_best_of, temperature=prior_temperature)
-                z_i = self._finite(self.prior_stage.name, z_i)
-            else:   # §5.1: z_t in place of z_i (zero-shot, or a decoder trained on z_t)
-                z_i = text["embeds"]
-            out = self.decode(z_i, key, text=text, decoder_steps=decoder_steps,
-                              decoder_guidance=decoder_guidance,
-                              upsampler_steps=upsampler_steps, eta=eta, upsampler_eta=eta,
-                              bar=bar)
-        return _finish(out, return_intermediates, z_t=text["embeds"], z_i=z_i)
+        self._check_fits(len(expanded), copies=1 + int(return_intermediates))
+        chunk = (MAX_BATCH_PER_DEVICE * self.num_devices if max_batch is None
+                 else _check_count("max_batch", max_batch))
+        starts = range(0, len(expanded), chunk)
+        parts = []
+        with self._bar(self._num_stages(use_prior) * len(starts), "generate") as bar:
+            for start in starts:
+                self._offset = start          # example keys: positions in the whole request
+                try:
+                    _stage_bar(bar, "clip+prior")
+                    text = self.encode_text(expanded[start:start + chunk])
+                    if use_prior:
+                        z_i = self.prior_sample(text, key, steps=prior_steps,
+                                                guidance=prior_guidance, best_of=prior_best_of,
+                                                temperature=prior_temperature)
+                        z_i = self._finite(self.prior_stage.name, z_i)
+                    else:   # §5.1: z_t in place of z_i (zero-shot, or a decoder trained on z_t)
+                        z_i = text["embeds"]
+                    out = self.decode(z_i, key, text=text, decoder_steps=decoder_steps,
+                                      decoder_guidance=decoder_guidance,
+                                      upsampler_steps=upsampler_steps, eta=eta,
+                                      upsampler_eta=eta, bar=bar)
+                finally:
+                    self._offset = 0
+                parts.append(_finish(out, return_intermediates, z_t=text["embeds"], z_i=z_i))
+        if not return_intermediates:
+            return np.concatenate(parts)
+        return (np.concatenate([p[0] for p in parts]),
+                {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]})
+
+    def _check_fits(self, n: int, copies: int = 1) -> None:
+        """UserError when `n` final images (uint8, `copies` times) exceed the free memory."""
+        size = self.image_size(next(
+            s for s in ("upsampler2", "upsampler1", "decoder")
+            if s in self.stages and (s == "decoder" or not self._is_final_only(s))))
+        need = n * size * size * 3 * copies
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return
+        if need > 0.8 * free:
+            fit = max(1, int(0.8 * free // (size * size * 3 * copies)))
+            raise UserError(f"{n} images of {size}×{size} need {need / 2**30:.1f} GiB for the "
+                            f"results alone but {free / 2**30:.1f} GiB of memory is free; ask "
+                            f"for at most {fit} images per run")
 
     # ------------------------------------------------------------------ manipulations
     def _load_images(self, images, size: int | None = None) -> np.ndarray:
@@ -739,6 +776,9 @@ def _one_image(image):
 
 def _fractions(n: int) -> jnp.ndarray:
     return jnp.linspace(0.0, 1.0, n) if n > 1 else jnp.zeros((1,))
+
+
+MAX_BATCH_PER_DEVICE = 64      # `generate` samples at most this many images per device at once
 
 
 def _check_count(name: str, n) -> int:
