@@ -567,3 +567,55 @@ def test_help(script):
     proc = launch(script, "--help")
     assert proc.returncode == 0 and proc.stdout.startswith(f"Usage: launch/{script}")
     assert "--dry-run" in proc.stdout
+
+
+def _python310():
+    import shutil
+    for cand in ["python3.10", os.path.expanduser("~/.pyenv/versions/3.10.13/bin/python3.10")]:
+        path = shutil.which(cand) or (cand if os.path.isfile(cand) else None)
+        if path and subprocess.run([path, "-c", "import sys; assert sys.version_info[:2] == "
+                                    "(3, 10)"], capture_output=True).returncode == 0:
+            return path
+    return None
+
+
+@pytest.mark.slow
+def test_tpu_worker_install_runs_on_a_python_310_image(tmp_path):
+    """The workers' install command, run here as on a TPU VM image whose python3 is 3.10 and
+    which has no uv: pip installs uv, uv makes a 3.11 venv and installs the project into it
+    (dependencies skipped through uv's own config: they are jax[tpu] and friends, gigabytes).
+    A 3.10 venv is refused by setup.py, which is why the script does not use the image's
+    Python. Needs PyPI (uv, setuptools) and a local python3.10 and 3.11."""
+    py310 = _python310()
+    if py310 is None:
+        pytest.skip("no python3.10 here")
+    proc = launch("tpu_pod.sh", "--dry-run", *_replace(_replace(TPU_ARGS, "--repo", REPO),
+                                                       "--ref", "main"))
+    install = next(c for c in commands(proc.stdout) if c[4] == "ssh")
+    cmd = next(a for a in install if a.startswith("--command="))[len("--command="):]
+    home, shim = tmp_path / "home", tmp_path / "image-bin"
+    home.mkdir()
+    shim.mkdir()
+    os.symlink(py310, shim / "python3")             # the image's python3
+    (tmp_path / "uv.toml").write_text("[pip]\nno-deps = true\n")
+    path = ":".join(p for p in os.environ["PATH"].split(":")
+                    if not os.path.exists(os.path.join(p, "uv")))
+    env = dict(clean_env(), HOME=str(home), PATH=f"{shim}:{path}",
+               UV_CONFIG_FILE=str(tmp_path / "uv.toml"), PIP_DISABLE_PIP_VERSION_CHECK="1")
+    run = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert (home / ".local" / "bin" / "uv").exists()          # installed by the image's pip
+    venv_py = home / "unclip-venv" / "bin" / "python"
+    out = subprocess.run([str(venv_py), "-c", "import sys, unclip_jax; "
+                          "print(sys.version_info[:2], unclip_jax.__file__)"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.stdout.startswith("(3, 11)"), out.stdout + out.stderr
+    assert str(home / "unclip-jax") in out.stdout              # the worker's clone, editable
+    uv = str(home / ".local" / "bin" / "uv")
+    subprocess.run([uv, "venv", "--quiet", "--python", py310, str(tmp_path / "v310")],
+                   env=env, check=True, capture_output=True)
+    refused = subprocess.run([uv, "pip", "install", "--python", str(tmp_path / "v310/bin/python"),
+                              "-e", str(home / "unclip-jax")], env=env, capture_output=True,
+                             text=True)
+    assert refused.returncode != 0 and "3.11" in refused.stderr, refused.stderr[-2000:]
