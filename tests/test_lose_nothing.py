@@ -42,7 +42,8 @@ def run10(tmp_path_factory, devices8):
     (dict(grad_clip=0.0), r"config train\.grad_clip is 1\.0 in the checkpoint and 0\.0 now"),
 ])
 def test_changed_config_stops_naming_the_difference_and_deletes_nothing(run10, devices8,
-                                                                         change, expect):
+                                                                         change, expect,
+                                                                         caplog):
     before = snapshot(run10)
     cfg = train_toy.toy_config(steps=20, **change)
     with pytest.raises(CheckpointError, match=expect) as err:
@@ -50,6 +51,7 @@ def test_changed_config_stops_naming_the_difference_and_deletes_nothing(run10, d
     msg = str(err.value)
     assert "\n" not in msg and "nothing was deleted" in msg and "step 10" in msg
     assert snapshot(run10) == before          # no step removed, no file changed or added
+    assert not [r for r in caplog.records if r.levelno >= 30]   # the one line stands alone
 
 
 def test_damaged_finalised_step_stops_without_deleting(tmp_path, run10, devices8):

@@ -193,8 +193,14 @@ class Checkpointer:
         return f"cannot restore {where} ({type(error).__name__}: {msg}); {self._fix(step)}"
 
     def _saved_tree(self, step: int) -> dict[str, tuple]:
-        with ocp.StandardCheckpointer() as ckptr:
-            meta = ckptr.metadata(paths.join(self.directory, str(step), "state"))
+        absl = logging.getLogger("absl")
+        level = absl.level
+        absl.setLevel(logging.ERROR)   # an item directory has no step metadata: Orbax says so
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                meta = ckptr.metadata(paths.join(self.directory, str(step), "state"))
+        finally:
+            absl.setLevel(level)
         tree = getattr(meta, "item_metadata", meta)
         tree = getattr(tree, "tree", tree)
         if not tree:
