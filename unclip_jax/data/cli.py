@@ -23,7 +23,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from unclip_jax import paths
     start = time.time()
+    args.data_dir = paths.resolve(args.data_dir, "--data_dir")     # local or gs://
     if args.kind == "shapes":
         from unclip_jax.data import shapes
         builder = shapes.build(args.data_dir, args.config)

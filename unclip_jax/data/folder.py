@@ -184,19 +184,20 @@ class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):
 def build(source: str, data_dir: str, image_size: int = 256, min_size: int = 64,
           verbose: bool = True) -> dict[str, int]:
     """Build `image_caption_folder` from `source` into `data_dir`; returns (and prints) counts."""
-    from unclip_jax import atomic
+    from unclip_jax import atomic, paths
     pairs = list_pairs(source)  # validates the source early with a clear message
-    existed = os.path.exists(data_dir)
+    data_dir = paths.resolve(data_dir, "--data_dir")      # local or gs://
+    existed = paths.exists(data_dir)
     builder = ImageCaptionFolder(data_dir=data_dir, source=source, image_size=image_size,
                                  min_size=min_size)
-    counts_file = os.path.join(builder.data_dir, "build_counts.json")
-    source_file = os.path.join(builder.data_dir, "build_source.json")
+    counts_file = paths.join(str(builder.data_dir), "build_counts.json")
+    source_file = paths.join(str(builder.data_dir), "build_source.json")
     origin = {"source": os.path.abspath(source), "image_size": int(image_size),
               "min_size": int(min_size), "files": len(pairs),
               "fingerprint": source_fingerprint(pairs)}
-    if builder.is_prepared() and os.path.isfile(counts_file):
-        if os.path.isfile(source_file):
-            with open(source_file) as f:
+    if builder.is_prepared() and paths.isfile(counts_file):
+        if paths.isfile(source_file):
+            with paths.open(source_file) as f:
                 built = json.load(f)
             if built != origin:
                 what = ("another source" if built.get("source") != origin["source"] else
@@ -207,7 +208,7 @@ def build(source: str, data_dir: str, image_size: int = 256, min_size: int = 64,
                                 f"{what} ({built.get('source')}, {built.get('files')} files, "
                                 f"image_size {built.get('image_size')}); pass another "
                                 "--data_dir, or delete that directory to rebuild")
-        with open(counts_file) as f:
+        with paths.open(counts_file) as f:
             counts = json.load(f)
     else:
         try:
@@ -216,8 +217,7 @@ def build(source: str, data_dir: str, image_size: int = 256, min_size: int = 64,
             if "No examples were yielded" not in str(e):
                 raise
             if not existed:                      # leave no empty dataset tree behind
-                import shutil
-                shutil.rmtree(data_dir, ignore_errors=True)
+                paths.rmtree(data_dir)
             found = ", ".join(f"{k}={v}" for k, v in builder.counts.items())
             raise UserError(f"no usable image–caption pair in {source} ({found}); every image "
                             "needs a readable caption and at least --min_size pixels") from None
