@@ -33,6 +33,15 @@ def tiny_decoder():
     return cfg
 
 
+def tiny_upsampler():
+    cfg = shapes.get_config("upsampler1")
+    with cfg.unlocked():
+        cfg.model.update(dict(model_channels=8, channel_mult=(1, 2), norm_groups=4,
+                              image_size=16))
+        cfg.data.update(dict(image_size=16, low_res_size=4, crop_size=8))
+    return cfg
+
+
 def test_modes_same_loss_params_and_samples(devices8):
     w = build_workload(tiny_prior(), batch_size=8)
     placed, check = run.compare_modes(w, devices8, modes_lib.MODES, loop_steps=1)
@@ -79,15 +88,16 @@ def _our_params(model, inputs):
                            **inputs)["params"])))
 
 
-@pytest.mark.parametrize("make", [tiny_prior, tiny_decoder])
+@pytest.mark.parametrize("make", [tiny_prior, tiny_decoder, tiny_upsampler])
 def test_torch_twins_have_matching_parameter_counts(make):
     from unclip_jax.bench import torch_ref
     from unclip_jax.train.stages import get_stage
     cfg = make()
     stage = get_stage(cfg.stage)
     ours = _our_params(stage.build_model(cfg), stage.init_inputs(cfg))
-    modules = ([torch_ref.torch_prior(cfg.model)] if cfg.stage == "prior"
-               else list(torch_ref.torch_decoder(cfg.model)))
+    modules = {"prior": lambda m: [torch_ref.torch_prior(m)],
+               "decoder": lambda m: list(torch_ref.torch_decoder(m)),
+               "upsampler1": lambda m: [torch_ref.torch_upsampler(m)]}[cfg.stage](cfg.model)
     theirs = torch_ref.count_torch_params(*modules)
     assert abs(theirs / ours - 1) < 0.05, (ours, theirs)
 
@@ -120,3 +130,37 @@ def test_cli_rejects_unknown_mode(capsys):
     from unclip_jax.cli import main
     assert main(["bench", "--modes", "pmap,zero3", "--no-torch"]) == 2
     assert "choose a comma-separated subset of pmap,dp,fsdp" in capsys.readouterr().err
+
+
+@pytest.mark.slow       # three SPMD compiles of a UNet: minutes on 2 cores
+def test_upsampler_modes_agree_and_sample_the_whole_image(devices8):
+    """The upsampler trains on crops and samples the full image from its low-res version;
+    pmap, dp and fsdp agree on both."""
+    w = build_workload(tiny_upsampler(), batch_size=8)
+    assert w.batch["image"].shape == (8, 8, 8, 3) and w.batch["low_res"].shape == (8, 2, 2, 3)
+    placed, check = run.compare_modes(w, devices8, ("pmap", "dp", "fsdp"), loop_steps=2)
+    for m in ("dp", "fsdp"):
+        assert check[m]["param_diff"] < 1e-5 and check[m]["sample_diff"] < 1e-4
+    out = modes_lib.sample_output(placed["dp"], placed["dp"].compile_sample(2)(
+        placed["dp"].params, placed["dp"].sample_inputs))
+    assert out.shape == (8, 16, 16, 3) and np.all(np.isfinite(out))
+
+
+def test_torch_comparison_interleaves_both_thread_counts(devices8):
+    """Every runner (JAX, PyTorch with all cores, PyTorch with one thread) is timed the same
+    number of times for every program; ratios are the medians' quotients; the load average
+    and the spread are reported and rendered."""
+    from unclip_jax.bench import report
+    w = build_workload(tiny_upsampler(), batch_size=2)
+    t = run.torch_comparison(w, devices8[0], None, warmup=1, iters=2, loop_steps=2,
+                             thread_counts=(2, 1))
+    assert set(t["torch"]) == {"torch_2t", "torch_1t"}
+    for name, parts in t["torch"].items():
+        for part, m in parts.items():
+            assert m["runs"] == 2 and m["min"] <= m["seconds"] <= m["max"]
+            assert t["time_ratio_jax_over_torch"][name][part] == pytest.approx(
+                t["jax_1device"][part]["seconds"] / m["seconds"])
+    assert set(t["load_average_1min"]) == {"before", "after"}
+    table = report.torch_table(t)
+    assert "PyTorch 1 thread(s) ms" in table and "JAX / PyTorch 2t" in table
+    assert table.count("\n| sample_loop (2 steps) |") == 1

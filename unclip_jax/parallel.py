@@ -123,6 +123,46 @@ def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> It
         yield mesh
 
 
+def active_batch_axes() -> tuple[str, ...]:
+    """The batch mesh axes (`BATCH_AXES`) of the mesh made current by `activate`, or () when no
+    such mesh is current (plain jit on one device, pmap)."""
+    get = getattr(jax.sharding, "get_abstract_mesh", None)
+    mesh = get() if get is not None else None
+    names = tuple(getattr(mesh, "axis_names", ()) or ())
+    return tuple(a for a in BATCH_AXES if a in names)
+
+
+def vmap_examples(fn: Callable, in_axes: Any = 0) -> Callable:
+    """`jax.vmap(fn, in_axes)` over the batch axis that keeps the batch split over devices.
+
+    `fn` sees one example (with a leading axis of 1 where it adds one itself). A plain `vmap`
+    of a function that contains sharding constraints replicates the mapped axis: every
+    constraint inside gets `None` for it, so XLA gathers the whole batch onto every device and
+    each of N data-parallel devices does all of the work. Here the mapped axis is named the
+    mesh's batch axes (`spmd_axis_name`), and inside `fn` no logical axis maps to those mesh
+    axes (the per-example 'batch' axis of size 1 and, under FSDP, activations' 'embed'), just
+    as in a batched program where 'batch' claims them first. Outside a mesh this is plain
+    `vmap`.
+    """
+    axes = active_batch_axes()
+    if not axes:
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def without_batch_axes(target):
+        kept = tuple(a for a in ((target,) if isinstance(target, str) else target or ())
+                     if a not in axes)
+        return kept[0] if len(kept) == 1 else (kept or None)
+
+    inner = tuple((name, without_batch_axes(target))
+                  for name, target in nn.get_logical_axis_rules())
+
+    def one(*args):
+        with nn.logical_axis_rules(list(inner)):
+            return fn(*args)
+
+    return jax.vmap(one, in_axes=in_axes, spmd_axis_name=axes)
+
+
 def logical_shardings(abstract_tree: Any, mesh: Mesh,
                       rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
     """NamedShardings for a (boxed, possibly abstract) tree made with logical partitioning.

@@ -244,8 +244,9 @@ def upscale_low_res(low_res, size: int, method: str | None):
 
 
 def upsample(params, model, diffusion_cfg, low_res, key, *, sched: Schedule, size: int,
-             ddim: bool, eta: float, final: tuple | None = None):
+             ddim: bool, eta: float, final: tuple | None = None, x_T=None):
     """Upsampler: low_res [B, s, s, 3] (clean, the previous stage's output) → [B, size, size, 3].
+    `x_T` [B, size, size, 3]: the starting noise (default: drawn from `key`).
 
     `diffusion_cfg.low_res_upscale` (optional) resizes low_res to `size` before the model.
     `final` = (params, model, last_timestep): a second UNet of the same resolution that runs
@@ -260,4 +261,4 @@ def upsample(params, model, diffusion_cfg, low_res, key, *, sched: Schedule, siz
         fn = super_res_model_fn(fn, unet_model_fn(last_params, last_model, low_res=low_res),
                                 last_t)
     shape = (low_res.shape[0], size, size, low_res.shape[-1])
-    return image_sample(fn, diffusion_cfg, sched, shape, key, ddim=ddim, eta=eta)
+    return image_sample(fn, diffusion_cfg, sched, shape, key, ddim=ddim, eta=eta, x_T=x_T)

@@ -124,25 +124,71 @@ def benchmark_stage(w: Workload, devices: Sequence[jax.Device], *, mode_names=mo
 
 
 def torch_comparison(w: Workload, device: jax.Device, peak: float | None, *, warmup: int,
-                     iters: int, loop_steps: int) -> dict:
-    """JAX (jit, one device) vs diffusers (PyTorch CPU) on the same batch and config."""
+                     iters: int, loop_steps: int, thread_counts: Sequence[int] | None = None
+                     ) -> dict:
+    """JAX (jit, one device: XLA's thread pool over all cores) vs diffusers (PyTorch CPU) on
+    the same batch and config, PyTorch once with as many threads as the machine has cores and
+    once with one.
+
+    Fair by construction: after `warmup` calls of each, the runners take turns (JAX, PyTorch
+    with N threads, PyTorch with 1 thread, JAX, ...) for `iters` rounds, so a change of load
+    during the run hits all of them alike. Reported per runner and program: median, min and
+    max seconds; ratios are JAX median / PyTorch median; the 1-minute load average before and
+    after the run says whether the machine was idle.
+    """
     import torch
 
     from unclip_jax.bench.torch_ref import TorchWorkload
-    threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    cores = os.cpu_count() or 1
+    thread_counts = list(dict.fromkeys(thread_counts or (cores, 1)))
+    load_before = os.getloadavg()[0]
     batch_size = len(w.batch["key_data"])
     jax_mode = modes_lib.setup(w, [device], "dp")
-    ours = time_mode(jax_mode, batch_size, peak, warmup=warmup, iters=iters,
-                     loop_steps=loop_steps)
-    del jax_mode
-    tw = TorchWorkload(w.config, w.batch)
-    theirs = {"train": {"seconds": measure.median(measure.time_calls(
-        tw.train_step, warmup=warmup, iters=iters))}}
+    tw = TorchWorkload(w.config, w.batch, w.sample_inputs)
+
+    def jax_train():
+        jax_mode.params, jax_mode.opt_state, loss = jax_mode.train(
+            jax_mode.params, jax_mode.opt_state, jax_mode.batch)
+        jax.block_until_ready(loss)
+
+    compiled = {steps: jax_mode.compile_sample(steps) for steps in (1, loop_steps)}
+    jax_programs = {"train": jax_train}
+    torch_programs = {"train": tw.train_step}
     for key, steps in (("sample_step", 1), ("sample_loop", loop_steps)):
-        theirs[key] = {"seconds": measure.median(measure.time_calls(
-            lambda: tw.sample(steps), warmup=warmup, iters=iters)), "steps": steps}
-    ratios = {k: ours[k]["seconds"] / theirs[k]["seconds"] for k in theirs}
-    return {"torch_threads": threads, "torch_version": torch.__version__,
+        jax_programs[key] = (lambda c: lambda: jax.block_until_ready(
+            c(jax_mode.params, jax_mode.sample_inputs)))(compiled[steps])
+        torch_programs[key] = (lambda n: lambda: tw.sample(n))(steps)
+
+    runners = {"jax": (None, jax_programs)}
+    runners.update({f"torch_{n}t": (n, torch_programs) for n in thread_counts})
+    times = {r: {k: [] for k in jax_programs} for r in runners}
+    for part in jax_programs:
+        for name, (threads, programs) in runners.items():
+            if threads is not None:
+                torch.set_num_threads(threads)
+            for _ in range(warmup):
+                programs[part]()
+        for _ in range(iters):
+            for name, (threads, programs) in runners.items():
+                if threads is not None:
+                    torch.set_num_threads(threads)
+                times[name][part] += measure.time_calls(programs[part], warmup=0, iters=1)
+    torch.set_num_threads(cores)
+
+    def stats(ts):
+        return {"seconds": measure.median(ts), "min": min(ts), "max": max(ts), "runs": len(ts)}
+
+    steps_of = {"train": None, "sample_step": 1, "sample_loop": loop_steps}
+    ours = {}
+    for part, ts in times["jax"].items():
+        fn = jax_mode.train if part == "train" else compiled[steps_of[part]]
+        ours[part] = {**_rates(measure.device_flops(fn), measure.median(ts), peak, batch_size),
+                      **stats(ts), "steps": steps_of[part]}
+    theirs = {name: {part: {**stats(ts), "steps": steps_of[part]} for part, ts in parts.items()}
+              for name, parts in times.items() if name != "jax"}
+    ratios = {name: {part: ours[part]["seconds"] / t[part]["seconds"] for part in t}
+              for name, t in theirs.items()}
+    return {"torch_threads": thread_counts, "cores": cores, "torch_version": torch.__version__,
             "params_ours": count_params(w.params), "params_torch": tw.num_params(),
+            "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
             "jax_1device": ours, "torch": theirs, "time_ratio_jax_over_torch": ratios}

@@ -47,17 +47,35 @@ def stage_table(r: dict) -> str:
                            for k, v in c.items() if isinstance(v, dict) and "loss_diff" in v))
     t = r.get("torch")
     if t:
-        lines += [f"\nPyTorch (diffusers) vs JAX jit on one device, torch threads "
-                  f"{t['torch_threads']}; parameters: ours {t['params_ours']:,}, diffusers "
-                  f"{t['params_torch']:,} ({t['params_torch'] / t['params_ours'] - 1:+.1%})",
-                  "| program | JAX ms | PyTorch ms | JAX / PyTorch time | JAX GFLOP/s | JAX of peak |",
-                  "|---|---|---|---|---|---|"]
-        for part, ratio in t["time_ratio_jax_over_torch"].items():
-            j = t["jax_1device"][part]
-            lines.append(f"| {part} | {j['seconds'] * 1e3:.1f} | "
-                         f"{t['torch'][part]['seconds'] * 1e3:.1f} | {ratio:.2f} | "
-                         f"{_g(j.get('flops_per_s_per_device'))} | "
-                         f"{'—' if j.get('fraction_of_peak') is None else format(j['fraction_of_peak'], '.1%')} |")
+        lines += ["", torch_table(t)]
+    return "\n".join(lines)
+
+
+def _ms(m: dict) -> str:
+    """'median (min–max)' in ms."""
+    return f"{m['seconds'] * 1e3:.1f} ({m['min'] * 1e3:.1f}–{m['max'] * 1e3:.1f})"
+
+
+def torch_table(t: dict) -> str:
+    """Markdown table of a `torch_comparison` result: medians with their range, ratios."""
+    names = list(t["torch"])
+    load = t["load_average_1min"]
+    lines = [f"PyTorch (diffusers {t['torch_version']}) vs JAX jit on one device; "
+             f"{t['cores']} cores; parameters: ours {t['params_ours']:,}, diffusers "
+             f"{t['params_torch']:,} ({t['params_torch'] / t['params_ours'] - 1:+.1%}); "
+             f"runs interleaved, {t['jax_1device']['train']['runs']} each; 1-min load average "
+             f"{load['before']:.2f} before, {load['after']:.2f} after",
+             "| program | JAX ms | " + " | ".join(f"PyTorch {n.split('_')[1].rstrip('t')} "
+                                                  f"thread(s) ms" for n in names)
+             + " | " + " | ".join(f"JAX / PyTorch {n.split('_')[1].rstrip('t')}t" for n in names)
+             + " | JAX GFLOP/s |",
+             "|---" * (3 + 2 * len(names)) + "|"]
+    for part, j in t["jax_1device"].items():
+        label = part if part == "train" else f"{part} ({j['steps']} steps)"
+        lines.append(f"| {label} | {_ms(j)} | "
+                     + " | ".join(_ms(t["torch"][n][part]) for n in names) + " | "
+                     + " | ".join(f"{t['time_ratio_jax_over_torch'][n][part]:.2f}" for n in names)
+                     + f" | {_g(j.get('flops_per_s_per_device'))} |")
     return "\n".join(lines)
 
 

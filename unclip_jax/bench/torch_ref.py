@@ -7,6 +7,9 @@ the same CPU for a side-by-side ratio.
            level as our attention resolutions say, UNetMidBlock2DSimpleCrossAttn, scale-shift
            norm, same channels, blocks, head width, groups) + `UnCLIPTextProjModel` for the
            z_i → time-embedding / context-token conditioning ↔ `models.unet.UNet`
+  upsampler  `UNet2DModel` (ResnetDownsampleBlock2D / ResnetUpsampleBlock2D, a mid block
+           without attention, scale-shift norm) on [x_t; bilinear-upsampled low_res] (6 input
+           channels) ↔ the conv-only `models.unet.UNet` with `low_res_channels=3`
 
 Training step: forward on the noised batch, MSE (on x0 for the prior, on ε for the decoder —
 our decoder's hybrid loss adds a VLB term whose cost is negligible beside the UNet),
@@ -80,6 +83,24 @@ def torch_decoder(model_cfg):
     return unet, text_proj
 
 
+def torch_upsampler(model_cfg):
+    """`UNet2DModel` matching an upsampler `model` section (no attention anywhere)."""
+    from diffusers import UNet2DModel
+    from unclip_jax.models.unet import UNet
+    ours = UNet.from_config(model_cfg)
+    _require(ours.low_res_channels > 0 and not ours.attention_resolutions,
+             "the PyTorch upsampler twin covers the conv-only upsamplers "
+             "(configs/shapes.py:upsampler1 or :upsampler2)")
+    levels, mc = len(ours.channel_mult), ours.model_channels
+    return UNet2DModel(
+        sample_size=ours.image_size, in_channels=ours.in_channels + ours.low_res_channels,
+        out_channels=ours.out_channels, block_out_channels=tuple(mc * k for k in ours.channel_mult),
+        layers_per_block=ours.num_res_blocks, down_block_types=("ResnetDownsampleBlock2D",) * levels,
+        up_block_types=("ResnetUpsampleBlock2D",) * levels, mid_block_type="UNetMidBlock2D",
+        add_attention=False, resnet_time_scale_shift="scale_shift" if ours.use_scale_shift_norm
+        else "default", norm_num_groups=ours.norm_groups, dropout=ours.dropout)
+
+
 def count_torch_params(*modules) -> int:
     return int(sum(p.numel() for m in modules for p in m.parameters()))
 
@@ -95,25 +116,35 @@ class TorchWorkload:
     """Train step and guided sampler of the PyTorch twin of a stage config for a host batch
     (the `Workload.batch` dict: numpy, NHWC images)."""
 
-    def __init__(self, config, batch: dict, seed: int = 0):
+    def __init__(self, config, batch: dict, sample_inputs: dict | None = None, seed: int = 0):
         import torch
         torch.manual_seed(seed)
         self.torch = torch
         self.stage = config.stage
         self.config = config
         t = lambda k: torch.from_numpy(np.ascontiguousarray(batch[k]))
+        nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
         self.B = len(batch["key_data"])
-        self.text_states, self.text_mask = t("text_states"), t("text_mask")
-        self.z_i = t("z_i")
-        if self.stage == "prior":
+        if self.stage in ("upsampler1", "upsampler2"):
+            self.modules = [torch_upsampler(config.model)]
+            self.x0, self.low_res = nchw(batch["image"]), nchw(batch["low_res"])
+            self.sample_x0 = nchw(sample_inputs["x_T"])
+            self.sample_low_res = nchw(sample_inputs["low_res"])
+            predict = "v_prediction" if config.diffusion.predict == "v" else "epsilon"
+        elif self.stage == "prior":
+            self.text_states, self.text_mask = t("text_states"), t("text_mask")
+            self.z_i = t("z_i")
             self.modules = [torch_prior(config.model)]
             self.z_t = t("z_t")
             self.x0 = self.z_i * float(config.model.get("embed_scale", 1.0))
             predict = "sample"
         else:
+            self.text_states, self.text_mask = t("text_states"), t("text_mask")
+            self.z_i = t("z_i")
             self.modules = list(torch_decoder(config.model))
             self.x0 = t("image").permute(0, 3, 1, 2).contiguous()
             predict = "epsilon"
+        self.predict = predict
         for m in self.modules:
             m.train()
         tc = config.train
@@ -128,9 +159,14 @@ class TorchWorkload:
         return count_torch_params(*self.modules)
 
     # ---------------------------------------------------------------------- model calls
-    def _forward(self, x_t, t, doubled: bool):
-        """Model output for x_t [(2)B, ...]; `doubled` = rows [:B] cond, [B:] uncond."""
+    def _forward(self, x_t, t, doubled: bool, low_res=None):
+        """Model output for x_t [(2)B, ...]; `doubled` = rows [:B] cond, [B:] uncond.
+        Upsamplers take `low_res` (NCHW) instead, resized bilinearly to x_t's size."""
         torch = self.torch
+        if low_res is not None:
+            up = torch.nn.functional.interpolate(low_res, size=x_t.shape[-2:], mode="bilinear",
+                                                 align_corners=False)
+            return self.modules[0](torch.cat([x_t, up], 1), t).sample
         two = (lambda a: torch.cat([a, a])) if doubled else (lambda a: a)
         if self.stage == "prior":
             out = self.modules[0](x_t, t, proj_embedding=two(self.z_t),
@@ -152,8 +188,13 @@ class TorchWorkload:
         t = torch.randint(0, int(self.config.diffusion.timesteps), (self.B,))
         noise = torch.randn_like(self.x0)
         x_t = self.sched.add_noise(self.x0, noise, t)
-        out = self._forward(x_t, t, doubled=False)
-        target = self.x0 if self.stage == "prior" else noise
+        out = self._forward(x_t, t, doubled=False, low_res=getattr(self, "low_res", None))
+        if self.stage == "prior":
+            target = self.x0
+        elif self.predict == "v_prediction":
+            target = self.sched.get_velocity(self.x0, noise, t)
+        else:
+            target = noise
         loss = torch.mean((out[:, :target.shape[1]] - target) ** 2)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -163,9 +204,17 @@ class TorchWorkload:
         return float(loss.detach())
 
     def sample(self, steps: int):
-        """Guided DDIM (η = 0) over `steps` steps from fixed noise → x0."""
+        """Guided DDIM (η = 0) over `steps` steps from fixed noise → x0 (upsamplers: unguided,
+        the whole image from its low-res version)."""
         torch = self.torch
         self.sched.set_timesteps(steps)
+        if hasattr(self, "low_res"):
+            x = self.sample_x0.clone()
+            with torch.no_grad():
+                for t in self.sched.timesteps:
+                    out = self._forward(x, t.repeat(self.B), False, self.sample_low_res)
+                    x = self.sched.step(out, t, x).prev_sample
+            return x
         x = torch.randn_like(self.x0, generator=torch.Generator().manual_seed(1))
         c = self.x0.shape[1]
         with torch.no_grad():

@@ -25,9 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unclip_jax import parallel
 from unclip_jax.errors import UserError
 
-STAGES = ("prior", "decoder")
+STAGES = ("prior", "decoder", "upsampler1", "upsampler2")
+UPSAMPLERS = ("upsampler1", "upsampler2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +72,20 @@ def bench_config(config):
 def synthetic_batch(config, batch_size: int, seed: int = 0) -> dict:
     """Random training batch for the stage (numpy; shapes from config.model / config.data).
 
-    prior:   z_i, z_t [B, D]; text_states [B, L, W]; text_mask [B, L]
-    decoder: image [B, S, S, 3] in [-1, 1] plus the prior's conditioning keys
-    Both also carry key_data [B, 2] uint32 (one PRNG key per example).
+    prior:      z_i, z_t [B, D]; text_states [B, L, W]; text_mask [B, L]
+    decoder:    image [B, S, S, 3] in [-1, 1] plus the prior's conditioning keys
+    upsamplers: image [B, c, c, 3] (the training crop c = data.crop_size or S) and low_res
+                [B, c/r, c/r, 3] (r = S / data.low_res_size), both in [-1, 1]
+    All carry key_data [B, 2] uint32 (one PRNG key per example).
     """
     m = config.model
     rng = np.random.default_rng(seed)
+    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(seed), batch_size)))
+    if config.stage in UPSAMPLERS:
+        S, low = int(config.data.image_size), int(config.data.low_res_size)
+        crop = int(config.data.get("crop_size", 0) or S)
+        image = lambda n: rng.uniform(-1, 1, (batch_size, n, n, 3)).astype(np.float32)  # noqa: E731
+        return {"image": image(crop), "low_res": image(crop * low // S), "key_data": keys}
     D, L, W = int(m.embed_dim), int(m.text_len), int(m.text_width)
     unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
     lengths = rng.integers(1, L + 1, batch_size)
@@ -87,8 +97,7 @@ def synthetic_batch(config, batch_size: int, seed: int = 0) -> dict:
         S = int(config.data.image_size)
         batch["image"] = rng.uniform(-1, 1, (batch_size, S, S, 3)).astype(np.float32)
         del batch["z_t"]
-    keys = jax.random.split(jax.random.key(seed), batch_size)
-    batch["key_data"] = np.asarray(jax.random.key_data(keys))
+    batch["key_data"] = keys
     return batch
 
 
@@ -105,7 +114,7 @@ def per_example_loss(stage, model, config, extras=None) -> Callable:
             example = jax.tree.map(lambda a: a[None], example)
             return stage.loss(params, example, key, model, config, extras)[0]
 
-        return jnp.mean(jax.vmap(one)(data, keys))
+        return jnp.mean(parallel.vmap_examples(one)(data, keys))
 
     return loss_fn
 
@@ -130,6 +139,10 @@ def _sample_fn(config, model) -> Callable:
 
     def sample(params, inputs, steps: int):
         sched = schedules.from_config(d, str(steps))
+        if config.stage in UPSAMPLERS:
+            return sampling.upsample(params, model, d, inputs["low_res"], None, sched=sched,
+                                     size=inputs["x_T"].shape[1], ddim=True, eta=0.0,
+                                     x_T=inputs["x_T"])
         if config.stage == "prior":
             fn = prior_model_fn({"params": params}, model, inputs["z_t"], inputs["text_states"],
                                 inputs["text_mask"], guidance_scale=scale,
@@ -159,13 +172,25 @@ def build_workload(config, batch_size: int, seed: int = 0) -> Workload:
 
     params = jax.tree.map(np.asarray, nn.meta.unbox(jax.jit(boxed_init)()))
     batch = synthetic_batch(config, batch_size, seed)
-    rng = np.random.default_rng(seed + 1)
-    cond = ("z_i",) if config.stage == "decoder" else ("z_t",)
-    sample_inputs = {k: batch[k] for k in cond + ("text_states", "text_mask")}
-    x_shape = batch["image"].shape if "image" in batch else batch["z_i"].shape
-    sample_inputs["x_T"] = rng.standard_normal(x_shape).astype(np.float32)
+    sample_inputs = sampling_inputs(config, batch, seed + 1)
     return Workload(config.stage, config, model, tx, boxed_init, params, batch, sample_inputs,
                     per_example_loss(stage, model, config), _sample_fn(config, model))
+
+
+def sampling_inputs(config, batch: dict, seed: int) -> dict:
+    """Conditioning and x_T for the guided sampler. Upsamplers sample the WHOLE image
+    (x_T [B, S, S, 3] from low_res [B, S/r, S/r, 3]), not the training crop."""
+    rng = np.random.default_rng(seed)
+    if config.stage in UPSAMPLERS:
+        B, S = len(batch["key_data"]), int(config.data.image_size)
+        low = int(config.data.low_res_size)
+        return {"low_res": rng.uniform(-1, 1, (B, low, low, 3)).astype(np.float32),
+                "x_T": rng.standard_normal((B, S, S, 3)).astype(np.float32)}
+    cond = ("z_i",) if config.stage == "decoder" else ("z_t",)
+    inputs = {k: batch[k] for k in cond + ("text_states", "text_mask")}
+    x_shape = batch["image"].shape if "image" in batch else batch["z_i"].shape
+    inputs["x_T"] = rng.standard_normal(x_shape).astype(np.float32)
+    return inputs
 
 
 def count_params(params) -> int:
