@@ -99,11 +99,15 @@ def run_py(gcs, code_or_args, cwd, timeout=600, check=True):
     return proc
 
 
-def test_path_layer_round_trip(gcs, tmp_path):
-    """paths.* on gs:// and local: write, read, list, copy a tree both ways, remove."""
+def test_path_layer_and_checkpointer_on_gcs(gcs, tmp_path):
+    """paths.* on gs:// (write, read, list, copy trees both ways, remove), then the training
+    Checkpointer: it saves and restores steps on gs://, and a step without Orbax's
+    commit_success.txt (a save killed before it finished) is not restored, and is removed."""
     code = f"""
 import json, os
+import jax.numpy as jnp, ml_collections as mlc
 from unclip_jax import paths
+from unclip_jax.train.checkpoint import Checkpointer
 root = "gs://{BUCKET}/layer"
 paths.makedirs(root)
 paths.write_text(paths.join(root, "a", "x.txt"), "hello")
@@ -122,15 +126,43 @@ with paths.local_copy(paths.join(root, "up")) as d:
     assert open(os.path.join(d, "a", "x.txt")).read() == "hello"
 paths.rmtree(paths.join(root, "up"))
 assert not paths.exists(paths.join(root, "up", "a", "x.txt"))
+ck = Checkpointer("gs://{BUCKET}/ckpt-run", mlc.ConfigDict(dict(keep=5)))
+for step in (1, 2):
+    ck.save(step, {{"w": jnp.full((4,), float(step))}}, mlc.ConfigDict(dict(a=step)),
+            {{"pos": step}}, {{}})
+ck.close()
 print("ok")
 """
     out = run_py(gcs, code, cwd=tmp_path)
     assert out.stdout.strip().endswith("ok")
-    assert gcs.objects("layer/up/") == []       # (TF caches directory stats for 5 s: ask GCS)
     # the objects are really in the emulator's bucket, not in a local ./gs:/ directory
     assert "layer/a/x.txt" in gcs.objects("layer/")
     assert gcs.read("layer/a/x.txt") == b"hello"
+    assert gcs.objects("layer/up/") == []       # (TF caches directory stats for 5 s: ask GCS)
     assert not (tmp_path / "gs:").exists()
+    names = gcs.objects("ckpt-run/checkpoints/")
+    assert {"ckpt-run/checkpoints/1/commit_success.txt",
+            "ckpt-run/checkpoints/2/commit_success.txt"} <= set(names)
+    # make step 2 look like a save that was killed before Orbax marked it finished
+    quoted = urllib.parse.quote("ckpt-run/checkpoints/2/commit_success.txt", safe="")
+    urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{gcs.port}/storage/v1/b/{BUCKET}/o/{quoted}", method="DELETE"),
+        timeout=30).close()
+    restore = f"""
+import json, jax, jax.numpy as jnp, ml_collections as mlc
+from jax.sharding import SingleDeviceSharding
+from unclip_jax.train.checkpoint import Checkpointer
+ck = Checkpointer("gs://{BUCKET}/ckpt-run", mlc.ConfigDict(dict(keep=5)), async_save=False)
+abstract = {{"w": jax.ShapeDtypeStruct((4,), jnp.float32,
+                                      sharding=SingleDeviceSharding(jax.devices()[0]))}}
+step, state, config, data, extras = ck.restore_latest(abstract)
+ck.close()
+print(json.dumps({{"step": step, "w": state["w"].tolist(), "data": data}}))
+"""
+    out = json.loads(run_py(gcs, restore, cwd=tmp_path).stdout.strip().splitlines()[-1])
+    assert out == {"step": 1, "w": [1.0] * 4, "data": {"pos": 1}}
+    # removed (by Orbax's own clean-up of unfinished steps, or ours), so it can be re-saved
+    assert gcs.objects("ckpt-run/checkpoints/2/") == []
 
 
 def _prior_args(data, emb, steps):
