@@ -123,3 +123,59 @@ def test_bpe_merges_frequent_words_first():
     assert list(vocab.values()) == list(range(len(vocab)))
     again = train_bpe(["red star", "red red red circle"], 40)  # caption order does not matter
     assert again == (vocab, merges)
+
+
+def _clip_style_tokenizer_dir(tmp_path):
+    """A CLIP-layout tokenizer directory (byte-level BPE, <|startoftext|>/<|endoftext|>, pad =
+    end token, special tokens given as dicts) written by transformers itself."""
+    from tokenizers import Tokenizer as RustTokenizer, models, pre_tokenizers, processors, \
+        trainers, decoders
+    from transformers import PreTrainedTokenizerFast
+    rust = RustTokenizer(models.BPE(unk_token="<|endoftext|>"))
+    rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    rust.decoder = decoders.ByteLevel()
+    rust.train_from_iterator(CAPTIONS * 5, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|startoftext|>", "<|endoftext|>"]))
+    bos, eos = rust.token_to_id("<|startoftext|>"), rust.token_to_id("<|endoftext|>")
+    rust.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=rust, bos_token="<|startoftext|>",
+                                   eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+    fast.save_pretrained(str(tmp_path))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["built", "clip_style"])
+def test_tokenizers_backend_equals_transformers(kind, tok_dir, tmp_path):
+    """A directory with tokenizer.json is read by the `tokenizers` library alone; its ids,
+    masks (with truncation), special ids and decoding equal transformers' AutoTokenizer's."""
+    from unclip_jax.clip.tokenizer import FastTokenizerFile, load_hf_tokenizer
+    path = tok_dir if kind == "built" else _clip_style_tokenizer_dir(tmp_path)
+    ours = Tokenizer(path, CTX)
+    ref = Tokenizer(context_length=CTX, hf_tokenizer=load_hf_tokenizer(path))
+    assert isinstance(ours.hf, FastTokenizerFile)
+    caps = CAPTIONS + ["a red circle " * 10]
+    with pytest.warns(UserWarning, match="truncated"):
+        ids, mask = ours(caps)
+    with pytest.warns(UserWarning, match="truncated"):
+        ref_ids, ref_mask = ref(caps)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(mask, ref_mask)
+    assert ids[-1, -1] == ref.eos_token_id                 # cut, with the end token kept
+    assert (ours.eos_token_id, ours.pad_token_id, ours.vocab_size) == \
+        (ref.eos_token_id, ref.pad_token_id, ref.vocab_size)
+    assert sorted(ours.hf.all_special_ids) == sorted(ref.hf.all_special_ids)
+    assert ours.decode(ids[0]) == ref.decode(ref_ids[0])
+
+
+def test_sampling_tokenizer_does_not_import_transformers(tok_dir):
+    import subprocess
+    import sys
+    code = ("import sys; from unclip_jax.clip.tokenizer import Tokenizer; "
+            f"Tokenizer({tok_dir!r}, {CTX})(['a red circle']); "
+            "print('transformers' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    assert out == ["False", "False"]

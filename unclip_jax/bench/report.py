@@ -60,7 +60,7 @@ def torch_table(t: dict) -> str:
     """Markdown table of a `torch_comparison` result: medians with their range, ratios."""
     names = list(t["torch"])
     load = t["load_average_1min"]
-    lines = [f"PyTorch (diffusers {t['torch_version']}) vs JAX jit on one device; "
+    lines = [f"PyTorch {t['torch_version']} (diffusers models) vs JAX jit on one device; "
              f"{t['cores']} cores; parameters: ours {t['params_ours']:,}, diffusers "
              f"{t['params_torch']:,} ({t['params_torch'] / t['params_ours'] - 1:+.1%}); "
              f"runs interleaved, {t['jax_1device']['train']['runs']} each; 1-min load average "

@@ -53,24 +53,32 @@ def _check_captions(captions: Sequence[str]) -> list[str]:
     return captions
 
 
+def read_tokenizer_config(path: str) -> dict:
+    """tokenizer_config.json of a tokenizer directory ({} when absent), refusing a directory
+    that asks to run its own Python code (`auto_map`)."""
+    import json
+    config_path = os.path.join(path, "tokenizer_config.json")
+    if not os.path.isfile(config_path):
+        return {}
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_path} is not valid JSON ({e}); restore the tokenizer "
+                        "files") from None
+    if isinstance(cfg, dict) and cfg.get("auto_map"):
+        raise UserError(f"tokenizer directory {path} asks to run its own Python code "
+                        "('auto_map' in tokenizer_config.json); unclip-jax never runs code "
+                        "from a model directory — use a standard tokenizer (tokenizer.json)")
+    return cfg if isinstance(cfg, dict) else {}
+
+
 def load_hf_tokenizer(path: str):
     """`AutoTokenizer` from a local directory without ever running code from it: a
     tokenizer_config.json whose `auto_map` names the directory's own Python classes is refused
     (never prompted for, whatever stdin holds), and nothing is fetched from the network."""
+    read_tokenizer_config(path)
     from transformers import AutoTokenizer
-    config_path = os.path.join(path, "tokenizer_config.json")
-    if os.path.isfile(config_path):
-        import json
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                cfg = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{config_path} is not valid JSON ({e}); restore the tokenizer "
-                            "files") from None
-        if isinstance(cfg, dict) and cfg.get("auto_map"):
-            raise UserError(f"tokenizer directory {path} asks to run its own Python code "
-                            "('auto_map' in tokenizer_config.json); unclip-jax never runs code "
-                            "from a model directory — use a standard tokenizer (tokenizer.json)")
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False,
                                              local_files_only=True)
@@ -81,12 +89,71 @@ def load_hf_tokenizer(path: str):
                         "checkpoint)") from None
 
 
+class FastTokenizerFile:
+    """A directory's tokenizer.json through the `tokenizers` library alone — what
+    `transformers`' fast tokenizers wrap, without importing transformers (or torch): the
+    sampling path loads in milliseconds. Special tokens come from tokenizer_config.json
+    (and special_tokens_map.json), as transformers reads them.
+
+    Offers the part of the Hugging Face tokenizer interface `Tokenizer` uses: calling it on a
+    caption or a list of captions → {'input_ids': ids with the post-processor's special
+    tokens, untruncated}, the special ids, `decode`, `len`.
+    """
+
+    SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+    def __init__(self, path: str):
+        import json
+
+        from tokenizers import Tokenizer as RustTokenizer
+        cfg = read_tokenizer_config(path)
+        special_map = os.path.join(path, "special_tokens_map.json")
+        if os.path.isfile(special_map):
+            try:
+                with open(special_map, encoding="utf-8") as f:
+                    cfg = {**json.load(f), **cfg}
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise UserError(f"{special_map} is not valid JSON ({e}); restore the "
+                                "tokenizer files") from None
+        file = os.path.join(path, "tokenizer.json")
+        try:
+            self.rust = RustTokenizer.from_file(file)
+        except Exception as e:          # the Rust library raises its own Exception type
+            raise UserError(f"cannot read {file} ({str(e).splitlines()[0] if str(e) else e}); "
+                            "restore the tokenizer files") from None
+        self.rust.no_truncation()
+        self.rust.no_padding()
+        for name in self.SPECIALS:
+            setattr(self, f"{name}_id", self._id(cfg.get(name)))
+        added = self.rust.get_added_tokens_decoder()
+        self.all_special_ids = sorted({i for i, t in added.items() if t.special} |
+                                      {getattr(self, f"{n}_id") for n in self.SPECIALS} - {None})
+
+    def _id(self, token) -> int | None:
+        if isinstance(token, dict):
+            token = token.get("content")
+        return None if not isinstance(token, str) else self.rust.token_to_id(token)
+
+    def __len__(self) -> int:
+        return self.rust.get_vocab_size(with_added_tokens=True)
+
+    def __call__(self, text, **_) -> dict:
+        if isinstance(text, str):
+            return {"input_ids": self.rust.encode(text).ids}
+        return {"input_ids": [e.ids for e in self.rust.encode_batch(list(text))]}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.rust.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
 class Tokenizer:
     """Tokenise captions with a Hugging Face tokenizer directory to a fixed context length.
 
-    `path`: a directory loadable by `transformers.AutoTokenizer` (a CLIP checkpoint's
-    tokenizer files, or one written by `build_tokenizer`). Alternatively pass a loaded HF
-    tokenizer as `hf_tokenizer`.
+    `path`: a tokenizer directory (a CLIP checkpoint's tokenizer files, or one written by
+    `build_tokenizer`): with a tokenizer.json it is read by the `tokenizers` library alone
+    (`FastTokenizerFile`, no transformers import), otherwise by `transformers.AutoTokenizer`.
+    Alternatively pass a loaded HF tokenizer as `hf_tokenizer`. Both give the same ids:
+    "<bos> caption <eos>", cut to `context_length` keeping the end-of-text token last, padded.
     """
 
     def __init__(self, path: str | None = None, context_length: int = 77, hf_tokenizer=None):
@@ -95,7 +162,10 @@ class Tokenizer:
                 raise UserError(f"tokenizer directory {path!r} does not exist; pass a directory "
                                 "with tokenizer.json (e.g. from `build_tokenizer` or a CLIP "
                                 "checkpoint)")
-            hf_tokenizer = load_hf_tokenizer(path)
+            if os.path.isfile(os.path.join(path, "tokenizer.json")):
+                hf_tokenizer = FastTokenizerFile(path)
+            else:
+                hf_tokenizer = load_hf_tokenizer(path)
         if hf_tokenizer.pad_token_id is None:
             raise UserError("the tokenizer has no padding token; set `pad_token` in its "
                             "tokenizer_config.json")
@@ -131,10 +201,12 @@ class Tokenizer:
                 f"{len(over)} caption(s) longer than the context length {L} were truncated "
                 f"(up to {worst} tokens cut; caption {over[0][0]} lost {over[0][1]}); the "
                 "end-of-text token is kept", stacklevel=2)
-        enc = self.hf(captions, padding="max_length", truncation=True, max_length=L,
-                      return_tensors="np")
-        ids = np.asarray(enc["input_ids"], np.int32)
-        mask = np.asarray(enc["attention_mask"]).astype(bool)
+        ids = np.full((len(full), L), self.pad_token_id, np.int32)
+        mask = np.zeros((len(full), L), bool)
+        for i, row in enumerate(full):
+            row = row if len(row) <= L else row[:L - 1] + row[-1:]   # the end token stays last
+            ids[i, :len(row)] = row
+            mask[i, :len(row)] = True
         return ids, mask
 
     def _warn_unknown(self, captions: list[str], full_ids) -> None:
