@@ -115,3 +115,14 @@ print(json.dumps(len(list(__import__('pathlib').Path(runtime.cache_directory()).
     n1 = _python(code, UNCLIP_JAX_CACHE_DIR=str(tmp_path))
     n2 = _python(code, UNCLIP_JAX_CACHE_DIR=str(tmp_path))
     assert n1 >= 1 and n2 == n1       # nothing new written: the entry was reused
+
+
+def test_sampling_path_imports_neither_tensorflow_nor_transformers():
+    """Loading the bundled model and encoding a prompt (what `unclip-jax sample` does before
+    the diffusion stages) imports no TensorFlow, transformers or torch."""
+    code = ("import json, sys\nfrom unclip_jax import UnCLIP\nimport unclip_jax.pipeline_cli\n"
+            "m = UnCLIP.from_directory(progress=False, compile_cache=False)\n"
+            "m.encode_text(['a small red circle on the left'])\n"
+            "print(json.dumps(sorted(x for x in ('tensorflow', 'tensorflow_datasets', "
+            "'transformers', 'torch') if x in sys.modules)))")
+    assert _python(code) == []

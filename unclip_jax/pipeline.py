@@ -224,7 +224,7 @@ class UnCLIP:
     def text_conditioned_decoder(self) -> bool:
         """True for a decoder trained on the caption's z_t (data.decoder_embedding='text');
         `generate` then feeds it z_t and needs no prior."""
-        from unclip_jax.data.pipeline import decoder_embedding
+        from unclip_jax.conditioning import decoder_embedding
         return decoder_embedding(self.stages["decoder"].config.data) == "z_t"
 
     def image_size(self, stage: str) -> int:

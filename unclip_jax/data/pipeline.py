@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from unclip_jax.conditioning import decoder_embedding  # noqa: F401  (re-exported)
 from unclip_jax.data import degrade, sources
 from unclip_jax.data.embedding_files import EmbeddingStore
 from unclip_jax.errors import UserError
@@ -37,7 +38,6 @@ from unclip_jax.errors import UserError
 STAGES = ("clip", "prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
 EMBED_STAGES = ("prior", "ar_prior", "decoder")
 DEGRADATIONS = ("none", "blur", "bsr")
-DECODER_EMBEDDINGS = {"image": "z_i", "text": "z_t"}
 Batch = dict[str, np.ndarray]
 
 
@@ -228,16 +228,6 @@ def _resolve_tokenizer(config, tokenizer):
                         "set config.model.tokenizer to a tokenizer directory")
     from unclip_jax.clip.tokenizer import Tokenizer
     return Tokenizer(path, int(config.model.text.context_length))
-
-
-def decoder_embedding(data) -> str:
-    """The embedding a decoder is conditioned on, 'z_i' or 'z_t', from a config's `data`
-    section (`decoder_embedding`: 'image', the default, or 'text')."""
-    value = str(data.get("decoder_embedding", "image"))
-    if value not in DECODER_EMBEDDINGS:
-        raise UserError(f"data.decoder_embedding={value!r}; choose 'image' (unCLIP: z_i) or "
-                        "'text' (baseline: the caption's CLIP text embedding z_t)")
-    return DECODER_EMBEDDINGS[value]
 
 
 def _resolve_embeddings(config, split, n, embeddings) -> EmbeddingStore:
