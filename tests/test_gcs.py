@@ -176,9 +176,10 @@ def _prior_args(data, emb, steps):
 
 
 def _committed_steps(gcs, prefix):
-    names = gcs.objects(prefix)
-    return sorted(int(n[len(prefix):].split("/")[0]) for n in names
-                  if n.endswith("/commit_success.txt"))     # Orbax's commit mark on GCS
+    """Steps with Orbax's step-level commit mark (STEP/commit_success.txt; items get their
+    own STEP/ITEM/commit_success.txt earlier, which does not make the step finished)."""
+    rel = [n[len(prefix):].split("/") for n in gcs.objects(prefix)]
+    return sorted(int(p[0]) for p in rel if len(p) == 2 and p[1] == "commit_success.txt")
 
 
 @pytest.mark.slow
