@@ -1,4 +1,5 @@
-"""AR prior: PCA / quantiser codec, model shapes and causality, loss, overfit + sampling,
+"""AR prior: PCA / quantiser codec, model shapes and causality, loss, overfit + sampling, the
+key/value-cached sampler against the full-recompute reference (tokens and logits),
 sharding and paper-size parameter count."""
 import flax.linen as nn
 import jax
@@ -280,3 +281,141 @@ def test_shapes_config_builds():
     model = ar.from_config(cfg.model)
     assert model.pca_components == cfg.model.pca_components
     assert isinstance(cfg.model, mlc.ConfigDict)
+
+
+# ----------------------------------------------------------------------------- KV-cache sampling
+
+def _cond(x):
+    _, z_t, text, mask = x
+    return dict(z_t=z_t, text_states=text, text_mask=mask)
+
+
+def test_cache_mask_is_rows_of_the_prefix_causal_mask():
+    from unclip_jax.models.prior import prefix_causal_mask
+    _, _, _, mask = inputs()
+    valid = jnp.concatenate([mask, jnp.ones((B, 1 + K), bool)], axis=1)     # [B, S]
+    full = prefix_causal_mask(valid)
+    S = L + 1 + K
+    for start, T in [(0, S), (0, L + 2), (L + 2, 1), (S - 1, 1), (3, 4)]:
+        np.testing.assert_array_equal(ar.cache_mask(valid, start, T), full[:, :, start:start + T])
+        np.testing.assert_array_equal(ar.cache_mask(valid, jnp.int32(start), T),
+                                      full[:, :, start:start + T])
+
+
+def test_extend_in_chunks_matches_the_full_forward():
+    """The stack run over the sequence in pieces (prefill, single positions, a chunk), each
+    piece attending to the cached keys/values of the earlier ones, gives the full forward's
+    hidden states [B, S, W] to float32 rounding."""
+    model = tiny()
+    params = init(model)
+    tokens, z_t, text, mask = inputs()
+    drop = jnp.array([False, True, False, True])
+    _, want = model.apply(params, tokens, z_t, text, mask, drop, return_hidden=True)
+    p = nn.meta.unbox(params)["params"]
+    prefix, valid = ar.TextConditioning(model.width, L, model.dtype).apply(
+        {"params": p["cond"]}, z_t, text, mask, drop)
+    x = jnp.concatenate([prefix, ar._embed(params, model, "dot_embed", tokens[:, :1]),
+                         ar._embed(params, model, "token_embed", tokens[:, 1:K])], axis=1)
+    valid = jnp.concatenate([valid, jnp.ones((B, K), bool)], axis=1)
+    cache = ar.init_cache(model, B)
+    assert len(cache) == model.layers and cache[0][0].shape == (B, 4, L + 1 + K, 8)
+    got, start = [], 0
+    for T in (L + 2, 1, 1, K - 4, 1):
+        h, cache = ar.extend(params, model, x[:, start:start + T], valid, cache, start)
+        got.append(h)
+        start += T
+    assert start == L + 1 + K
+    np.testing.assert_allclose(jnp.concatenate(got, axis=1), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.5])
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_kv_cache_sampler_matches_full_recompute(temperature, guidance_scale):
+    """For several keys the cached loop draws exactly the reference loop's tokens, and the
+    logits it drew them from equal the (guided) full forward's at every position."""
+    model = tiny(width=64)
+    params = init(model)
+    x = inputs(seed=5)
+    cond, dot = _cond(x), x[0][:, 0]
+    draws = []
+    for seed in range(4):
+        key = jax.random.key(seed)
+        got, logits = ar.sample_tokens(params, model, cond, dot, key, temperature,
+                                       guidance_scale, return_logits=True)
+        ref = ar.sample_tokens(params, model, cond, dot, key, temperature, guidance_scale,
+                               kv_cache=False)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+        want = ar._guided_logits(params, model, got, cond, guidance_scale)
+        assert logits.shape == (B, K, NB)
+        np.testing.assert_allclose(logits, want, rtol=1e-5,
+                                   atol=1e-5 * float(jnp.max(jnp.abs(want))))
+        draws.append(np.asarray(got))
+    if temperature > 0:   # the keys matter: a real test of the random draws
+        assert len({d.tobytes() for d in draws}) == len(draws)
+    # ar_sample uses the cache by default and returns the reference's tokens
+    codec = ar.fit_codec(low_rank(), low_rank(seed=1), K, NB, ND)
+    z, tok = ar.ar_sample(params, model, codec, cond, jax.random.key(7), temperature,
+                          guidance_scale)
+    z_ref, tok_ref = ar.ar_sample(params, model, codec, cond, jax.random.key(7), temperature,
+                                  guidance_scale, kv_cache=False)
+    np.testing.assert_array_equal(np.asarray(tok), np.asarray(tok_ref))
+    np.testing.assert_array_equal(np.asarray(z), np.asarray(z_ref))
+
+
+def test_kv_cache_bfloat16_within_rounding():
+    """In bfloat16 the cached loop's logits differ from the full forward's by bfloat16
+    rounding only: no further from the float32 forward than the bfloat16 forward is."""
+    params = init(tiny())
+    x = inputs()
+    cond, dot = _cond(x), x[0][:, 0]
+    model = tiny(jnp.bfloat16)
+    tok, logits = ar.sample_tokens(params, model, cond, dot, jax.random.key(0), 1.0, 2.0,
+                                   return_logits=True)
+    f32 = ar._guided_logits(params, tiny(), tok, cond, 2.0)
+    bf16 = ar._guided_logits(params, model, tok, cond, 2.0)
+    err, ref_err = (float(jnp.max(jnp.abs(a - f32))) for a in (logits, bf16))
+    assert err < max(2 * ref_err, 1e-3) and err < 0.05 * float(jnp.max(jnp.abs(f32)))
+
+
+def test_kv_cache_under_vmap_as_the_pipeline_calls_it():
+    """pipeline.per_example vmaps ar_sample over batch-1 examples: cached == reference."""
+    from unclip_jax.pipeline import per_example
+    model = tiny()
+    params = init(model)
+    codec = ar.fit_codec(low_rank(), low_rank(seed=1), K, NB, ND)
+    _, z_t, text, mask = inputs()
+    keys = jax.random.split(jax.random.key(0), B)
+
+    def run(kv_cache):
+        one = lambda k, z, s, m: ar.ar_sample(params, model, codec, dict(
+            z_t=z, text_states=s, text_mask=m), k, 1.0, 3.0, kv_cache=kv_cache)[1]
+        return jax.jit(lambda *a: per_example(one, *a))(keys, z_t, text, mask)
+
+    np.testing.assert_array_equal(np.asarray(run(True)), np.asarray(run(False)))
+
+
+def test_bundled_model_samples_the_same_tokens_with_the_cache():
+    """The packaged shapes AR prior (unclip_jax/assets/shapes/ar_prior) loads unchanged and
+    its cached sampler reproduces the full-recompute tokens."""
+    from pathlib import Path
+
+    from unclip_jax import export
+    from unclip_jax.train.checkpoint import extras_from_json
+    d = Path(ar.__file__).resolve().parent.parent / "assets" / "shapes" / "ar_prior"
+    params, cfg, extra = export.load(str(d), expect_stage="ar_prior")
+    model = ar.from_config(cfg.model)
+    codec = extras_from_json(extra)["codec"]
+    r = np.random.default_rng(0)
+    n = 3
+    cond = dict(z_t=jnp.asarray(r.normal(size=(n, model.embed_dim)), jnp.float32),
+                text_states=jnp.asarray(r.normal(size=(n, model.text_len, model.text_width)),
+                                        jnp.float32),
+                text_mask=jnp.asarray(np.arange(model.text_len)[None]
+                                      < np.array([[6], [15], [model.text_len]])))
+    for temperature, scale in [(1.0, 1.0), (0.0, 3.0)]:
+        z, tok = ar.ar_sample({"params": params}, model, codec, cond, jax.random.key(1),
+                              temperature, scale)
+        z_ref, tok_ref = ar.ar_sample({"params": params}, model, codec, cond,
+                                      jax.random.key(1), temperature, scale, kv_cache=False)
+        np.testing.assert_array_equal(np.asarray(tok), np.asarray(tok_ref))
+        np.testing.assert_array_equal(np.asarray(z), np.asarray(z_ref))
