@@ -211,14 +211,16 @@ def test_data_embeddings_train_kill_resume_export_on_gcs(gcs, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "unclip_jax.cli", "train", "--workdir", wd,
                              *_prior_args(data, emb, steps=400)],
                             env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while not _committed_steps(gcs, "runs/prior/checkpoints/"):
-        assert proc.poll() is None, open(tmp_path / "run1.log").read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    log.close()
+    try:
+        deadline = time.monotonic() + 900
+        while not _committed_steps(gcs, "runs/prior/checkpoints/"):
+            assert proc.poll() is None, open(tmp_path / "run1.log").read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 900 s"
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)            # also when the wait above fails
+        proc.wait(timeout=30)
+        log.close()
     first = _committed_steps(gcs, "runs/prior/checkpoints/")
     with open(tmp_path / "objects-after-kill.txt", "w") as f:
         f.write("\n".join(gcs.objects("runs/prior/")))
