@@ -40,10 +40,13 @@ from configs import shapes  # noqa: E402
 from unclip_jax.bench import modes as modes_lib  # noqa: E402
 from unclip_jax.bench.workload import build_workload  # noqa: E402
 
-CLASSES = (("convolution", r"conv"), ("dot", r"^dot|matmul|einsum|gemm"),
-           ("layout", r"transpose|copy"), ("reduce", r"reduce"),
-           ("elementwise", r"fusion|add|multiply|select|exp|logistic|tanh|rsqrt|divide"))
-RUNTIME = re.compile(r"^\$|::|^end: |^Pjit|^Handle|^Allocate|^Parse|^Python|^Thunk")
+CLASSES = ("convolution", "dot", "layout", "reduce", "elementwise", "other")
+# opcode → class; a fusion takes the class of the first of these it contains
+OPCODE_CLASS = (("convolution", "convolution"), ("dot", "dot"), ("reduce", "reduce"),
+                ("reduce-window", "reduce"), ("transpose", "layout"), ("copy", "layout"))
+INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*[^=]*?\s([\w\-]+)\(")
+COMP = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+CALLS = re.compile(r"calls=%?([\w.\-]+)")
 
 
 def configs(stage: str):
@@ -61,16 +64,43 @@ def configs(stage: str):
     return cfg
 
 
-def classify(name: str) -> str | None:
-    if RUNTIME.search(name):
-        return None
-    for cls, pattern in CLASSES:
-        if re.search(pattern, name):
-            return cls
-    return "other"
+def op_classes(hlo_text: str) -> dict[str, str]:
+    """{instruction name: class} for every instruction of a compiled program's HLO text; a
+    fusion (or call) is classed by the opcodes of the computation it calls."""
+    comps: dict[str, list[tuple[str, str, str]]] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        m = COMP.match(line)
+        if m and "=" not in line.split("{")[0]:
+            current = comps.setdefault(m.group(1), [])
+            continue
+        m = INSTR.match(line)
+        if m and current is not None:
+            called = CALLS.search(line)
+            current.append((m.group(1), m.group(2), called.group(1) if called else ""))
+
+    def opcodes(comp: str, seen=()) -> set[str]:
+        out = set()
+        for _, op, called in comps.get(comp, []):
+            out.add(op)
+            if called and called not in seen:
+                out |= opcodes(called, seen + (called,))
+        return out
+
+    classes = {}
+    for instrs in comps.values():
+        for name, op, called in instrs:
+            ops = {op} | (opcodes(called) if called else set())
+            classes[name] = next((c for o, c in OPCODE_CLASS if o in ops),
+                                 "elementwise" if op in ("fusion", "add", "multiply", "select",
+                                                         "exponential", "logistic", "tanh",
+                                                         "rsqrt", "divide", "subtract",
+                                                         "maximum", "broadcast", "convert")
+                                 else "other")
+    return classes
 
 
-def op_times(trace_dir: str) -> dict[str, float]:
+def op_times(trace_dir: str, classes: dict[str, str]) -> dict[str, float]:
     """Summed microseconds per op class of the perfetto trace written to `trace_dir`."""
     path = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)[0]
     with gzip.open(path) as f:
@@ -78,20 +108,20 @@ def op_times(trace_dir: str) -> dict[str, float]:
     events = data["traceEvents"] if isinstance(data, dict) else data
     out: dict[str, float] = collections.Counter()
     for e in events:
-        if e.get("ph") == "X":
-            cls = classify(e.get("name", ""))
-            if cls:
-                out[cls] += float(e.get("dur", 0.0))
+        if e.get("ph") == "X" and e.get("name") in classes:
+            out[classes[e["name"]]] += float(e.get("dur", 0.0))
     return out
 
 
-def profile(fn, iters: int) -> dict[str, float]:
+def profile(fn, compiled, iters: int) -> dict[str, float]:
+    """ms per call of each op class of `compiled` (run as `fn()`), over `iters` calls."""
+    classes = op_classes(compiled.as_text())
     fn()
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d, create_perfetto_trace=True):
             for _ in range(iters):
                 fn()
-        return {k: v / iters / 1e3 for k, v in op_times(d).items()}     # ms per call
+        return {k: v / iters / 1e3 for k, v in op_times(d, classes).items()}
 
 
 def main(argv=None) -> int:
@@ -108,12 +138,12 @@ def main(argv=None) -> int:
         mode.params, mode.opt_state, loss = mode.train(mode.params, mode.opt_state, mode.batch)
         jax.block_until_ready(loss)
 
-    rows = {"train step": profile(train, args.iters),
+    rows = {"train step": profile(train, mode.train, args.iters),
             "sampling step": profile(lambda: jax.block_until_ready(
-                sample(mode.params, mode.sample_inputs)), args.iters)}
+                sample(mode.params, mode.sample_inputs)), sample, args.iters)}
     print(f"{args.stage}, batch {args.batch}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
           f"load average {os.getloadavg()[0]:.2f}")
-    names = [c for c, _ in CLASSES] + ["other"]
+    names = list(CLASSES)
     print("| program | op time ms | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 2) + "|")
     for prog, t in rows.items():
