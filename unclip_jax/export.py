@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 
 from unclip_jax import atomic, paths
 from unclip_jax.errors import CheckpointError, UserError
+from unclip_jax.jsonio import read_json_object
 
 CHECKSUMS = "params.sha256.json"
 MANIFEST = "MANIFEST.json"          # of a packaged model directory (`unclip_jax.package`)
@@ -138,16 +139,7 @@ def load_config(directory: str) -> mlc.ConfigDict:
 
 
 def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); restore it from the original "
-                              "export") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a JSON object; restore it from the original "
-                              "export")
-    return data
+    return read_json_object(path, "restore it from the original export", CheckpointError)
 
 
 def verify(directory: str, params: Any) -> bool:

@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from unclip_jax.errors import UserError
+from unclip_jax.jsonio import read_json_object
 
 PAD, BOS, UNK, EOS = "<pad>", "<bos>", "<unk>", "<eos>"
 WORD_SUFFIX = "</w>"
@@ -56,21 +57,15 @@ def _check_captions(captions: Sequence[str]) -> list[str]:
 def read_tokenizer_config(path: str) -> dict:
     """tokenizer_config.json of a tokenizer directory ({} when absent), refusing a directory
     that asks to run its own Python code (`auto_map`)."""
-    import json
     config_path = os.path.join(path, "tokenizer_config.json")
     if not os.path.isfile(config_path):
         return {}
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{config_path} is not valid JSON ({e}); restore the tokenizer "
-                        "files") from None
-    if isinstance(cfg, dict) and cfg.get("auto_map"):
+    cfg = read_json_object(config_path, "restore the tokenizer files")
+    if cfg.get("auto_map"):
         raise UserError(f"tokenizer directory {path} asks to run its own Python code "
                         "('auto_map' in tokenizer_config.json); unclip-jax never runs code "
                         "from a model directory — use a standard tokenizer (tokenizer.json)")
-    return cfg if isinstance(cfg, dict) else {}
+    return cfg
 
 
 def load_hf_tokenizer(path: str):
@@ -103,18 +98,11 @@ class FastTokenizerFile:
     SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
     def __init__(self, path: str):
-        import json
-
         from tokenizers import Tokenizer as RustTokenizer
         cfg = read_tokenizer_config(path)
         special_map = os.path.join(path, "special_tokens_map.json")
         if os.path.isfile(special_map):
-            try:
-                with open(special_map, encoding="utf-8") as f:
-                    cfg = {**json.load(f), **cfg}
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise UserError(f"{special_map} is not valid JSON ({e}); restore the "
-                                "tokenizer files") from None
+            cfg = {**read_json_object(special_map, "restore the tokenizer files"), **cfg}
         file = os.path.join(path, "tokenizer.json")
         try:
             self.rust = RustTokenizer.from_file(file)
