@@ -307,11 +307,9 @@ class UnCLIP:
                                   "supported: 'drop' or 'empty_caption'")
         self._need("clip", "tokenizer")
         if self._empty_caption is None:
-            L = self.tokenizer.context_length
-            enc = self.tokenizer.hf([""], padding="max_length", truncation=True, max_length=L,
-                                    return_tensors="np")
-            self._empty_caption = self._encode_ids(np.asarray(enc["input_ids"], np.int32))
-            self._empty_caption["mask"] = np.asarray(enc["attention_mask"]).astype(bool)
+            ids, mask = self.tokenizer.encode_empty()
+            self._empty_caption = self._encode_ids(ids)
+            self._empty_caption["mask"] = mask
         return self._empty_caption
 
     def encode_images(self, images) -> np.ndarray:

@@ -189,6 +189,18 @@ class Tokenizer:
                 f"{len(over)} caption(s) longer than the context length {L} were truncated "
                 f"(up to {worst} tokens cut; caption {over[0][0]} lost {over[0][1]}); the "
                 "end-of-text token is kept", stacklevel=2)
+        return self._pad(full)
+
+    def encode_empty(self) -> tuple[np.ndarray, np.ndarray]:
+        """The empty caption "" (the unconditional text of classifier-free guidance in
+        some checkpoints): (ids int32 [1, L], mask bool [1, L]) — just the start and end
+        tokens, padded."""
+        return self._pad(self.hf([""], truncation=False, verbose=False)["input_ids"])
+
+    def _pad(self, full: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Token id lists → (ids [B, L] padded with <pad>, mask [B, L]); a list longer than L
+        is cut to L with its last (end-of-text) token kept last."""
+        L = self.context_length
         ids = np.full((len(full), L), self.pad_token_id, np.int32)
         mask = np.zeros((len(full), L), bool)
         for i, row in enumerate(full):
