@@ -146,6 +146,7 @@ def test_upsampler_modes_agree_and_sample_the_whole_image(devices8):
     assert out.shape == (8, 16, 16, 3) and np.all(np.isfinite(out))
 
 
+@pytest.mark.slow       # ~45 s of interleaved timing
 def test_torch_comparison_interleaves_both_thread_counts(devices8):
     """Every runner (JAX, PyTorch with all cores, PyTorch with one thread) is timed the same
     number of times for every program; ratios are the medians' quotients; the load average

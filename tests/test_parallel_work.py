@@ -73,6 +73,7 @@ def test_trainer_step_splits_the_batch(devices8, stage):
         assert per == pytest.approx(one / N, rel=TOL), (mesh_cfg, per, one)
 
 
+@pytest.mark.slow       # the trainer test above stays in the default suite
 @pytest.mark.parametrize("stage", STAGES)
 def test_benchmark_step_splits_the_batch(devices8, stage):
     """The benchmark's loss vmaps over examples (one key each); the vmap must keep the batch

@@ -71,6 +71,7 @@ print(json.dumps([float(val)] + [float(jnp.sum(a * a)) for a in jax.tree.leaves(
 """
 
 
+@pytest.mark.slow       # two UNet compiles in fresh processes (~50 s)
 def test_cpu_flags_change_speed_not_results():
     """The UNet's loss and every gradient agree with and without the flags (float32 rounding)."""
     with_flags = _python(UNET_RESULT)
