@@ -1,7 +1,7 @@
 """CPU-scale unCLIP on the built-in `unclip_shapes` dataset: 16 → 64 → 256 pixels.
 
 `--config configs/shapes.py:STAGE` with STAGE one of clip, prior, ar_prior, decoder,
-upsampler1, upsampler2 (default: decoder) — the embedded model — or clip2, decoder32,
+upsampler1, upsampler2 (default: decoder) — the embedded model — or clip2, clip3, decoder32,
 upsampler1_32: the second recipe (hard-negative CLIP, 32 px base), see docs/results.md.
 """
 import ml_collections as mlc
@@ -201,6 +201,26 @@ def clip2():
     return cfg
 
 
+def clip3_model():
+    """`clip2_model` with its position table started from 2-D sine–cosine codes
+    (`vision.position_init = "sincos2d"`): with the default std-0.02 start the table is ~50×
+    weaker than the patch content after `pre_layrnorm`, and `clip2` never left chance on
+    position (docs/results.md)."""
+    m = clip2_model()
+    m.vision.position_init = "sincos2d"
+    return m
+
+
+def clip3():
+    """`clip2` with `clip3_model`, 2000 steps, a checkpoint every 100 steps (every 200th kept)."""
+    cfg = clip2()
+    cfg.model = clip3_model()
+    cfg.train.steps = 2000
+    cfg.train.ckpt_every = 100
+    cfg.train.keep_every = 200
+    return cfg
+
+
 def decoder32():
     """A 32 px base decoder on the `clip2` embeddings: at 16 px a classifier trained on real
     images reads shape at 42% (32 px: see docs/results.md, stage ceilings). Same recipe as
@@ -232,7 +252,8 @@ def upsampler1_32():
 
 
 BUILDERS = dict(decoder=decoder, clip=clip, prior=prior, ar_prior=ar_prior,
-                upsampler1=upsampler1, upsampler2=upsampler2, clip2=clip2, decoder32=decoder32,
+                upsampler1=upsampler1, upsampler2=upsampler2, clip2=clip2, clip3=clip3,
+                decoder32=decoder32,
                 upsampler1_32=upsampler1_32)
 
 

@@ -66,12 +66,41 @@ class TextEmbeddings(nn.Module):
         return tok + pos.embedding[None, : tokens.shape[1]]
 
 
+def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> jnp.ndarray:
+    """Fixed 2-D sine–cosine position codes for a grid × grid patch layout, with a zero row for
+    the class token in front: [1 + grid², width] float32, values in [-1, 1].
+
+    The first quarter of the channels are sin(y·ω), then cos(y·ω), sin(x·ω), cos(x·ω), with
+    frequencies ω = temperature^(-k / (width/4)), k = 0 … width/4 − 1 (the layout of
+    big_vision's `posemb_sincos_2d`); patches are row-major, y the row index.
+    """
+    if width % 4:
+        raise UserError(f"sincos2d position codes need a vision width divisible by 4, got {width}")
+    y, x = jnp.meshgrid(jnp.arange(grid, dtype=jnp.float32),
+                        jnp.arange(grid, dtype=jnp.float32), indexing="ij")
+    omega = temperature ** (-jnp.arange(width // 4, dtype=jnp.float32) / (width // 4))
+    ya = y.reshape(-1)[:, None] * omega[None]
+    xa = x.reshape(-1)[:, None] * omega[None]
+    codes = jnp.concatenate([jnp.sin(ya), jnp.cos(ya), jnp.sin(xa), jnp.cos(xa)], axis=1)
+    return jnp.concatenate([jnp.zeros((1, width), jnp.float32), codes], axis=0)
+
+
+POSITION_INITS = ("normal", "sincos2d")
+
+
 class VisionEmbeddings(nn.Module):
-    """images [B, S, S, 3] → [B, 1 + N, Wv]: class token then patches, plus learned positions."""
+    """images [B, S, S, 3] → [B, 1 + N, Wv]: class token then patches, plus learned positions.
+
+    `position_init` chooses the learned position table's start: "normal" (std 0.02, as Hugging
+    Face CLIP) or "sincos2d" (`sincos_2d`, amplitude 1: a position signal as strong as the
+    patch content from the first step; the table is still a trained parameter of the same
+    shape, so checkpoints stay interchangeable).
+    """
     image_size: int
     patch_size: int
     width: int
     dtype: Any = jnp.float32
+    position_init: str = "normal"
 
     @nn.compact
     def __call__(self, images):
@@ -87,8 +116,17 @@ class VisionEmbeddings(nn.Module):
                          nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
                          (self.width,), jnp.float32)
         x = jnp.concatenate([jnp.broadcast_to(cls, (B, 1, self.width)), patches], axis=1)
-        num_pos = (self.image_size // p) ** 2 + 1
-        pos = _embed(num_pos, self.width, (None, "embed"), "position_embedding")
+        grid = self.image_size // p
+        if self.position_init == "sincos2d":
+            pos = nn.Embed(grid * grid + 1, self.width, param_dtype=jnp.float32,
+                           name="position_embedding",
+                           embedding_init=nn.with_logical_partitioning(
+                               lambda *_: sincos_2d(grid, self.width), (None, "embed")))
+        elif self.position_init == "normal":
+            pos = _embed(grid * grid + 1, self.width, (None, "embed"), "position_embedding")
+        else:
+            raise UserError(f"vision.position_init {self.position_init!r}: choose one of "
+                            f"{POSITION_INITS}")
         return x + pos.embedding[None]
 
 
@@ -135,11 +173,12 @@ class VisionTransformer(nn.Module):
     layer_norm_eps: float = 1e-5
     remat: bool = False
     dtype: Any = jnp.float32
+    position_init: str = "normal"
 
     @nn.compact
     def __call__(self, images):
         x = VisionEmbeddings(self.image_size, self.patch_size, self.width, self.dtype,
-                             name="embeddings")(images.astype(self.dtype))
+                             self.position_init, name="embeddings")(images.astype(self.dtype))
         x = LayerNorm(self.layer_norm_eps, self.dtype, name="pre_layrnorm")(x)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         states, _ = Transformer(self.width, self.layers, self.heads, self.mlp_ratio,
@@ -182,6 +221,7 @@ class CLIP(nn.Module):
     logit_scale_init: float = 2.6592
     remat: bool = False
     dtype: Any = jnp.float32
+    vision_position_init: str = "normal"
 
     @classmethod
     def from_config(cls, cfg) -> "CLIP":
@@ -202,7 +242,8 @@ class CLIP(nn.Module):
             vision_mlp_ratio=float(v.mlp_ratio), vision_activation=str(v.activation),
             layer_norm_eps=float(cfg.layer_norm_eps),
             logit_scale_init=float(cfg.logit_scale_init), remat=bool(cfg.get("remat", False)),
-            dtype=jnp.dtype(cfg.get("dtype", "float32")))
+            dtype=jnp.dtype(cfg.get("dtype", "float32")),
+            vision_position_init=str(v.get("position_init", "normal")))
 
     def setup(self):
         self.text_model = TextTransformer(
@@ -212,7 +253,7 @@ class CLIP(nn.Module):
         self.vision_model = VisionTransformer(
             self.image_size, self.patch_size, self.vision_width, self.vision_layers,
             self.vision_heads, self.vision_mlp_ratio, self.vision_activation,
-            self.layer_norm_eps, self.remat, self.dtype)
+            self.layer_norm_eps, self.remat, self.dtype, self.vision_position_init)
         self.text_projection = dense(self.embed_dim, ("embed", None), "text_projection",
                                      self.dtype, use_bias=False)
         self.visual_projection = dense(self.embed_dim, ("embed", None), "visual_projection",
