@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("unclip_jax.eval.cli", "evaluate a model (CLIP score, FD, diversity, prior metrics)"),
     "bench": ("unclip_jax.bench", "benchmarks: pmap vs jit-sharded, vs PyTorch"),
     "package": ("unclip_jax.package", "export training runs (EMA, float16) into a model directory with a MANIFEST"),
+    "serve": ("unclip_jax.serve", "a local web demo (Gradio) of every command on one loaded model"),
 }
 
 
@@ -65,28 +66,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 1
-    from unclip_jax.errors import UserError
-
     mod = importlib.import_module(args._module)
     runner = getattr(mod, f"run_{args.command.replace('-', '_')}", None) or mod.run
     try:
         return int(runner(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as e:
-        if args.debug:
-            raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"unclip-jax: error: {msg}", file=sys.stderr)
-        return 2
     except Exception as e:
-        if args.debug or not type(e).__module__.startswith("flax.errors"):
+        line = error_line(e)
+        if args.debug or line is None:
             raise
+        print(line, file=sys.stderr)
+        return 2
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError)   # UserError is a ValueError
+
+
+def error_line(e: BaseException) -> str | None:
+    """The one line `unclip-jax: error: ...` a user mistake is shown as (by the CLI and by
+    `unclip-jax serve`'s pages), or None for an unexpected error (a bug: show the traceback)."""
+    if isinstance(e, USER_ERRORS):
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return f"unclip-jax: error: {msg}"
+    if type(e).__module__.startswith("flax.errors"):
         # e.g. ScopeParamShapeError: the model built from config.json is not the saved one
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"unclip-jax: error: a checkpoint's config.json does not match its parameters "
-              f"({type(e).__name__}: {first}); restore the config.json it was exported with",
-              file=sys.stderr)
-        return 2
+        return (f"unclip-jax: error: a checkpoint's config.json does not match its parameters "
+                f"({type(e).__name__}: {first}); restore the config.json it was exported with")
+    return None
 
 
 if __name__ == "__main__":

@@ -158,9 +158,24 @@ def _load(checkpoint: str | None, progress: bool, prior: str = "auto",
                                  progress=progress, compile_cache=compile_cache)
 
 
+def command_record(command: str, seed: int, inputs: dict, settings: dict, prior: str,
+                   checkpoint: str | None, cols) -> dict:
+    """What a sidecar records about a command before it runs (`checkpoint` None: the
+    bundled model; a directory is recorded as an absolute path)."""
+    return dict(command=command, seed=seed, inputs=inputs, settings=settings, prior=prior,
+                checkpoint=None if checkpoint is None else os.path.abspath(checkpoint),
+                cols=cols)
+
+
+def result_record(pipe, images, output: str, record: dict) -> dict:
+    """The sidecar of a finished command: `record` plus the output's name, the images'
+    shape and the identities of the loaded stages (checked by `--from-sidecar`)."""
+    return dict(record, output=output, image_shape=list(images.shape),
+                checkpoints=pipe.directories())
+
+
 def _write(pipe, images, out: str, cols, record: dict, overwrite: bool = False) -> None:
-    record = dict(record, output=os.path.abspath(out), image_shape=list(images.shape),
-                  checkpoints=pipe.directories())
+    record = result_record(pipe, images, os.path.abspath(out), record)
     io.save_outputs(out, images, cols, record, overwrite=overwrite)
     print(f"wrote {out} ({images.shape[0]} images of {images.shape[1]}×{images.shape[2]}) "
           f"and {io.sidecar_path(out)}")
@@ -175,9 +190,8 @@ def _run(args, command: str) -> int:
     prior = getattr(args, "prior", "auto")
     pipe = _load(args.checkpoint, not args.no_progress, prior, not args.no_compile_cache)
     images = execute(pipe, command, inputs, settings, args.seed)
-    record = dict(command=command, seed=args.seed, inputs=inputs, settings=settings, prior=prior,
-                  checkpoint=None if args.checkpoint is None else os.path.abspath(args.checkpoint),
-                  cols=args.cols)
+    record = command_record(command, args.seed, inputs, settings, prior, args.checkpoint,
+                            args.cols)
     _write(pipe, images, args.out, args.cols, record, args.overwrite)
     return 0
 
