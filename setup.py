@@ -43,7 +43,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",          # jax 0.10 / flax 0.12 (what is tested) need 3.11+
-    packages=find_packages(include=["unclip_jax", "unclip_jax.*", "configs"]),
+    # configs/ (the presets) ships inside the package as unclip_jax.configs, so that
+    # `--config shapes:decoder` resolves anywhere; no top-level `configs` package is installed
+    packages=find_packages(include=["unclip_jax", "unclip_jax.*"]) + ["unclip_jax.configs"],
+    package_dir={"unclip_jax.configs": "configs"},
     include_package_data=True,
     package_data={"unclip_jax": ["assets/**/*"]},
     install_requires=RUNTIME,

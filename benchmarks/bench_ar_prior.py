@@ -23,19 +23,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # configs/ is not installed
-
-from configs import paper, shapes  # noqa: E402
-from unclip_jax.models import ar_prior as ar  # noqa: E402
+from unclip_jax.configs import paper, shapes
+from unclip_jax.models import ar_prior as ar
 
 
 def build(size: str, layers: int | None, dtype: str):

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from configs import shapes as shapes_cfg  # noqa: E402
+from unclip_jax.configs import shapes as shapes_cfg  # noqa: E402
 from unclip_jax.data import embedding_files as ef, shapes, sources  # noqa: E402
 from unclip_jax.data.pipeline import make_pipeline  # noqa: E402
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import shapes
+from unclip_jax.configs import shapes
 from unclip_jax import sampling
 from unclip_jax.diffusion import gaussian as G
 from unclip_jax.diffusion import samplers, schedules

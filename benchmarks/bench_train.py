@@ -21,7 +21,7 @@ import tempfile  # noqa: E402
 import jax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import shapes  # noqa: E402
+from unclip_jax.configs import shapes  # noqa: E402
 from unclip_jax.train.loop import train  # noqa: E402
 
 STAGES = ["clip", "prior", "ar_prior", "decoder", "upsampler1", "upsampler2"]

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import unclip_jax  # noqa: E402,F401  (applies the XLA CPU settings before JAX starts)
 import jax  # noqa: E402
 
-from configs import shapes  # noqa: E402
+from unclip_jax.configs import shapes  # noqa: E402
 from unclip_jax.bench import modes as modes_lib  # noqa: E402
 from unclip_jax.bench.workload import build_workload  # noqa: E402
 

@@ -13,6 +13,8 @@ A stage config has these sections (all locked; a typo is an error):
 """
 import ml_collections as mlc
 
+from unclip_jax.errors import UserError
+
 STAGES = ("clip", "prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
 
 
@@ -86,5 +88,5 @@ def pick(arg, builders):
     """`get_config(arg)` helper: arg names a key of `builders` (default: first)."""
     arg = arg or next(iter(builders))
     if arg not in builders:
-        raise ValueError(f"unknown config variant {arg!r}; choose one of {sorted(builders)}")
+        raise UserError(f"unknown config variant {arg!r}; choose one of {sorted(builders)}")
     return builders[arg]()

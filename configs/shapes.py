@@ -6,7 +6,7 @@ upsampler1_32: the second recipe (hard-negative CLIP, 32 px base), see docs/resu
 """
 import ml_collections as mlc
 
-from configs import common
+from unclip_jax.configs import common
 
 EMBED_DIM = 64         # CLIP joint embedding size
 TEXT_WIDTH = 64        # CLIP text transformer width
@@ -58,6 +58,7 @@ def prior():
         sample_candidates=2,                    # best-of-N by z_i·z_t at sampling (paper: 2)
         normalize_z_t=True,                     # L2-normalise z_t before projecting it
         time_mlp_ratio=4.0,                     # timestep MLP hidden width / width
+        time_embed_dim=0,                       # ... or that width itself (> 0 wins)
         norm_in=False,                          # LayerNorm on the sequence before the blocks
         dropout=0.0, remat=False, dtype="float32"))
     cfg = common.stage_config(

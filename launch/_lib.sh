@@ -63,10 +63,20 @@ check_override() {  # check_override ARG: --config.KEY=VALUE
   [[ $1 == --config.?*=* ]] || die "override $1 needs a value: write ${1%%=*}=VALUE"
 }
 
-check_config() {  # check_config SPEC: FILE[:ARG] must exist (relative paths: current directory)
+is_preset() {  # is_preset SPEC: NAME[:ARG] names a preset (shapes, paper, karlo), not a file
+  local name=${1%%:*}
+  [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ && ! -f $name ]]
+}
+
+check_config() {  # check_config SPEC: a preset NAME[:ARG], or FILE[:ARG] that exists (relative: $PWD)
+  is_preset "$1" && return 0        # resolved by name wherever train runs (unclip_jax.presets)
   local file=${1%%:*}
   [[ $file == /* ]] || file="$PWD/$file"
   [[ -f $file ]] || die "--config file not found: ${1%%:*} (relative paths are relative to $PWD)"
+}
+
+config_for_workers() {  # config_for_workers SPEC: a preset unchanged, a file path made absolute
+  if is_preset "$1"; then printf '%s' "$1"; else absolute "$1"; fi
 }
 
 absolute() {  # absolute PATH: PATH made absolute against the current directory (URLs kept)

@@ -6,7 +6,7 @@ PROG=gpu_slurm.sh
 
 usage() {
   cat <<'USAGE'
-Usage: launch/gpu_slurm.sh --nodes N --gpus-per-node G --config FILE[:ARG] --workdir DIR
+Usage: launch/gpu_slurm.sh --nodes N --gpus-per-node G --config NAME|FILE[:ARG] --workdir DIR
                            [--partition P] [--time T] [--account A] [--job-name NAME]
                            [--cpus-per-task C] [--mem M] [--exclusive] [--per-gpu] [--auto]
                            [--port PORT] [--python PY] [--setup 'COMMAND']
@@ -29,7 +29,7 @@ Logs: LOG_DIR/NAME-JOBID.out (the batch script) and LOG_DIR/NAME-JOBID-procK.log
 
   --nodes N            nodes (positive integer)
   --gpus-per-node G    GPUs per node (positive integer)
-  --config FILE[:ARG]  config for `unclip-jax train` (relative to the repository root)
+  --config NAME|FILE[:ARG]  preset (shapes:decoder) or config file (relative to the repository root)
   --workdir DIR        training workdir (shared filesystem path or gs://)
   --partition P        SLURM partition          --time T       time limit, e.g. 24:00:00
   --account A          SLURM account            --job-name N   job name (default unclip-jax)
@@ -96,7 +96,7 @@ require "$WORKDIR" --workdir
 [[ $LOG_DIR == /* ]] || LOG_DIR="$PWD/$LOG_DIR"
 [[ $LOG_DIR != *[[:space:]]* ]] || die "--log-dir must not contain spaces (#SBATCH lines cannot quote them)"
 WORKDIR=$(absolute "$WORKDIR")
-CONFIG=$(absolute "$CONFIG")
+CONFIG=$(config_for_workers "$CONFIG")
 RUN_DIR=$PWD
 
 TASKS_PER_NODE=1

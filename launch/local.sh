@@ -6,7 +6,7 @@ PROG=local.sh
 
 usage() {
   cat <<'USAGE'
-Usage: launch/local.sh -n N --workdir DIR (--config FILE[:ARG] | --cmd 'COMMAND')
+Usage: launch/local.sh -n N --workdir DIR (--config NAME|FILE[:ARG] | --cmd 'COMMAND')
                        [--devices-per-process D] [--port PORT] [--python PY]
                        [--config.KEY=VALUE ...] [--dry-run] [-- EXTRA TRAIN ARGS]
 
@@ -24,7 +24,7 @@ stops the others, shows the failed log's tail and exits 1.
 
   -n, --num-processes N   number of processes (positive integer)
   --workdir DIR           training workdir (made absolute); logs go to DIR/logs
-  --config FILE[:ARG]     config passed to `unclip-jax train`
+  --config NAME|FILE[:ARG] preset (shapes:decoder) or config file for `unclip-jax train`
   --cmd COMMAND           run COMMAND (bash -c) in each process instead of training
   --devices-per-process D simulated CPU devices per process (default 1)
   --port PORT             coordinator port on 127.0.0.1 (default 23456)
@@ -73,7 +73,7 @@ if (( ! DRY_RUN )); then
 fi
 
 WORKDIR=$(absolute "$WORKDIR")
-[[ -z $CONFIG ]] || CONFIG=$(absolute "$CONFIG")
+[[ -z $CONFIG ]] || CONFIG=$(config_for_workers "$CONFIG")
 LOGDIR="$WORKDIR/logs"
 if [[ -n $CMD ]]; then
   PROGRAM=(bash -c "$CMD")

@@ -6,7 +6,7 @@ PROG=tpu_pod.sh
 
 usage() {
   cat <<'USAGE'
-Usage: launch/tpu_pod.sh --name NAME --zone ZONE --accelerator TYPE --config FILE[:ARG]
+Usage: launch/tpu_pod.sh --name NAME --zone ZONE --accelerator TYPE --config NAME|FILE[:ARG]
                          --workdir gs://BUCKET/PATH [--version RUNTIME] [--project PROJECT]
                          [--queued] [--repo GIT_URL] [--ref REF] [--python-version V]
                          [--python PY] [--spot] [--skip-install] [--detach] [--run-id ID]
@@ -40,7 +40,7 @@ The remote commands are bash (the TPU VM images' login shell).
   --version RUNTIME    TPU software version (default: chosen from TYPE, see step 1)
   --queued             obtain the slice through a queued resource (most v5e/v5p/v6e
                        capacity); waits until it is ACTIVE
-  --config FILE[:ARG]  config for `unclip-jax train`, a file inside this repository
+  --config NAME|FILE[:ARG]  preset (shapes:decoder), or a config file inside this repository
   --workdir gs://...   training workdir on GCS (required to be gs://)
   --repo GIT_URL       repository the workers clone (default: this checkout's `origin`)
   --ref REF            branch, tag or commit to check out (default main)
@@ -95,11 +95,13 @@ require "$ACCEL" --accelerator
 [[ $ACCEL =~ ^v[0-9]+[a-z]*-[0-9]+$ ]] || die "--accelerator must look like v4-32 or v5litepod-16, got '$ACCEL'"
 require "$CONFIG" --config
 check_config "$CONFIG"
-CONFIG_FILE=$(cd "$(dirname "${CONFIG%%:*}")" && pwd -P)/$(basename "${CONFIG%%:*}")
-ROOT_REAL=$(cd "$REPO_ROOT" && pwd -P)
-[[ $CONFIG_FILE == "$ROOT_REAL"/* ]] \
-  || die "--config must be a file inside this repository (the workers use their clone of it), got '${CONFIG%%:*}'"
-CONFIG=${CONFIG_FILE#"$ROOT_REAL"/}${CONFIG#"${CONFIG%%:*}"}
+if ! is_preset "$CONFIG"; then   # a file: the workers find it in their clone, repo-relative
+  CONFIG_FILE=$(cd "$(dirname "${CONFIG%%:*}")" && pwd -P)/$(basename "${CONFIG%%:*}")
+  ROOT_REAL=$(cd "$REPO_ROOT" && pwd -P)
+  [[ $CONFIG_FILE == "$ROOT_REAL"/* ]] \
+    || die "--config must be a preset name or a file inside this repository (the workers use their clone of it), got '${CONFIG%%:*}'"
+  CONFIG=${CONFIG_FILE#"$ROOT_REAL"/}${CONFIG#"${CONFIG%%:*}"}
+fi
 [[ $PY_VERSION =~ ^3\.[0-9]+$ ]] || die "--python-version must look like 3.11, got '$PY_VERSION'"
 if [[ -z $VERSION ]]; then
   case "$ACCEL" in

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import shapes
+from unclip_jax.configs import shapes
 from unclip_jax import export
 
 CAPTIONS = ["a red circle", "a blue square", "a green triangle on the left",

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import shapes
+from unclip_jax.configs import shapes
 from unclip_jax.bench import benchmark as run
 from unclip_jax.bench import measure
 from unclip_jax.bench import modes as modes_lib
@@ -112,7 +112,7 @@ def test_torch_decoder_blocks_follow_our_attention_levels():
 
 def test_bad_inputs_name_the_fix(devices8):
     from unclip_jax.bench import torch_ref
-    with pytest.raises(UserError, match="configs/shapes.py:prior"):
+    with pytest.raises(UserError, match="shapes:prior or shapes:decoder"):
         build_workload(shapes.get_config("clip"), 8)
     w = build_workload(tiny_prior(), batch_size=12)
     with pytest.raises(ValueError, match="multiple of 8"):

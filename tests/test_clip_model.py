@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs.shapes import clip_model
+from unclip_jax.configs.shapes import clip_model
 from unclip_jax import parallel
 from unclip_jax.clip.loss import contrastive_loss
 from unclip_jax.clip.model import CLIP, clip_encode_images, clip_encode_text, normalize
@@ -198,3 +198,35 @@ def test_sharded_init_matches_unsharded(devices8):
     ref = jitted(model)(params, tokens, images)
     for a, b in zip(out, ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_sincos_position_codes_are_the_analytic_grid():
+    from unclip_jax.clip.model import sincos_2d
+    codes = np.asarray(sincos_2d(3, 8))             # 2 frequencies: 1 and 10000^(-1/2)
+    assert codes.shape == (10, 8) and not codes[0].any()     # class token row is zero
+    for r in range(3):
+        for c in range(3):
+            row = codes[1 + 3 * r + c]
+            for k, w in enumerate((1.0, 0.01)):
+                np.testing.assert_allclose(
+                    row[[k, 2 + k, 4 + k, 6 + k]],
+                    [math.sin(r * w), math.cos(r * w), math.sin(c * w), math.cos(c * w)],
+                    atol=1e-6)
+    with pytest.raises(UserError, match="divisible by 4"):
+        sincos_2d(3, 6)
+
+
+def test_sincos_position_init_keeps_the_parameter_tree():
+    """'sincos2d' changes where the position table starts, not the checkpoint layout."""
+    from unclip_jax.clip.model import sincos_2d
+    cfg = tiny_config()
+    _, plain = init(cfg)
+    cfg.vision.position_init = "sincos2d"
+    _, sincos = init(cfg)
+    assert jax.tree.structure(plain) == jax.tree.structure(sincos)
+    assert jax.tree.map(jnp.shape, plain) == jax.tree.map(jnp.shape, sincos)
+    table = sincos["vision_model"]["embeddings"]["position_embedding"]["embedding"]
+    np.testing.assert_array_equal(table, sincos_2d(2, 32))
+    cfg.vision.position_init = "random"
+    with pytest.raises(UserError, match="position_init 'random'"):
+        init(cfg)

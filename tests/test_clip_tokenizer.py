@@ -66,7 +66,7 @@ def test_truncation_warns_and_keeps_eos(tok):
 def test_model_mask_matches_tokenizer_mask(tok):
     import jax
 
-    from configs.shapes import clip_model
+    from unclip_jax.configs.shapes import clip_model
     from unclip_jax.clip.model import CLIP
 
     cfg = clip_model()

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from configs import shapes as shapes_cfg
+from unclip_jax.configs import shapes as shapes_cfg
 from unclip_jax.data import embedding_files as ef, shapes
 from unclip_jax.data.pipeline import make_pipeline
 from unclip_jax.errors import UserError

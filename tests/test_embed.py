@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import shapes as shapes_cfg
+from unclip_jax.configs import shapes as shapes_cfg
 from unclip_jax import export
 from unclip_jax.clip.model import CLIP, clip_encode_images, clip_encode_text
 from unclip_jax.clip.tokenizer import Tokenizer, build_tokenizer

@@ -88,7 +88,7 @@ def small_data(tmp_path_factory):
 
 
 def test_clip_pipeline_emits_negatives_of_each_scene(small_data):
-    from configs import shapes as shapes_cfg
+    from unclip_jax.configs import shapes as shapes_cfg
     from unclip_jax.data.pipeline import make_pipeline
 
     cfg = shapes_cfg.get_config("clip2")

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from configs import karlo as karlo_cfg
+from unclip_jax.configs import karlo as karlo_cfg
 from unclip_jax import cli, export
 from unclip_jax.diffusion import gaussian as G
 from unclip_jax.diffusion.schedules import space_timesteps
 from unclip_jax.errors import UserError
 from unclip_jax.karlo import convert_karlo, karlo_schedule, super_res_model_fn
+from unclip_jax.karlo.diffusers_config import from_diffusers, prior_from_diffusers
+from unclip_jax.karlo.sampling import karlo_timesteps
 
 D, TW, L = 8, 8, 6            # CLIP embedding, CLIP text width, text tokens
 CTX = 16                      # decoder context width (cross_attention_dim)
@@ -142,6 +144,36 @@ def test_prior_matches_diffusers(karlo):
                                atol=1e-6)
 
 
+def test_prior_time_embed_dim_not_a_multiple_of_width(tmp_path):
+    """A PriorTransformer whose time_embed_dim (30) is no whole multiple of its width (22)
+    converts and matches diffusers (the timestep MLP keeps its exact hidden width)."""
+    from diffusers import PriorTransformer
+
+    from unclip_jax.karlo.convert import convert_prior
+    from unclip_jax.models import prior as prior_lib
+
+    torch.manual_seed(1)
+    ref_model = _jitter(PriorTransformer(
+        num_attention_heads=2, attention_head_dim=11, num_layers=1, embedding_dim=D,
+        num_embeddings=L, additional_embeddings=4, time_embed_dim=30), 0.3)
+    ref_model.save_pretrained(str(tmp_path / "prior"))
+    with open(tmp_path / "prior" / "config.json") as f:
+        cfg = prior_from_diffusers(json.load(f), None)
+    assert (cfg.model.width, cfg.model.time_embed_dim) == (22, 30)
+    params, _ = convert_prior(str(tmp_path), cfg)
+    rng = np.random.default_rng(4)
+    x_t, z_t = rng.normal(size=(2, 2, D)).astype(np.float32)
+    states = rng.normal(size=(2, L, D)).astype(np.float32)
+    mask = np.ones((2, L), bool)
+    t = np.array([3, 640])
+    with torch.no_grad():
+        ref = ref_model(_t(x_t), timestep=_t(t), proj_embedding=_t(z_t),
+                        encoder_hidden_states=_t(states),
+                        attention_mask=_t(mask)).predicted_image_embedding
+    ours = prior_lib.from_config(cfg.model).apply({"params": params}, x_t, t, z_t, states, mask)
+    np.testing.assert_allclose(np.asarray(ours), ref.numpy(), atol=ATOL, rtol=0)
+
+
 def _decoder_reference(models, x, t, z_i, z_t, states, mask, cfg_guidance):
     import torch.nn.functional as F
     with torch.no_grad():
@@ -229,11 +261,11 @@ def test_timesteps_match_unclip_scheduler():
     for n in (2, 7, 25, 64, 250):
         s = UnCLIPScheduler()
         s.set_timesteps(n)
-        assert karlo_cfg.karlo_timesteps(n) == sorted(s.timesteps.tolist()), n
+        assert karlo_timesteps(n) == sorted(s.timesteps.tolist()), n
         # so a plain step count ("25") on the sampling CLI visits the same timesteps
-        assert space_timesteps(1000, str(n)) == karlo_cfg.karlo_timesteps(n), n
+        assert space_timesteps(1000, str(n)) == karlo_timesteps(n), n
     # the stage configs store "N": our spacing string must visit Karlo's timesteps for any N
-    bad = [n for n in range(1, 1001) if space_timesteps(1000, str(n)) != karlo_cfg.karlo_timesteps(n)]
+    bad = [n for n in range(1, 1001) if space_timesteps(1000, str(n)) != karlo_timesteps(n)]
     assert not bad, bad[:10]
     cfg = karlo_cfg.get_config("karlo")
     assert cfg.prior_guidance == 4.0 and cfg.decoder_guidance == 8.0
@@ -312,10 +344,10 @@ def test_configs_karlo_and_from_diffusers(karlo):
     assert dec.context_dim == 1536 and dec.embed_dim == 768
     pri = karlo_cfg.get_config("prior").model
     assert (pri.width, pri.layers, pri.heads, pri.text_len) == (2048, 20, 32, 77)
-    cfgs = karlo_cfg.from_diffusers(karlo["src"])
+    cfgs = from_diffusers(karlo["src"])
     assert cfgs["decoder"].model.channel_mult == (1, 2)
     assert cfgs["decoder"].model.attention_resolutions == (DEC // 2,)
-    assert cfgs["prior"].model.text_len == L and cfgs["prior"].model.time_mlp_ratio == 1.0
+    assert cfgs["prior"].model.text_len == L and cfgs["prior"].model.time_embed_dim == 16
 
 
 # ----------------------------------------------------------------------------- bad input

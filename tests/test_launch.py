@@ -315,7 +315,7 @@ def test_tpu_reuses_matching_slice_and_rejects_other_type(fake_bin, tmp_path):
     (TPU_ARGS + ["--ref"], "option --ref needs a value"),
     (_replace(TPU_ARGS, "--accelerator", "v9x-8"),
      "no known TPU runtime for --accelerator v9x-8; pass --version RUNTIME"),
-    (_replace(TPU_ARGS, "--config", "/etc/passwd"), "--config must be a file inside this repository"),
+    (_replace(TPU_ARGS, "--config", "/etc/passwd"), "--config must be a preset name or a file inside this repository"),
     (TPU_ARGS + ["--python-version", "3"], "--python-version must look like 3.11"),
 ])
 def test_tpu_bad_input(args, message, tmp_path):
@@ -504,6 +504,20 @@ def test_local_dry_run_commands(tmp_path):
         assert words[words.index("train") + 1:-4] == ["--config", CONFIG_ABS, "--workdir", workdir,
                                                       "--config.train.steps=5"]
     assert not (tmp_path / "wd").exists()  # a dry run creates nothing
+
+
+@pytest.mark.parametrize("script", ["tpu_pod.sh", "gpu_slurm.sh", "local.sh"])
+def test_preset_name_reaches_train_unchanged(script, tmp_path):
+    """`--config shapes:decoder` (a preset, resolved by name where train runs) is accepted
+    from any directory and passed to train as is; an unknown name is train's error."""
+    args = dict(
+        [("tpu_pod.sh", _replace(TPU_ARGS, "--config", "shapes:decoder")),
+         ("gpu_slurm.sh", _replace(SLURM_ARGS, "--config", "shapes:decoder")),
+         ("local.sh", ["-n", "2", "--workdir", "wd", "--config", "shapes:decoder"])])[script]
+    proc = launch(script, "--dry-run", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "--config shapes:decoder" in proc.stdout
+    assert str(tmp_path / "shapes:decoder") not in proc.stdout      # not made a path
 
 
 def test_local_two_processes_all_reduce(tmp_path):

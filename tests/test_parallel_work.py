@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import shapes
+from unclip_jax.configs import shapes
 from unclip_jax import parallel
 from unclip_jax.bench import measure
 from unclip_jax.bench import modes as modes_lib

@@ -53,7 +53,7 @@ def test_import_sets_the_flag_unless_turned_off():
 UNET_RESULT = """
 import json, jax, jax.numpy as jnp, numpy as np
 from unclip_jax.models.unet import UNet
-from configs import shapes
+from unclip_jax.configs import shapes
 cfg = shapes.upsampler1().model
 with cfg.unlocked():
     cfg.model_channels, cfg.norm_groups, cfg.channel_mult = 16, 4, (1, 2)

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from configs import shapes
+from unclip_jax.configs import shapes
 from unclip_jax.cli import main
 from unclip_jax.errors import UserError
 from unclip_jax.train.cli import apply_overrides

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from configs import shapes
+from unclip_jax.configs import shapes
 from unclip_jax.train import stages
 from unclip_jax.train.loop import train
 

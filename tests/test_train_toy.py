@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from configs import common
+from unclip_jax.configs import common
 from unclip_jax.models.layers import LayerNorm, dense
 from unclip_jax.train import stages
 

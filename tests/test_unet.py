@@ -10,7 +10,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import paper, shapes
+from unclip_jax.configs import paper, shapes
 from unclip_jax import parallel
 from unclip_jax.diffusion import losses, schedules
 from unclip_jax.errors import UserError

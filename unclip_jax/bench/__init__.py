@@ -2,10 +2,10 @@
 three parallel modes (pmap / jit data-parallel / jit FSDP), and beside diffusers' PyTorch
 unCLIP components on the same CPU.
 
-    unclip-jax bench [--config configs/shapes.py:decoder] [--config.model.width=512 ...]
+    unclip-jax bench [--config shapes:decoder] [--config.model.width=512 ...]
                      [--devices 8] [--batch-size 16] [--iters 5] [--out results.json]
 
-Without --config both configs/shapes.py:prior and :decoder run. On CPU, `--devices N`
+Without --config both shapes:prior and shapes:decoder run. On CPU, `--devices N`
 simulates N devices (XLA_FLAGS=--xla_force_host_platform_device_count=N, set here before
 JAX starts its backend); the simulated devices share the machine's cores, so on CPU the modes
 differ in overheads and partitioning, not in speed-up. On GPUs/TPUs all local devices are used.
@@ -22,7 +22,7 @@ import sys
 
 from unclip_jax.errors import UserError
 
-DEFAULT_CONFIGS = ("configs/shapes.py:prior", "configs/shapes.py:decoder")
+DEFAULT_CONFIGS = ("shapes:prior", "shapes:decoder")
 
 
 def set_device_count(n: int, dump_dir: str | None = None) -> None:

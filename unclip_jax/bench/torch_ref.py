@@ -32,6 +32,7 @@ def _require(cond: bool, msg: str) -> None:
 def torch_prior(model_cfg):
     """`PriorTransformer` matching a prior `model` config section."""
     from diffusers import PriorTransformer
+    from unclip_jax.models.prior import time_hidden_width
     m = model_cfg
     _require(int(m.text_width) == int(m.embed_dim),
              f"diffusers' PriorTransformer projects text states of width embedding_dim; set "
@@ -42,7 +43,8 @@ def torch_prior(model_cfg):
     return PriorTransformer(
         num_attention_heads=heads, attention_head_dim=width // heads, num_layers=int(m.layers),
         embedding_dim=int(m.embed_dim), num_embeddings=int(m.text_len), additional_embeddings=4,
-        dropout=float(m.dropout), time_embed_dim=int(float(m.get("time_mlp_ratio", 4.0)) * width),
+        dropout=float(m.dropout), time_embed_dim=time_hidden_width(
+            width, float(m.get("time_mlp_ratio", 4.0)), int(m.get("time_embed_dim", 0))),
         norm_in_type="layer" if m.get("norm_in", False) else None)
 
 
@@ -65,7 +67,7 @@ def torch_decoder(model_cfg):
     ours = UNet.from_config(model_cfg)
     _require(bool(ours.embed_dim) and bool(ours.attention_resolutions),
              "the PyTorch comparison covers the conditional decoder (model.embed_dim > 0 and "
-             "attention); use --config configs/shapes.py:decoder")
+             "attention); use --config shapes:decoder")
     _require(ours.text_width == ours.embed_dim,
              f"UnCLIPTextProjModel projects text states of width clip_embeddings_dim; set "
              f"--config.model.text_width={ours.embed_dim} to compare")
@@ -90,7 +92,7 @@ def torch_upsampler(model_cfg):
     ours = UNet.from_config(model_cfg)
     _require(ours.low_res_channels > 0 and not ours.attention_resolutions,
              "the PyTorch upsampler twin covers the conv-only upsamplers "
-             "(configs/shapes.py:upsampler1 or :upsampler2)")
+             "(shapes:upsampler1 or shapes:upsampler2)")
     levels, mc = len(ours.channel_mult), ours.model_channels
     return UNet2DModel(
         sample_size=ours.image_size, in_channels=ours.in_channels + ours.low_res_channels,

@@ -60,7 +60,7 @@ def bench_config(config):
     is not a zero step). Raises UserError for a stage the benchmark does not cover."""
     if config.stage not in STAGES:
         raise UserError(f"config.stage={config.stage!r}: `unclip-jax bench` covers {STAGES}; "
-                        "pass --config configs/shapes.py:prior or configs/shapes.py:decoder")
+                        "pass --config shapes:prior or shapes:decoder")
     cfg = config.copy_and_resolve_references()
     with cfg.unlocked():
         cfg.train.warmup = 0

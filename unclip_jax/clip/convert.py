@@ -50,10 +50,10 @@ def read_hf_config(src: str) -> dict:
 
 
 def model_config_from_hf(hf: dict) -> mlc.ConfigDict:
-    """HF CLIPConfig dict → our `model` section (schema of configs/shapes.py:clip_model)."""
+    """HF CLIPConfig dict → our `model` section (the schema of preset shapes:clip's model)."""
     from transformers import CLIPConfig
 
-    from configs.shapes import clip_model
+    from unclip_jax.presets import load_config
 
     c = CLIPConfig.from_dict(hf)
     t, v = c.text_config, c.vision_config
@@ -68,7 +68,7 @@ def model_config_from_hf(hf: dict) -> mlc.ConfigDict:
         r = hidden / width
         return r if int(width * r) == hidden else (hidden + 0.5) / width
 
-    cfg = clip_model()
+    cfg = load_config("shapes:clip").model
     cfg.embed_dim = int(c.projection_dim)
     cfg.text.update(dict(
         vocab_size=int(t.vocab_size), context_length=int(t.max_position_embeddings),
@@ -191,8 +191,8 @@ def copy_tokenizer(src: str, dst: str) -> str | None:
 def convert(src: str, dst: str, overwrite: bool = False) -> str:
     """Import `src` and write an inference checkpoint (stage 'clip') to `dst` (an existing
     one is replaced only with `overwrite`)."""
-    from configs.shapes import clip as clip_stage
     from unclip_jax import export
+    from unclip_jax.presets import load_config
 
     export.check_destination(dst, overwrite)
     model_cfg, params = load_hf_clip(src)
@@ -200,7 +200,7 @@ def convert(src: str, dst: str, overwrite: bool = False) -> str:
     tok_dir = copy_tokenizer(src, os.path.join(dst, "tokenizer"))
     if tok_dir:
         model_cfg.tokenizer = tok_dir
-    config = clip_stage()
+    config = load_config("shapes:clip")
     with config.unlocked():
         config.model = model_cfg
         config.data.image_size = model_cfg.vision.image_size

@@ -1,8 +1,10 @@
 """Karlo (kakaobrain's public unCLIP, diffusers unCLIP layout) in unclip-jax.
 
-`convert_karlo(src, dst)` imports the weights (see `unclip_jax.karlo.convert`);
-`configs/karlo.py` holds the architecture and the sampling preset; `unclip_jax.karlo.sampling`
-has the pieces of diffusers' UnCLIPPipeline semantics that are Karlo-specific.
+`convert_karlo(src, dst)` imports the weights (`unclip_jax.karlo.convert`);
+`unclip_jax.karlo.diffusers_config` reads a diffusers directory's config.json files into stage
+configs, starting from the `karlo` preset (configs/karlo.py: architecture, sampling defaults);
+`unclip_jax.karlo.sampling` has the pieces of diffusers' UnCLIPPipeline semantics that are
+Karlo-specific (its timesteps, the super-res model switch).
 CLI: `unclip-jax convert-karlo SRC DST`.
 """
 from unclip_jax.karlo.convert import add_arguments, convert_karlo, run  # noqa: F401

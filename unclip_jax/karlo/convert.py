@@ -12,7 +12,7 @@ the layout `unclip_jax.pipeline.UnCLIP.from_directory` reads:
   DST/upsampler1  super_res_first (all super-res steps but the last)
   DST/upsampler2  super_res_last (the final super-res step; also 64→256)
 
-The architecture comes from SRC's config.json files (`configs.karlo.from_diffusers`).
+The architecture comes from SRC's config.json files (`unclip_jax.karlo.diffusers_config`).
 """
 from __future__ import annotations
 
@@ -27,17 +27,17 @@ import flax.linen as nn
 
 from unclip_jax.errors import CheckpointError, UserError
 from unclip_jax.karlo import mapping
+from unclip_jax.karlo.diffusers_config import COMPONENTS, DOWNLOAD, from_diffusers, read_json
+from unclip_jax.presets import load_config
 from unclip_jax.karlo.weights import fill, read_component
 
 EXPECTED_UNUSED = ("prior/clip_mean", "prior/clip_std")
 
 
 def _check_components(src: str) -> None:
-    from configs.karlo import COMPONENTS
-
     if not os.path.isdir(src):
         raise UserError(f"Karlo directory {src} does not exist; download it first "
-                        "(huggingface-cli download kakaobrain/karlo-v1-alpha --local-dir DIR)")
+                        f"({DOWNLOAD})")
     missing = [c for c in COMPONENTS if not os.path.isdir(os.path.join(src, c))]
     if missing:
         raise UserError(f"{src} is missing the Karlo component(s) {', '.join(missing)}; a "
@@ -50,15 +50,13 @@ def clip_text_config(hf: dict) -> mlc.ConfigDict:
     """text_encoder/config.json (CLIPTextModelWithProjection) → our CLIP `model` section."""
     from transformers import CLIPTextConfig
 
-    from configs.karlo import clip_model
-
     if hf.get("model_type") not in ("clip_text_model", "clip"):
         raise UserError(f"text_encoder/config.json: model_type={hf.get('model_type')!r} but "
                         "Karlo's text encoder is a 'clip_text_model' "
                         "(CLIPTextModelWithProjection)")
     t = CLIPTextConfig.from_dict(hf)
     hidden, width = int(t.intermediate_size), int(t.hidden_size)
-    cfg = clip_model()
+    cfg = load_config("karlo:clip").model
     cfg.embed_dim = int(t.projection_dim)
     cfg.text.update(dict(
         vocab_size=int(t.vocab_size), context_length=int(t.max_position_embeddings),
@@ -73,7 +71,6 @@ def clip_text_config(hf: dict) -> mlc.ConfigDict:
 
 def convert_clip_text(src: str) -> tuple[mlc.ConfigDict, dict]:
     """SRC/text_encoder → (CLIP model config, params {text_model, text_projection, logit_scale})."""
-    from configs.karlo import read_json
     from unclip_jax.clip import convert as clip_convert
 
     cfg = clip_text_config(read_json(src, "text_encoder"))
@@ -183,7 +180,6 @@ def convert_karlo(src: str, dst: str, overwrite: bool = False) -> dict[str, str]
     Raises UserError / CheckpointError naming a missing component, an unsupported config value
     or a weight whose shape does not match its config.
     """
-    from configs import karlo as karlo_cfg
     from unclip_jax import export
     from unclip_jax.clip.convert import copy_tokenizer
     from unclip_jax.train.checkpoint import extras_to_json
@@ -192,7 +188,7 @@ def convert_karlo(src: str, dst: str, overwrite: bool = False) -> dict[str, str]
     for name in ("clip", "prior", "decoder", "upsampler1", "upsampler2"):
         export.check_destination(os.path.join(dst, name), overwrite)   # before any work
     src, dst = os.path.abspath(src), os.path.abspath(dst)
-    stages = karlo_cfg.from_diffusers(src)
+    stages = from_diffusers(src)
     clip_cfg, clip_params = convert_clip_text(src)
     if clip_cfg.embed_dim != stages["prior"].model.embed_dim:
         raise UserError(f"architecture mismatch: text_encoder projection_dim="
@@ -216,7 +212,7 @@ def convert_karlo(src: str, dst: str, overwrite: bool = False) -> dict[str, str]
         raise UserError(f"{src}/tokenizer has no tokenizer files (vocab.json, merges.txt, ...)")
     out["tokenizer"] = tok
     clip_cfg.tokenizer = tok
-    clip_stage = karlo_cfg.clip()
+    clip_stage = load_config("karlo:clip")
     with clip_stage.unlocked():
         clip_stage.model = clip_cfg
     source = dict(source=src, format="diffusers unCLIP (Karlo)")
@@ -239,7 +235,7 @@ def convert_karlo(src: str, dst: str, overwrite: bool = False) -> dict[str, str]
 
 def add_arguments(parser) -> None:
     parser.add_argument("src", help="Karlo directory in the diffusers unCLIP layout (e.g. from "
-                        "`huggingface-cli download kakaobrain/karlo-v1-alpha --local-dir SRC`)")
+                        "`hf download kakaobrain/karlo-v1-alpha --local-dir SRC`)")
     parser.add_argument("dst", help="output directory (clip/, tokenizer/, prior/, decoder/, "
                         "upsampler1/, upsampler2/)")
     parser.add_argument("--overwrite", action="store_true",

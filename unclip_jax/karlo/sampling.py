@@ -15,14 +15,31 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from unclip_jax.diffusion import schedules
 
 
+TRAIN_TIMESTEPS = 1000         # Karlo's schedules are 1000-step cosine
+
+
+def karlo_timesteps(num_steps: int, train_steps: int = TRAIN_TIMESTEPS) -> list[int]:
+    """Timesteps `UnCLIPScheduler.set_timesteps(num_steps)` visits, ascending.
+
+    t_k = round(k · (T − 1) / (N − 1)), k = 0..N−1 (numpy round-half-to-even), so the first
+    and last training steps are always included. N = 1 gives [0].
+    """
+    n, T = int(num_steps), int(train_steps)
+    if n < 1 or n > T:
+        raise ValueError(f"num_steps={num_steps} must be between 1 and the {T} training steps")
+    if n == 1:
+        return [0]
+    ratio = (T - 1) / (n - 1)
+    return sorted(int(t) for t in np.round(np.arange(n) * ratio))
+
+
 def karlo_schedule(diffusion_cfg, num_steps: int | None = None) -> schedules.Schedule:
     """Respaced schedule for `num_steps` UnCLIPScheduler steps (default: the config's list)."""
-    from configs.karlo import karlo_timesteps
-
     if num_steps is None:
         return schedules.from_config(diffusion_cfg, sampling=True)
     return schedules.respace(diffusion_cfg.schedule, diffusion_cfg.timesteps,

@@ -265,7 +265,7 @@ def from_config(model_cfg) -> ARPrior:
     """`ARPrior` from a `model` config section (configs/shapes.py:ar_prior)."""
     if model_cfg.kind != "ar_prior":
         raise UserError(f"model.kind={model_cfg.kind!r}; an AR prior needs 'ar_prior' "
-                        "(use configs/...:ar_prior)")
+                        "(use e.g. --config shapes:ar_prior)")
     return ARPrior(
         width=model_cfg.width, layers=model_cfg.layers, heads=model_cfg.heads,
         embed_dim=model_cfg.embed_dim, text_width=model_cfg.text_width,

@@ -247,6 +247,7 @@ class DiffusionPrior(nn.Module):
     dtype: Any = jnp.float32
     normalize_z_t: bool = True    # L2-normalise z_t before projecting it (False: Karlo)
     time_mlp_ratio: float = 4.0   # hidden width of the timestep MLP / width (Karlo: 1)
+    time_embed_dim: int = 0       # that hidden width itself; 0 = time_mlp_ratio · width
     norm_in: bool = False         # LayerNorm over the sequence before the blocks
 
     @nn.compact
@@ -262,8 +263,8 @@ class DiffusionPrior(nn.Module):
                                          self.normalize_z_t, name="cond")(
             z_t, text_states, text_mask, drop_text)
         t_emb = timestep_embedding(jnp.asarray(t).reshape(B), self.width)
-        t_tok = MLP(int(self.time_mlp_ratio * self.width), "silu", self.dtype, name="time_mlp")(
-            t_emb.astype(self.dtype))
+        t_tok = MLP(time_hidden_width(self.width, self.time_mlp_ratio, self.time_embed_dim),
+                    "silu", self.dtype, name="time_mlp")(t_emb.astype(self.dtype))
         x_tok = dense(self.width, (None, "embed"), "x_proj", self.dtype)(
             x_t.astype(self.dtype))
         query = self.param("query", nn.with_logical_partitioning(
@@ -279,11 +280,17 @@ class DiffusionPrior(nn.Module):
         return (out, hidden) if return_hidden else out
 
 
+def time_hidden_width(width: int, time_mlp_ratio: float = 4.0, time_embed_dim: int = 0) -> int:
+    """Hidden width of the timestep MLP: `time_embed_dim` when set (> 0), else
+    int(time_mlp_ratio · width)."""
+    return int(time_embed_dim) if time_embed_dim else int(time_mlp_ratio * width)
+
+
 def from_config(model_cfg) -> DiffusionPrior:
-    """`DiffusionPrior` from a `model` config section (configs/shapes.py:prior)."""
+    """`DiffusionPrior` from a `model` config section (preset shapes:prior)."""
     if model_cfg.kind != "diffusion_prior":
         raise UserError(f"model.kind={model_cfg.kind!r}; a diffusion prior needs "
-                        "'diffusion_prior' (use configs/...:prior)")
+                        "'diffusion_prior' (use e.g. --config shapes:prior)")
     _check_normalize(model_cfg, stats={})
     return DiffusionPrior(
         width=model_cfg.width, layers=model_cfg.layers, heads=model_cfg.heads,
@@ -292,6 +299,7 @@ def from_config(model_cfg) -> DiffusionPrior:
         dropout=model_cfg.dropout, remat=model_cfg.remat, dtype=compute_dtype(model_cfg.dtype),
         normalize_z_t=bool(model_cfg.get("normalize_z_t", True)),
         time_mlp_ratio=float(model_cfg.get("time_mlp_ratio", 4.0)),
+        time_embed_dim=int(model_cfg.get("time_embed_dim", 0)),
         norm_in=bool(model_cfg.get("norm_in", False)))
 
 

@@ -1,38 +1,24 @@
-"""`unclip-jax train --config configs/shapes.py:decoder --workdir runs/decoder
+"""`unclip-jax train --config shapes:decoder --workdir runs/decoder
 [--config.train.batch_size=8 ...] [--export DIR]`.
 
-`--config FILE.py[:ARG]` loads `get_config(ARG)` from FILE. Each `--config.a.b=VALUE` sets one
-key of the locked config; the value is parsed as a Python literal and must have the type of the
-key it replaces (ints are accepted for floats). A key that does not exist is an error naming it.
+`--config NAME[:ARG]` loads `get_config(ARG)` of the preset NAME (shapes, paper, karlo) from
+any directory, `--config FILE.py[:ARG]` from a file (`unclip_jax.presets`). Each
+`--config.a.b=VALUE` sets one key of the locked config; the value is parsed as a Python
+literal and must have the type of the key it replaces (ints are accepted for floats). A key
+that does not exist is an error naming it.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import difflib
-import importlib.util
-import os
 
 import ml_collections as mlc
 
 from unclip_jax.errors import UserError
+from unclip_jax.presets import load_config  # noqa: F401  (the CLI's config loader)
 
 OVERRIDE_PREFIX = "--config."
-
-
-def load_config(spec: str) -> mlc.ConfigDict:
-    """'path/to/file.py[:arg]' → `get_config(arg)` of that file (a locked ConfigDict)."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise UserError(f"config file {path!r} not found; pass e.g. "
-                        "--config configs/shapes.py:decoder")
-    name = "_unclip_config_" + os.path.splitext(os.path.basename(path))[0]
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise UserError(f"{path} has no get_config(arg) function")
-    return module.get_config(arg or None)
 
 
 def _parse_value(key: str, text: str, old):
@@ -81,7 +67,8 @@ def apply_overrides(config: mlc.ConfigDict, overrides: list[str]) -> mlc.ConfigD
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True,
-                        help="config file and variant, e.g. configs/shapes.py:decoder")
+                        help="preset and variant, e.g. shapes:decoder (presets: shapes, paper, karlo), "
+                             "or a config FILE.py[:ARG]")
     parser.add_argument("--workdir", required=True,
                         help="run directory (checkpoints, metrics, samples), local or gs://; "
                              "resumes if it exists")
