@@ -2,7 +2,8 @@
 
     unclip-jax package --out model/ --stage clip=runs/clip --stage prior=runs/prior \\
         --stage decoder=runs/decoder --tokenizer runs/tokenizer [--dtype float16] \\
-        [--commit SHA] [--dataset NAME] [--note decoder="retrained with 8 groups"]
+        [--commit SHA] [--dataset NAME] [--note decoder="retrained with 8 groups"] \\
+        [--base bundled|MODEL]
 
 Each stage's EMA parameters are exported (`unclip_jax.train.loop.export_from_workdir`) into
 `OUT/<stage>/` in the inference format (`unclip_jax.export`), cast to `dtype` (they load back
@@ -18,6 +19,10 @@ Packaging into an existing OUT replaces only the named stages' subdirectories (a
 tokenizer when one is given) and merges the MANIFEST: other stages' entries and any other
 top-level keys are kept. Every stage is first exported into a staging directory inside OUT,
 so a failure (bad workdir, missing checkpoint) leaves OUT as it was.
+
+`--base MODEL` (or `--base bundled`, the model shipped in the package) fills the stages and the
+tokenizer that neither `--stage` nor OUT has by copying MODEL's directories as they are (their
+MANIFEST entries marked `base`): one retrained stage becomes a complete model.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ MANIFEST = "MANIFEST.json"
 TOKENIZER = "tokenizer"
 FINAL_ROWS = 5           # final_loss = mean loss of this many last logged rows
 _STAGING_PREFIX = ".package-"
+BUNDLED = "bundled"       # --base bundled: the model shipped in the package
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -227,23 +233,54 @@ def merge_manifest(old: dict, new_stages: dict[str, dict], out_dir: str, *, comm
 
 
 # ------------------------------------------------------------------ the command
+def base_model_dir(base: str) -> str:
+    """`--base` → a model directory: 'bundled' is the model shipped in the package."""
+    if base == BUNDLED:
+        from unclip_jax.pipeline_io import BUNDLED_MODEL
+        return BUNDLED_MODEL
+    if not os.path.isdir(base):
+        raise UserError(f"--base {base}: no such model directory; pass a directory with clip/, "
+                        f"tokenizer/, prior/, ... (e.g. an earlier --out) or '{BUNDLED}'")
+    return base
+
+
+def _copy_base_stages(base: str, label: str, skip, out_dir: str, staging: str) -> dict:
+    """Copy `base`'s stage directories not in `skip` and not already in `out_dir` into
+    `staging`; → {stage: MANIFEST entry (base's, with 'base': label and the size here)}."""
+    base_stages = read_manifest(base).get("stages", {})
+    entries = {}
+    for name in STAGES:
+        src = os.path.join(base, name)
+        if name in skip or not os.path.isdir(src) or os.path.isdir(os.path.join(out_dir, name)):
+            continue
+        dest = os.path.join(staging, name)
+        shutil.copytree(src, dest)
+        entries[name] = dict(base_stages.get(name, {}), base=label,
+                             size_bytes=directory_bytes(dest))
+    return entries
+
+
 def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None,
                   dtype: str = "float16", commit: str | None = None,
-                  dataset: str | None = None, notes: dict[str, str] | None = None) -> dict:
+                  dataset: str | None = None, notes: dict[str, str] | None = None,
+                  base: str | None = None) -> dict:
     """Export training workdirs into the model directory `out_dir` and return its MANIFEST.
 
     stages: {stage name (one of `STAGES`): training workdir}. tokenizer: a Hugging Face
     tokenizer directory copied to `out_dir/tokenizer` (None keeps whatever is there).
     dtype: storage dtype of the parameters ('float16', 'float32' or 'bfloat16'). commit:
     recorded as is; None → this repository's `git rev-parse HEAD` (null outside git).
-    notes: {stage: text} stored in that stage's entry.
+    notes: {stage: text} stored in that stage's entry. base: a model directory (or 'bundled')
+    whose other stages and tokenizer fill what neither `stages` nor `out_dir` has (copied as
+    they are, their MANIFEST entries marked with 'base').
     Raises UserError (nothing written) for an unknown stage, a missing workdir, tokenizer or
     checkpoint, a workdir of another stage, an unsupported dtype, or a note for a stage that
     is not packaged.
     """
     notes = dict(notes or {})
-    if not stages and tokenizer is None:
+    if not stages and tokenizer is None and base is None:
         raise UserError("nothing to package; give at least one --stage STAGE=WORKDIR")
+    base_dir = base_model_dir(base) if base is not None else None
     check_stage_names(stages)
     check_stage_names(notes, "--note stage")
     if dtype not in DTYPES:
@@ -274,6 +311,11 @@ def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None
                 dest = os.path.join(staging, name)
                 _export_stage(name, stages[name], dest, dtype)
                 entries[name] = stage_entry(stages[name], dest, dtype, commit, notes.get(name))
+        if base_dir is not None:
+            entries.update(_copy_base_stages(base_dir, base, stages, out_dir, staging))
+            if tokenizer is None and not os.path.isdir(os.path.join(out_dir, TOKENIZER)) \
+                    and os.path.isdir(os.path.join(base_dir, TOKENIZER)):
+                tokenizer = os.path.join(base_dir, TOKENIZER)
         if tokenizer is not None:
             shutil.copytree(tokenizer, os.path.join(staging, TOKENIZER))
         for name in os.listdir(staging):          # all exported: swap them in
@@ -314,15 +356,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None, help="dataset name for the MANIFEST")
     parser.add_argument("--note", action="append", default=[], metavar="STAGE=TEXT",
                         help="a note stored in that stage's MANIFEST entry; repeat")
+    parser.add_argument("--base", default=None, metavar="MODEL",
+                        help=f"take the stages and tokenizer not given (and not already in OUT) "
+                             f"from this model directory, or '{BUNDLED}' for the bundled model")
 
 
 def run(args) -> int:
     stages = parse_pairs(args.stage, "--stage", "WORKDIR")
     notes = parse_pairs(args.note, "--note", "TEXT")
     manifest = package_model(stages, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
-                             commit=args.commit, dataset=args.dataset, notes=notes)
+                             commit=args.commit, dataset=args.dataset, notes=notes,
+                             base=args.base)
     for line in summary_lines(manifest, [n for n in STAGES if n in stages]):
         print(line)
+    copied = [n for n in STAGES if manifest["stages"].get(n, {}).get("base") == args.base
+              and n not in stages and args.base is not None]
+    if copied:
+        print(f"from {args.base}: {', '.join(copied)}")
     print(f"wrote {os.path.join(args.out, MANIFEST)} "
           f"({human_bytes(manifest['total_size_bytes'])} in all)")
     return 0

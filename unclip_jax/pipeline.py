@@ -191,6 +191,10 @@ class UnCLIP:
                                   f"{[n for n in ('prior', 'ar_prior') if n in found] or 'no prior'}")
         for name in {"prior", "ar_prior"} - {keep}:
             found.pop(name, None)
+        if "tokenizer" in found and "clip" not in found:
+            raise CheckpointError(f"{root} has tokenizer/ but no clip/ (the CLIP that reads "
+                                  "captions); add one, e.g. `unclip-jax package --out "
+                                  f"{root} --base bundled` copies the missing stages")
         return cls.load(**found, devices=devices, progress=progress, compile_cache=compile_cache)
 
     def directories(self) -> dict[str, dict[str, str]]:

@@ -1,6 +1,6 @@
 """`unclip-jax data build shapes|folder`: build the TFDS datasets.
 
-  unclip-jax data build shapes --data_dir DIR [--config small|default]
+  unclip-jax data build shapes --data_dir DIR [--config medium|small|default]
   unclip-jax data build folder SRC --data_dir DIR [--image_size 256] [--min_size 64]
 """
 from __future__ import annotations
@@ -14,7 +14,9 @@ def add_arguments(parser) -> None:
     kinds = build.add_subparsers(dest="kind", metavar="DATASET", required=True)
     shapes = kinds.add_parser("shapes", help="the captioned-shapes dataset (no download)")
     shapes.add_argument("--data_dir", required=True)
-    shapes.add_argument("--config", default="default", help="'default' (100k), 'medium' (20k) or 'small'")
+    shapes.add_argument("--config", default="medium",
+                        help="'medium' (20k train images: what the shapes presets train on, "
+                             "default), 'small' (384: the README quickstart) or 'default' (100k)")
     folder = kinds.add_parser("folder", help="image files + .txt captions, or a CSV/Parquet")
     folder.add_argument("source", help="directory, .csv or .parquet of path,caption")
     folder.add_argument("--data_dir", required=True)

@@ -26,11 +26,14 @@ from unclip_jax.errors import UserError
 def _tokenizer_for(clip_dir: str, model_cfg):
     from unclip_jax.clip.tokenizer import Tokenizer
     length = int(model_cfg.text.context_length)
-    for path in (os.path.join(clip_dir, "tokenizer"), clip_dir, str(model_cfg.get("tokenizer", ""))):
+    beside = os.path.join(os.path.dirname(os.path.normpath(clip_dir)), "tokenizer")
+    for path in (os.path.join(clip_dir, "tokenizer"), clip_dir, beside,
+                 str(model_cfg.get("tokenizer", ""))):
         if path and os.path.isfile(os.path.join(path, "tokenizer.json")):
             return Tokenizer(path, length)
     raise UserError(f"no tokenizer found for the CLIP checkpoint {clip_dir}; put tokenizer.json "
-                    "in CKPT/tokenizer/ or set its config.model.tokenizer")
+                    "in CKPT/tokenizer/ or beside CKPT (a model directory's tokenizer/), or set "
+                    "its config.model.tokenizer")
 
 
 def embed_dataset(clip_dir: str, data_dir: str, out_dir: str, *, dataset: str = "unclip_shapes",
@@ -112,7 +115,10 @@ def embed_dataset(clip_dir: str, data_dir: str, out_dir: str, *, dataset: str = 
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--clip", required=True, help="CLIP inference checkpoint directory")
+    parser.add_argument("--clip", default=None,
+                        help="CLIP inference checkpoint directory, e.g. MODEL/clip (its "
+                             "tokenizer: CLIP/tokenizer or MODEL/tokenizer); default: the "
+                             "bundled model's CLIP")
     parser.add_argument("--data_dir", required=True, help="TFDS data_dir holding the dataset")
     parser.add_argument("--dataset", default="unclip_shapes",
                         help="unclip_shapes[/CONFIG] or folder (default: unclip_shapes)")
@@ -123,6 +129,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    if args.clip is None:
+        from unclip_jax.pipeline_io import BUNDLED_MODEL
+        args.clip = os.path.join(BUNDLED_MODEL, "clip")
     m = embed_dataset(args.clip, args.data_dir, args.out, dataset=args.dataset, split=args.split,
                       batch_size=args.batch_size, chunk_size=args.chunk_size)
     print(f"embedded {m['num_examples']} examples of {m['dataset']}:{m['split']} into {args.out}")

@@ -1,0 +1,78 @@
+"""The newcomer's path: `embed --clip MODEL/clip` finds MODEL/tokenizer, `package --base`
+completes a model from the bundled one, a model directory missing its CLIP says how to fix it,
+`data build shapes` builds what the presets train on."""
+import json
+import os
+import shutil
+
+import pytest
+
+from unclip_jax.cli import main
+from unclip_jax.configs import shapes as shapes_cfg
+from unclip_jax.errors import CheckpointError, UserError
+from unclip_jax.pipeline_io import BUNDLED_MODEL
+
+
+def test_embed_finds_the_tokenizer_beside_the_clip():
+    from unclip_jax import export
+    from unclip_jax.data.embed import _tokenizer_for
+
+    clip_dir = os.path.join(BUNDLED_MODEL, "clip")
+    assert not os.path.exists(os.path.join(clip_dir, "tokenizer"))   # only beside it
+    cfg = export.load_config(clip_dir)
+    cfg.model.tokenizer = ""                 # only the model directory's own tokenizer/
+    tok = _tokenizer_for(clip_dir, cfg.model)
+    ids, mask = tok(["a red circle"])
+    assert ids.shape == (1, cfg.model.text.context_length) and mask[0].sum() > 2
+
+
+def test_embed_without_any_tokenizer_names_the_places(tmp_path):
+    from unclip_jax import export
+    from unclip_jax.data.embed import _tokenizer_for
+
+    clip_dir = tmp_path / "model" / "clip"
+    shutil.copytree(os.path.join(BUNDLED_MODEL, "clip"), clip_dir)
+    cfg = export.load_config(str(clip_dir))
+    cfg.model.tokenizer = ""
+    with pytest.raises(UserError, match=r"no tokenizer found .*beside CKPT"):
+        _tokenizer_for(str(clip_dir), cfg.model)
+
+
+def test_package_base_bundled_completes_a_model(tmp_path, capsys):
+    out = tmp_path / "model"
+    assert main(["package", "--out", str(out), "--base", "bundled", "--dtype", "float16"]) == 0
+    assert "from bundled: clip, prior, ar_prior, decoder, upsampler1, upsampler2" in \
+        capsys.readouterr().out
+    bundled = json.load(open(os.path.join(BUNDLED_MODEL, "MANIFEST.json")))
+    manifest = json.load(open(out / "MANIFEST.json"))
+    for name, entry in bundled["stages"].items():
+        got = manifest["stages"][name]
+        assert got["base"] == "bundled" and got["params_sha256"] == entry["params_sha256"]
+        assert sorted(os.listdir(out / name)) == sorted(os.listdir(os.path.join(BUNDLED_MODEL,
+                                                                              name)))
+    assert os.path.isfile(out / "tokenizer" / "tokenizer.json")
+    from unclip_jax.pipeline import UnCLIP
+    pipe = UnCLIP.from_directory(str(out), progress=False)        # checksums verified
+    assert set(pipe.stages) == {"clip", "prior", "decoder", "upsampler1", "upsampler2"}
+    assert main(["package", "--out", str(tmp_path / "x"), "--base", str(tmp_path / "nope")]) == 2
+    assert "--base" in capsys.readouterr().err
+
+
+def test_model_with_tokenizer_but_no_clip_names_the_fix(tmp_path):
+    from unclip_jax.pipeline import UnCLIP
+
+    for name in ("tokenizer", "decoder"):
+        shutil.copytree(os.path.join(BUNDLED_MODEL, name), tmp_path / name)
+    with pytest.raises(CheckpointError, match=r"tokenizer/ but no clip/.*--base bundled"):
+        UnCLIP.from_directory(str(tmp_path), progress=False)
+
+
+def test_data_build_default_is_the_presets_dataset():
+    import argparse
+
+    from unclip_jax.data import cli as data_cli
+
+    parser = argparse.ArgumentParser()
+    data_cli.add_arguments(parser)
+    args = parser.parse_args(["build", "shapes", "--data_dir", "d"])
+    assert f"unclip_shapes/{args.config}" == shapes_cfg.get_config("decoder").data.name
