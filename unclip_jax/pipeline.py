@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from unclip_jax import export, parallel, runtime
+from unclip_jax import editing, export, parallel, runtime
 from unclip_jax import pipeline_io as io
 from unclip_jax import sampling
 from unclip_jax.diffusion import schedules
@@ -97,9 +97,10 @@ def _example_keys(key, index):
 
 
 def per_example(fn, keys, *batched):
-    """vmap `fn(key, *one_example)` (each array with a leading batch axis of 1) over a batch."""
+    """vmap `fn(key, *one_example)` (each array, or pytree of arrays, with a leading batch
+    axis of 1; None passes through) over a batch."""
     def one(k, *xs):
-        out = fn(k, *(None if x is None else x[None] for x in xs))
+        out = fn(k, *(jax.tree.map(lambda a: a[None], x) for x in xs))
         return jax.tree.map(lambda a: a[0], out)
     in_axes = (0,) + tuple(None if x is None else 0 for x in batched)
     return jax.vmap(one, in_axes=in_axes)(keys, *batched)
@@ -336,14 +337,23 @@ class UnCLIP:
 
     # ------------------------------------------------------------------ stages
     def prior_sample(self, text: dict, key, *, steps=None, guidance=None, best_of=None,
-                     temperature: float = 1.0) -> np.ndarray:
+                     temperature: float = 1.0, negative: dict | None = None) -> np.ndarray:
         """text (from `encode_text`) → z_i [B, D] (host). best_of None: the prior config's
-        `model.sample_candidates` (default 2)."""
+        `model.sample_candidates` (default 2). negative: `encode_text` of one negative
+        prompt per example; guidance's unconditional half conditions on it (diffusion prior
+        only)."""
         self._need("prior")
         st = self.prior_stage
         guidance = self._guidance(st.name, guidance) if st.name == "prior" else \
             io.check_guidance("prior guidance", 1.0 if guidance is None else guidance)
-        (z_t, states, mask), idx, n = self._pad(text["embeds"], text["states"], text["mask"])
+        if negative is not None and st.name != "prior":
+            raise UserError("negative prompts need the diffusion prior (prior/); the AR prior "
+                            "has no unconditional branch to replace")
+        neg = () if negative is None else (negative["embeds"], negative["states"],
+                                           negative["mask"])
+        (z_t, states, mask, *neg), idx, n = self._pad(text["embeds"], text["states"],
+                                                      text["mask"], *neg)
+        neg = neg or [None] * 3
         key = jax.random.fold_in(as_key(key), KEY_IDS["prior"])
         if st.name == "prior":
             if best_of is None:
@@ -354,18 +364,22 @@ class UnCLIP:
             stats = st.extra.get("stats")
             uncond = self.uncond_text("prior")
 
-            def one(k, z_t, s, m, params, stats, sched, uncond):
+            def one(k, z_t, s, m, ne, ns, nm, params, stats, sched, uncond):
+                if ne is not None:
+                    uncond = {"embeds": ne, "states": ns, "mask": nm}
                 return sampling.prior_sample(params, st.model, st.config.model,
                                              st.config.diffusion, stats, z_t, s, m, k,
                                              sched=sched, guidance=guidance,
                                              best_of=int(best_of), uncond=uncond)
 
-            def fn(params, stats, sched, uncond, key, idx, z_t, s, m):
+            def fn(params, stats, sched, uncond, key, idx, z_t, s, m, ne, ns, nm):
                 return per_example(functools.partial(one, params=params, stats=stats,
                                                      sched=sched, uncond=uncond),
-                                   _example_keys(key, idx), z_t, s, m)
-            out = self._program("prior", (steps, guidance, int(best_of), uncond is None), fn,
-                                (st.params, stats, sched, uncond, key, idx, z_t, states, mask))
+                                   _example_keys(key, idx), z_t, s, m, ne, ns, nm)
+            out = self._program("prior", (steps, guidance, int(best_of), uncond is None,
+                                          negative is None), fn,
+                                (st.params, stats, sched, uncond, key, idx, z_t, states, mask,
+                                 *neg))
         else:
             from unclip_jax.models import ar_prior
             codec = st.extra.get("codec")
@@ -395,8 +409,13 @@ class UnCLIP:
         return np.asarray(jax.vmap(lambda k: jax.random.normal(k, (s, s, 3)))(keys))
 
     def decoder_sample(self, z_i, x_T, key, *, text: dict | None = None, steps=None,
-                       guidance=None, eta: float = 0.0, ddim: bool | None = None) -> np.ndarray:
-        """z_i [B, D], x_T [B, S, S, 3] (+ optional text) → images [B, S, S, 3] in [-1, 1]."""
+                       guidance=None, eta: float = 0.0, ddim: bool | None = None,
+                       negative: dict | None = None, edit: dict | None = None) -> np.ndarray:
+        """z_i [B, D], x_T [B, S, S, 3] (+ optional text) → images [B, S, S, 3] in [-1, 1].
+
+        negative: {'embeds', 'states', 'mask', 'z_i'} of one negative prompt per example
+        (`encode_text` plus its z_i); guidance's unconditional half conditions on it (needs
+        `text`). edit: sample around a known image (`unclip_jax.editing.stage_edit`)."""
         self._need("decoder")
         st = self.stages["decoder"]
         steps, sched = self._schedule("decoder", steps)
@@ -404,7 +423,9 @@ class UnCLIP:
         ddim = io.uses_ddim(steps, st.config.diffusion.sampler) if ddim is None else ddim
         eta = _check_eta(eta)
         use_text = text is not None
-        uncond = self.uncond_text("decoder") if use_text else None
+        if negative is not None and not use_text:
+            raise UserError("a negative prompt for the decoder needs the prompt's text too")
+        uncond = self.uncond_text("decoder") if use_text and negative is None else None
         if use_text and getattr(st.model, "text_embed_dim", 0):
             if "embeds" not in text:
                 raise UserError("this decoder also takes the pooled CLIP text embedding; pass "
@@ -418,18 +439,38 @@ class UnCLIP:
             (z, xt), idx, n = self._pad(z_i, x_T)
             s = m = zt = None
         key = jax.random.fold_in(as_key(key), KEY_IDS["decoder"])
+        neg, ed = self._pad_extras(negative, ("embeds", "states", "mask", "z_i")), \
+            self._pad_edit(edit)
 
-        def one(k, z, xt, s, m, zt, params, sched, uncond):
+        def one(k, z, xt, s, m, zt, neg, ed, params, sched, uncond, ed_static):
+            if neg is not None:
+                uncond = neg
+            if ed is not None:
+                ed = dict(ed, **ed_static)
             return sampling.decoder_sample(params, st.model, st.config.diffusion, z, s, m, xt, k,
                                            sched=sched, guidance=guidance, ddim=ddim, eta=eta,
-                                           use_text=use_text, z_t=zt, uncond=uncond)
+                                           use_text=use_text, z_t=zt, uncond=uncond, edit=ed)
 
-        def fn(params, sched, uncond, key, idx, z, xt, s, m, zt):
-            return per_example(functools.partial(one, params=params, sched=sched, uncond=uncond),
-                               _example_keys(key, idx), z, xt, s, m, zt)
-        out = self._program("decoder", (steps, guidance, ddim, eta, use_text, uncond is None),
-                            fn, (st.params, sched, uncond, key, idx, z, xt, s, m, zt))
+        def fn(params, sched, uncond, ed_static, key, idx, z, xt, s, m, zt, neg, ed):
+            return per_example(functools.partial(one, params=params, sched=sched, uncond=uncond,
+                                                 ed_static=ed_static),
+                               _example_keys(key, idx), z, xt, s, m, zt, neg, ed)
+        out = self._program("decoder", (steps, guidance, ddim, eta, use_text, uncond is None,
+                                        negative is None, edit is None),
+                            fn, (st.params, sched, uncond, _edit_static(edit), key, idx, z, xt,
+                                 s, m, zt, neg, ed))
         return np.asarray(out)[:n]
+
+    def _pad_extras(self, d: dict | None, keys: Sequence[str]) -> dict | None:
+        """Pad and shard the per-example arrays d[k] (k in `keys` whose value is not None)."""
+        if d is None:
+            return None
+        keys = [k for k in keys if d.get(k) is not None]
+        arrays, _, _ = self._pad(*(d[k] for k in keys))
+        return dict(zip(keys, arrays))
+
+    def _pad_edit(self, edit: dict | None) -> dict | None:
+        return self._pad_extras(edit, ("x0", "mask"))
 
     def decoder_invert(self, z_i, images, *, steps=None, guidance=None) -> np.ndarray:
         """DDIM-invert the decoder (no caption): images [B, S, S, 3] in [-1, 1] given z_i → x_T."""
@@ -450,8 +491,10 @@ class UnCLIP:
         out = self._program("decoder_invert", (steps, guidance), fn, (st.params, sched, z, x0))
         return np.asarray(out)[:n]
 
-    def upsample(self, stage: str, low_res, key, *, steps=None, eta: float = 0.0) -> np.ndarray:
-        """Upsampler `stage`: clean low-res images [B, s, s, 3] → [B, S, S, 3] in [-1, 1]."""
+    def upsample(self, stage: str, low_res, key, *, steps=None, eta: float = 0.0,
+                 edit: dict | None = None) -> np.ndarray:
+        """Upsampler `stage`: clean low-res images [B, s, s, 3] → [B, S, S, 3] in [-1, 1].
+        edit: sample around a known image (`unclip_jax.editing.stage_edit`)."""
         self._need(stage)
         st = self.stages[stage]
         steps, sched = self._schedule(stage, steps)
@@ -470,17 +513,22 @@ class UnCLIP:
         else:
             final_args = None
 
-        def one(k, lr, params, sched, final_args):
+        def one(k, lr, ed, params, sched, final_args, ed_static):
             final = None if final_args is None else (final_args[0], fin.model, final_args[1])
+            if ed is not None:
+                ed = dict(ed, **ed_static)
             return sampling.upsample(params, st.model, st.config.diffusion, lr, k, sched=sched,
-                                     size=size, ddim=ddim, eta=eta, final=final)
+                                     size=size, ddim=ddim, eta=eta, final=final, edit=ed)
 
-        def fn(params, sched, final_args, key, idx, lr):
+        def fn(params, sched, final_args, ed_static, key, idx, lr, ed):
             return per_example(functools.partial(one, params=params, sched=sched,
-                                                 final_args=final_args),
-                               _example_keys(key, idx), lr)
-        settings = (steps, ddim, eta, size, None if fin is None else (fin.directory, fin.identity))
-        out = self._program(stage, settings, fn, (st.params, sched, final_args, key, idx, lr))
+                                                 final_args=final_args, ed_static=ed_static),
+                               _example_keys(key, idx), lr, ed)
+        settings = (steps, ddim, eta, size, None if fin is None else (fin.directory, fin.identity),
+                    edit is None)
+        out = self._program(stage, settings, fn, (st.params, sched, final_args,
+                                                  _edit_static(edit), key, idx, lr,
+                                                  self._pad_edit(edit)))
         return np.asarray(out)[:n]
 
     def _final_stage(self, stage: str) -> Stage | None:
@@ -516,8 +564,10 @@ class UnCLIP:
 
     def decode(self, z_i, key, *, x_T=None, text: dict | None = None, decoder_steps=None,
                decoder_guidance=None, upsampler_steps=None, eta: float = 0.0,
-               ddim: bool | None = None, upsampler_eta: float = 0.0, bar=None) -> dict:
+               ddim: bool | None = None, upsampler_eta: float = 0.0, bar=None,
+               negative: dict | None = None) -> dict:
         """Decoder + available upsamplers from z_i [B, D] (and x_T, else drawn from key).
+        negative: see `decoder_sample`.
 
         Returns {'x_T', 'decoder', 'upsampler1'?, 'upsampler2'?} float arrays in [-1, 1].
         """
@@ -528,7 +578,7 @@ class UnCLIP:
         out = {"x_T": x_T}
         _stage_bar(bar, "decoder")
         x = self.decoder_sample(z_i, x_T, key, text=text, steps=decoder_steps,
-                                guidance=decoder_guidance, eta=eta, ddim=ddim)
+                                guidance=decoder_guidance, eta=eta, ddim=ddim, negative=negative)
         out["decoder"] = x = self._finite("decoder", x)
         for u in UPSAMPLERS:
             if u in self.stages and not self._is_final_only(u):
@@ -569,7 +619,7 @@ class UnCLIP:
                  prior_guidance=None, decoder_guidance=None, prior_best_of=None,
                  prior_temperature: float = 1.0, eta: float = 0.0,
                  text_as_image_embed: bool = False, return_intermediates: bool = False,
-                 max_batch: int | None = None):
+                 max_batch: int | None = None, negative_prompts=None):
         """Text → images uint8 [len(prompts)·num_images_per_prompt, H, W, 3], prompt-major.
 
         key: int seed or typed key. Steps are respacing strings ('25', 'ddim25'); None uses
@@ -583,6 +633,9 @@ class UnCLIP:
         larger request runs in chunks, each image with the key of its position in the whole
         request, so it is the image one batch would give (up to the float rounding of another
         batch shape). A request whose results alone would not fit in memory is refused.
+        negative_prompts: one string for every prompt, or one per prompt; classifier-free
+        guidance's unconditional half of the prior and the decoder conditions on it
+        (`unclip_jax.editing.negative_conditioning`).
         """
         self._need("clip", "tokenizer", "decoder")
         use_prior = not (text_as_image_embed or self.text_conditioned_decoder)
@@ -598,6 +651,7 @@ class UnCLIP:
         self._validate_steps(decoder_steps, self._upsampler_steps(upsampler_steps))
         _check_eta(eta)
         expanded = [p for p in prompts for _ in range(n)]
+        negatives = editing.expand_negatives(negative_prompts, prompts, n)
         self._check_fits(len(expanded), copies=1 + int(return_intermediates))
         chunk = (MAX_BATCH_PER_DEVICE * self.num_devices if max_batch is None
                  else _check_count("max_batch", max_batch))
@@ -609,17 +663,20 @@ class UnCLIP:
                 try:
                     _stage_bar(bar, "clip+prior")
                     text = self.encode_text(expanded[start:start + chunk])
+                    prior_kw = dict(steps=prior_steps, best_of=prior_best_of,
+                                    temperature=prior_temperature) if use_prior else None
+                    neg = None if negatives is None else editing.negative_conditioning(
+                        self, negatives[start:start + chunk], key, prior_kw)
                     if use_prior:
-                        z_i = self.prior_sample(text, key, steps=prior_steps,
-                                                guidance=prior_guidance, best_of=prior_best_of,
-                                                temperature=prior_temperature)
+                        z_i = self.prior_sample(text, key, guidance=prior_guidance,
+                                                negative=neg, **prior_kw)
                         z_i = self._finite(self.prior_stage.name, z_i)
                     else:   # §5.1: z_t in place of z_i (zero-shot, or a decoder trained on z_t)
                         z_i = text["embeds"]
                     out = self.decode(z_i, key, text=text, decoder_steps=decoder_steps,
                                       decoder_guidance=decoder_guidance,
                                       upsampler_steps=upsampler_steps, eta=eta,
-                                      upsampler_eta=eta, bar=bar)
+                                      upsampler_eta=eta, bar=bar, negative=neg)
                 finally:
                     self._offset = 0
                 parts.append(_finish(out, return_intermediates, z_t=text["embeds"], z_i=z_i))
@@ -764,8 +821,35 @@ class UnCLIP:
                               upsampler_steps=upsampler_steps, eta=0.0, ddim=True, bar=bar)
         return _finish(out, return_intermediates, z_i=z_path, z_d=np.asarray(z_d))
 
+    # ------------------------------------------------------------------ editing
+    def inpaint(self, images, masks, prompts, key, *, n: int = 1, **kwargs):
+        """Repaint the white region of each mask under its prompt (RePaint-style, with
+        optional resampling jumps), keeping the rest of the image. See
+        `unclip_jax.editing.inpaint` for the arguments. → uint8 [len(images)·n, H, W, 3]."""
+        return editing.inpaint(self, images, masks, prompts, key, n=n, **kwargs)
+
+    def img2img(self, images, prompts, key, *, strength: float = 0.6, n: int = 1, **kwargs):
+        """Image-to-image (SDEdit): noise each image to `strength` ∈ [0, 1] and denoise under
+        the prompt (0 = the input, 1 = plain generation). See `unclip_jax.editing.img2img`.
+        → uint8 [len(images)·n, H, W, 3]."""
+        return editing.img2img(self, images, prompts, key, strength=strength, n=n, **kwargs)
+
+    def mix(self, items, weights=None, key=0, *, n: int = 1, **kwargs):
+        """Decode the weighted mix of images (paths, PIL images, arrays) and prompts: image
+        embeddings from CLIP, prompt embeddings from the prior, combined on the sphere
+        (`unclip_jax.diffusion.editing.mix_embeddings`). → uint8 [n, H, W, 3]."""
+        return editing.mix(self, items, weights, key, n=n, **kwargs)
+
 
 # ---------------------------------------------------------------------- small helpers
+
+def _edit_static(edit: dict | None):
+    """The replicated (not per-example) part of a stage edit: start level and jump ops."""
+    if edit is None:
+        return None
+    return {"start": jnp.asarray(edit["start"], jnp.int32),
+            "ops": jnp.asarray(edit["ops"], jnp.int32)}
+
 
 def _one_image(image):
     """A path, PIL image, [H, W, C] array, or [1, H, W, C] array → one image (not a batch)."""

@@ -1,4 +1,5 @@
-"""CLI subcommands `sample`, `vary`, `interpolate`, `textdiff` (see `unclip_jax.cli`).
+"""CLI subcommands `sample`, `vary`, `interpolate`, `textdiff`, `inpaint`, `img2img`, `mix`
+(see `unclip_jax.cli`).
 
 Each writes a PNG grid (`--out`, default samples/<command>.png) and a JSON sidecar next to it
 (same name, .json) holding the command, inputs, seed, every sampling setting, the stage
@@ -64,12 +65,63 @@ def add_arguments_sample(p: argparse.ArgumentParser) -> None:
                    help="prior candidates per image (default: the prior config's "
                    "model.sample_candidates)")
     p.add_argument("--eta", type=float, default=0.0)
+    _negative(p)
     p.add_argument("--prior", choices=("auto", "diffusion", "ar", "text"), default="auto",
                    help="where z_i comes from: the diffusion prior (prior/), the AR prior "
                         "(ar_prior/), auto (the diffusion prior if the model has one), or text "
                         "(no prior: the caption's CLIP text embedding, the paper's zero-shot "
                         "baseline)")
     _common(p, "sample")
+
+
+def _negative(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--negative", default=None, metavar="TEXT",
+                   help="negative prompt: guidance's unconditional branch of the prior and the "
+                        "decoder conditions on it (e.g. 'a red circle' steers away from red)")
+
+
+def _prior_settings(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", type=int, default=4, help="images per input")
+    p.add_argument("--prior-steps", default=None)
+    p.add_argument("--prior-guidance", type=float, default=None)
+    p.add_argument("--eta", type=float, default=0.0)
+
+
+def add_arguments_inpaint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="image to edit")
+    p.add_argument("prompt", help="what to paint into the masked region")
+    p.add_argument("--mask", required=True,
+                   help="grayscale mask of the image's size: white = repaint, black = keep")
+    p.add_argument("--feather", type=float, default=0.0,
+                   help="soften the mask edges by a Gaussian blur of this σ (mask pixels)")
+    p.add_argument("--jump-length", type=int, default=1,
+                   help="RePaint resampling: levels jumped back each time (with --resamplings)")
+    p.add_argument("--resamplings", type=int, default=1,
+                   help="RePaint resampling: passes over each jump (1 = none; costs about "
+                        "this many times the steps)")
+    _negative(p)
+    _prior_settings(p)
+    _common(p, "inpaint")
+
+
+def add_arguments_img2img(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="image to start from")
+    p.add_argument("prompt", help="caption of the image to make")
+    p.add_argument("--strength", type=float, default=0.6,
+                   help="how far to noise the image: 0 = unchanged, 1 = plain generation")
+    _negative(p)
+    _prior_settings(p)
+    _common(p, "img2img")
+
+
+def add_arguments_mix(p: argparse.ArgumentParser) -> None:
+    p.add_argument("items", nargs="+", metavar="IMAGE_OR_PROMPT",
+                   help="image files and prompts (an argument naming a file or ending in "
+                        ".png/.jpg/... is an image)")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="one weight per input (default equal; divided by their sum)")
+    _prior_settings(p)
+    _common(p, "mix")
 
 
 def add_arguments_vary(p: argparse.ArgumentParser) -> None:
@@ -115,12 +167,26 @@ def _settings(args, command: str) -> dict:
                  eta=args.eta)
         if args.prior == "text":
             s["text_as_image_embed"] = True
+        if args.negative is not None:
+            s["negative_prompts"] = args.negative
     elif command == "vary":
         s.update(n=args.n, eta=args.eta)
     elif command == "interpolate":
         s.update(n=args.n, fixed_xT=args.fixed_xT)
     elif command == "textdiff":
         s.update(n=args.n, max_angle=args.max_angle)
+    elif command in ("inpaint", "img2img", "mix"):
+        s.update(n=args.n, prior_steps=args.prior_steps, prior_guidance=args.prior_guidance,
+                 eta=args.eta)
+        if command == "inpaint":
+            s.update(feather=args.feather, jump_length=args.jump_length,
+                     resamplings=args.resamplings)
+        elif command == "img2img":
+            s["strength"] = args.strength
+        else:
+            s["weights"] = args.weights
+        if command != "mix" and args.negative is not None:
+            s["negative_prompts"] = args.negative
     return s
 
 
@@ -131,6 +197,16 @@ def _inputs(args, command: str) -> dict:
         return {"images": [os.path.abspath(p) for p in args.images]}
     if command == "interpolate":
         return {"image_a": os.path.abspath(args.image_a), "image_b": os.path.abspath(args.image_b)}
+    if command == "inpaint":
+        return {"image": os.path.abspath(args.image), "mask": os.path.abspath(args.mask),
+                "prompt": args.prompt}
+    if command == "img2img":
+        return {"image": os.path.abspath(args.image), "prompt": args.prompt}
+    if command == "mix":
+        from unclip_jax.editing import split_items
+        items, kinds = split_items(args.items)
+        return {"items": [os.path.abspath(i) if k == "image" else i
+                          for i, k in zip(items, kinds)], "kinds": kinds}
     return {"image": os.path.abspath(args.image), "caption_from": args.caption_from,
             "caption_to": args.caption_to}
 
@@ -146,7 +222,21 @@ def execute(pipe, command: str, inputs: dict, settings: dict, seed: int) -> np.n
     if command == "textdiff":
         return pipe.text_diff(inputs["image"], inputs["caption_from"], inputs["caption_to"],
                               key=seed, **settings)
+    if command == "inpaint":
+        return pipe.inpaint(inputs["image"], inputs["mask"], inputs["prompt"], seed, **settings)
+    if command == "img2img":
+        return pipe.img2img(inputs["image"], inputs["prompt"], seed, **settings)
+    if command == "mix":
+        settings = dict(settings)
+        return pipe.mix(_mix_items(inputs), settings.pop("weights", None), seed, **settings)
     raise UserError(f"unknown command {command!r} in the sidecar")
+
+
+def _mix_items(inputs: dict) -> list:
+    """A mix sidecar's items with their recorded kinds: prompts that look like file names
+    stay prompts (wrapped as `Prompt`)."""
+    from unclip_jax.editing import Prompt
+    return [Prompt(i) if k == "prompt" else i for i, k in zip(inputs["items"], inputs["kinds"])]
 
 
 def _load(checkpoint: str | None, progress: bool, prior: str = "auto",
@@ -227,6 +317,7 @@ _SIDECAR_CONFLICTS = (("prompts", "PROMPTS", []), ("checkpoint", "--checkpoint",
                       ("prior_steps", "--prior-steps", None),
                       ("prior_guidance", "--prior-guidance", None),
                       ("prior_best_of", "--prior-best-of", None), ("eta", "--eta", 0.0),
+                      ("negative", "--negative", None),
                       ("prior", "--prior", "auto"), ("cols", "--cols", None),
                       ("decoder_steps", "--decoder-steps", None),
                       ("decoder_guidance", "--decoder-guidance", None),
@@ -262,3 +353,15 @@ def run_interpolate(args) -> int:
 
 def run_textdiff(args) -> int:
     return _run(args, "textdiff")
+
+
+def run_inpaint(args) -> int:
+    return _run(args, "inpaint")
+
+
+def run_img2img(args) -> int:
+    return _run(args, "img2img")
+
+
+def run_mix(args) -> int:
+    return _run(args, "mix")

@@ -122,6 +122,12 @@ def load_image(path: str, size: int) -> np.ndarray:
     Modes L/LA/P/RGBA/CMYK/I;16/... are converted to RGB (alpha composited on white); the
     image is centre-cropped to a square and resized with a bicubic filter.
     """
+    return _square(to_rgb(open_image(path)), size)
+
+
+def open_image(path: str) -> Image.Image:
+    """Read any PIL-readable image file fully (its own mode and size); UserError naming the
+    file when it is missing, unreadable or a decompression bomb."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -134,7 +140,7 @@ def load_image(path: str, size: int) -> np.ndarray:
                         "smaller image") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UserError(f"cannot read image {path} ({type(e).__name__}); pass a PNG/JPEG file") from None
-    return _square(to_rgb(img), size)
+    return img
 
 
 def image_to_float(image, size: int) -> np.ndarray:
@@ -337,10 +343,15 @@ def read_sidecar(path: str) -> dict[str, Any]:
 # command → {input field: "str" | "list"}: what each recorded command needs
 _SIDECAR_INPUTS = {"sample": {"prompts": "list"}, "vary": {"images": "list"},
                    "interpolate": {"image_a": "str", "image_b": "str"},
-                   "textdiff": {"image": "str", "caption_from": "str", "caption_to": "str"}}
+                   "textdiff": {"image": "str", "caption_from": "str", "caption_to": "str"},
+                   "inpaint": {"image": "str", "mask": "str", "prompt": "str"},
+                   "img2img": {"image": "str", "prompt": "str"},
+                   "mix": {"items": "list", "kinds": "list"}}
 _SIDECAR_SETTINGS = {"decoder_steps", "decoder_guidance", "upsampler_steps",
                      "num_images_per_prompt", "prior_steps", "prior_guidance", "prior_best_of",
-                     "eta", "text_as_image_embed", "n", "fixed_xT", "max_angle"}
+                     "eta", "text_as_image_embed", "n", "fixed_xT", "max_angle",
+                     "negative_prompts", "strength", "feather", "jump_length", "resamplings",
+                     "weights"}
 
 
 def check_sidecar(record: dict, path: str = "sidecar") -> None:
@@ -371,7 +382,7 @@ def check_sidecar(record: dict, path: str = "sidecar") -> None:
         if k not in _SIDECAR_SETTINGS:
             raise bad(f"settings.{k}", "absent (unknown setting)")
         if not (v is None or isinstance(v, (str, int, float, bool)) or
-                (isinstance(v, list) and all(isinstance(x, (str, int)) for x in v))):
+                (isinstance(v, list) and all(isinstance(x, (str, int, float)) for x in v))):
             raise bad(f"settings.{k}", "a string, number, boolean or null")
     for field, kinds, want in (("checkpoint", (str, type(None)), "a directory or null"),
                                ("prior", (str,), "a string"),

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from unclip_jax.diffusion import editing
 from unclip_jax.diffusion import guidance as guidance_lib
 from unclip_jax.diffusion import samplers
 from unclip_jax.diffusion.schedules import Schedule
@@ -79,7 +80,9 @@ def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, 
     where uncond drops the image embedding and either
       - drops the caption (uncond=None: the model's own drop path), or
       - conditions on another caption's encoding, `uncond` = {'embeds' [B|1, D],
-        'states' [B|1, L, W], 'mask' [B|1, L]} (e.g. the empty caption "", as Karlo does).
+        'states' [B|1, L, W], 'mask' [B|1, L]} (e.g. the empty caption "", as Karlo does);
+        with 'z_i' [B|1, D] in it too (a negative prompt's image embedding) the
+        unconditional half keeps that image embedding instead of dropping it.
     Upsampler: conditioned on `low_res` (its input resolution) only; no guidance.
     """
     variables = _variables(params)
@@ -124,7 +127,13 @@ def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, 
         zt2 = None if z_t is None else jnp.concatenate([jnp.asarray(z_t, jnp.float32),
                                                         u["embeds"]])
         drop_text = jnp.concatenate([no_text, jnp.zeros((B,), bool)])
-    drop_img = jnp.concatenate([jnp.zeros((B,), bool), jnp.ones((B,), bool)])
+    if uncond is not None and uncond.get("z_i") is not None:   # a negative prompt's z_i
+        z2 = jnp.concatenate([jnp.asarray(z_i, jnp.float32),
+                              jnp.broadcast_to(jnp.asarray(uncond["z_i"], jnp.float32),
+                                               jnp.shape(z_i))])
+        drop_img = jnp.zeros((2 * B,), bool)
+    else:
+        drop_img = jnp.concatenate([jnp.zeros((B,), bool), jnp.ones((B,), bool)])
 
     def model_fn2(x2, t2):
         return call(x2, t2, z2, s2, m2, lr2, drop_text, drop_img, zt2)
@@ -210,15 +219,30 @@ def image_sample(model_fn, diffusion_cfg, sched: Schedule, shape, key, *, ddim: 
                                 clip_range=diffusion_cfg.clip_range, x_T=x_T)
 
 
+def image_edit(model_fn, diffusion_cfg, sched: Schedule, key, edit: dict, *, ddim: bool,
+               eta: float, x_T=None):
+    """`editing.edit_sample` with a stage's settings. edit = {'x0' [B, S, S, 3] (the known
+    image at this stage's size), 'mask' [B, S, S, 1] or None (1 = repaint), 'start' (level,
+    int32 scalar), 'ops' (`editing.repaint_ops` rows)}."""
+    return editing.edit_sample(model_fn, sched, edit["x0"], key, predict=diffusion_cfg.predict,
+                               variance=diffusion_cfg.variance, ddim=ddim, eta=eta,
+                               clip_denoised=diffusion_cfg.clip_denoised,
+                               clip_range=diffusion_cfg.clip_range, start=edit["start"],
+                               mask=edit.get("mask"), ops=edit["ops"], x_T=x_T)
+
+
 def decoder_sample(params, model, diffusion_cfg, z_i, text_states, text_mask, x_T, key, *,
                    sched: Schedule, guidance: float, ddim: bool, eta: float, use_text: bool,
-                   z_t=None, uncond: dict | None = None):
+                   z_t=None, uncond: dict | None = None, edit: dict | None = None):
     """Decoder: z_i [B, D] (+ text, z_t [B, D]) and x_T [B, S, S, 3] → images [B, S, S, 3]
-    in [-1, 1]. `uncond`: see `unet_model_fn`."""
+    in [-1, 1]. `uncond`: see `unet_model_fn`. `edit`: sample around a known image instead
+    (SDEdit / RePaint, see `image_edit`)."""
     fn = unet_model_fn(params, model, z_i=z_i, text_states=text_states, text_mask=text_mask,
                        guidance=guidance, use_text=use_text, predict=diffusion_cfg.predict,
                        learned_variance=diffusion_cfg.variance == "learned_range",
                        z_t=z_t, uncond=uncond)
+    if edit is not None:
+        return image_edit(fn, diffusion_cfg, sched, key, edit, ddim=ddim, eta=eta, x_T=x_T)
     return image_sample(fn, diffusion_cfg, sched, x_T.shape, key, ddim=ddim, eta=eta, x_T=x_T)
 
 
@@ -244,9 +268,11 @@ def upscale_low_res(low_res, size: int, method: str | None):
 
 
 def upsample(params, model, diffusion_cfg, low_res, key, *, sched: Schedule, size: int,
-             ddim: bool, eta: float, final: tuple | None = None, x_T=None):
+             ddim: bool, eta: float, final: tuple | None = None, x_T=None,
+             edit: dict | None = None):
     """Upsampler: low_res [B, s, s, 3] (clean, the previous stage's output) → [B, size, size, 3].
-    `x_T` [B, size, size, 3]: the starting noise (default: drawn from `key`).
+    `x_T` [B, size, size, 3]: the starting noise (default: drawn from `key`). `edit`: sample
+    around a known image at `size` instead (SDEdit / RePaint, see `image_edit`).
 
     `diffusion_cfg.low_res_upscale` (optional) resizes low_res to `size` before the model.
     `final` = (params, model, last_timestep): a second UNet of the same resolution that runs
@@ -260,5 +286,7 @@ def upsample(params, model, diffusion_cfg, low_res, key, *, sched: Schedule, siz
         last_params, last_model, last_t = final
         fn = super_res_model_fn(fn, unet_model_fn(last_params, last_model, low_res=low_res),
                                 last_t)
+    if edit is not None:
+        return image_edit(fn, diffusion_cfg, sched, key, edit, ddim=ddim, eta=eta, x_T=x_T)
     shape = (low_res.shape[0], size, size, low_res.shape[-1])
     return image_sample(fn, diffusion_cfg, sched, shape, key, ddim=ddim, eta=eta, x_T=x_T)

@@ -43,6 +43,35 @@ def _finish(x_T, x, traj, return_trajectory):
     return x, jnp.concatenate([x_T[None], traj], axis=0)
 
 
+def ddpm_step(model_fn: Callable, sched: Schedule, x, i, key, *, predict: str, variance: str,
+              clip_denoised: bool = True, clip_range: float = 1.0,
+              dynamic_threshold: float | None = None):
+    """One ancestral step x_i → x_{i−1} [B, ...] at step index i (int, may be traced); its
+    noise is N(0, 1) from fold_in(key, i), none at i = 0."""
+    t, out = _model_call(model_fn, sched, x, i)
+    p = G.p_mean_variance(sched, out, x, t, predict=predict, variance=variance,
+                          clip_denoised=clip_denoised, clip_range=clip_range,
+                          dynamic_threshold=dynamic_threshold)
+    noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
+    return p["mean"] + jnp.where(i > 0, jnp.exp(0.5 * p["log_variance"]), 0.0) * noise
+
+
+def ddim_step(model_fn: Callable, sched: Schedule, x, i, key, *, predict: str, eta: float = 0.0,
+              clip_denoised: bool = True, clip_range: float = 1.0,
+              dynamic_threshold: float | None = None, variance: str | None = None):
+    """One DDIM step x_i → x_{i−1} [B, ...] (see `ddim_sample`); η > 0 adds σ·N(0, 1) noise
+    from fold_in(key, i) (key unused at η = 0)."""
+    t, x0, eps = _ddim_eps_x0(model_fn, sched, x, i, predict, variance, clip_denoised,
+                              clip_range, dynamic_threshold)
+    abar = G.extract(sched.alphas_cumprod, t, x)
+    abar_prev = G.extract(sched.alphas_cumprod_prev, t, x)
+    sigma = eta * jnp.sqrt((1 - abar_prev) / (1 - abar)) * jnp.sqrt(1 - abar / abar_prev)
+    x = jnp.sqrt(abar_prev) * x0 + jnp.sqrt(jnp.maximum(1 - abar_prev - sigma**2, 0.0)) * eps
+    if eta > 0:
+        x = x + sigma * jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
+    return x
+
+
 def ddpm_sample(model_fn: Callable, sched: Schedule, shape: Sequence[int], key, *, predict: str,
                 variance: str, clip_denoised: bool = True, clip_range: float = 1.0,
                 dynamic_threshold: float | None = None, x_T=None, return_trajectory: bool = False):
@@ -58,12 +87,9 @@ def ddpm_sample(model_fn: Callable, sched: Schedule, shape: Sequence[int], key, 
     x_T = _initial_noise(sched, shape, key, x_T)
 
     def step(x, i):
-        t, out = _model_call(model_fn, sched, x, i)
-        p = G.p_mean_variance(sched, out, x, t, predict=predict, variance=variance,
-                              clip_denoised=clip_denoised, clip_range=clip_range,
-                              dynamic_threshold=dynamic_threshold)
-        noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
-        x = p["mean"] + jnp.where(i > 0, jnp.exp(0.5 * p["log_variance"]), 0.0) * noise
+        x = ddpm_step(model_fn, sched, x, i, key, predict=predict, variance=variance,
+                      clip_denoised=clip_denoised, clip_range=clip_range,
+                      dynamic_threshold=dynamic_threshold)
         return x, x
 
     x, traj = jax.lax.scan(step, x_T, jnp.arange(sched.num_steps - 1, -1, -1))
@@ -95,20 +121,13 @@ def ddim_sample(model_fn: Callable, sched: Schedule, shape: Sequence[int], key, 
     if not eta >= 0:
         raise ValueError(f"DDIM eta must be >= 0 (0 = deterministic, 1 = DDPM-like), got {eta!r}")
     x_T = _initial_noise(sched, shape, key, x_T)
-    stochastic = eta > 0
-    if stochastic and key is None:
+    if eta > 0 and key is None:
         raise ValueError("ddim_sample with eta > 0 draws noise; pass a PRNG key")
 
     def step(x, i):
-        t, x0, eps = _ddim_eps_x0(model_fn, sched, x, i, predict, variance, clip_denoised,
-                                  clip_range, dynamic_threshold)
-        abar = G.extract(sched.alphas_cumprod, t, x)
-        abar_prev = G.extract(sched.alphas_cumprod_prev, t, x)
-        sigma = eta * jnp.sqrt((1 - abar_prev) / (1 - abar)) * jnp.sqrt(1 - abar / abar_prev)
-        x = jnp.sqrt(abar_prev) * x0 + jnp.sqrt(jnp.maximum(1 - abar_prev - sigma**2, 0.0)) * eps
-        if stochastic:
-            noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
-            x = x + sigma * noise
+        x = ddim_step(model_fn, sched, x, i, key, predict=predict, eta=eta,
+                      clip_denoised=clip_denoised, clip_range=clip_range,
+                      dynamic_threshold=dynamic_threshold, variance=variance)
         return x, x
 
     x, traj = jax.lax.scan(step, x_T, jnp.arange(sched.num_steps - 1, -1, -1))
