@@ -36,6 +36,11 @@ TEST = [
     "cryptography>=42",                 # ... and the TLS certificate its proxy serves
 ]
 
+# `unclip-jax serve`: the web demo (pip install -e ".[demo]")
+DEMO = ["gradio>=5.0"]
+# tests/test_serve.py drives the demo in the system's chromium (apt: chromium chromium-driver)
+TEST += DEMO + ["selenium>=4.20"]
+
 setup(
     name="unclip-jax",
     version="0.1.0",
@@ -52,6 +57,7 @@ setup(
     install_requires=RUNTIME,
     extras_require={
         "test": TEST,
+        "demo": DEMO,
         "tpu": ["jax[tpu]>=0.4.30"],
         "cuda": ["jax[cuda12]>=0.4.30"],
     },

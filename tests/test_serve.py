@@ -1,0 +1,276 @@
+"""`unclip-jax serve`: the web demo's form → CLI mapping, its error lines, the files it offers,
+and one end-to-end run in a real headless browser (Debian's chromium through Selenium)."""
+import io as _io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline_fixtures import CAPTIONS, checkpoints, smooth_image
+from unclip_jax import cli, pipeline_cli
+from unclip_jax import pipeline_io as io
+from unclip_jax import serve_session
+from unclip_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli_settings(argv):
+    """The settings `unclip-jax ARGV` records, through the CLI's own parser."""
+    args = cli.build_parser(load=argv[0]).parse_args(argv)
+    return pipeline_cli._settings(args, argv[0])
+
+
+@pytest.mark.parametrize("command, form, argv", [
+    ("sample", dict(num_images_per_prompt=3, prior_steps="5", prior_guidance=2.0,
+                    decoder_steps="ddim4", upsampler_steps="ddim2/ddim3", eta=0.5, prior="ar"),
+     ["sample", "x", "-n", "3", "--prior-steps", "5", "--prior-guidance", "2",
+      "--decoder-steps", "ddim4", "--upsampler-steps", "ddim2/ddim3", "--eta", "0.5",
+      "--prior", "ar"]),
+    ("sample", dict(), ["sample", "x"]),
+    ("vary", dict(n=2, decoder_guidance=1.5), ["vary", "a.png", "-n", "2",
+                                               "--decoder-guidance", "1.5"]),
+    ("interpolate", dict(n=7, fixed_xT=True), ["interpolate", "a", "b", "-n", "7",
+                                               "--fixed-xT"]),
+    ("textdiff", dict(max_angle=0.25, caption_from="a", caption_to="b"),
+     ["textdiff", "i", "--from", "a", "--to", "b", "--max-angle", "0.25"]),
+])
+def test_form_values_record_the_settings_the_cli_records(command, form, argv):
+    """A form filled like a command line records exactly that command line's settings."""
+    ns = serve_session.cli_args(command, **form)
+    assert pipeline_cli._settings(ns, command) == _cli_settings(argv)
+
+
+def test_form_field_parsing():
+    assert serve_session.prompts_from_text(" a red circle \n\n  a blue square\n") == \
+        ["a red circle", "a blue square"]
+    assert serve_session.prompts_from_text("") == []
+    assert serve_session.text_or_none("  ") is None and serve_session.text_or_none(" 25 ") == "25"
+    assert serve_session.whole_number("seed", None, default=0) == 0
+    assert serve_session.whole_number("seed", 2 ** 70) == 2 ** 70      # range: check_seed's job
+    with pytest.raises(UserError, match="frames 2.5 is not a whole number"):
+        serve_session.whole_number("frames", 2.5)
+    with pytest.raises(UserError, match="no image uploaded"):
+        serve_session.uploaded("image", None)
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))               # transparent → white
+    assert np.all(serve_session.pixels(serve_session.uploaded("image", rgba)) == 255)
+    with pytest.raises(TypeError):
+        serve_session.cli_args("sample", no_such_field=1)
+
+
+def test_page_shows_the_cli_error_line(capsys):
+    """A user mistake reaches the page as the line the CLI prints; a bug as its type."""
+    from unclip_jax import serve_app
+    assert cli.main(["sample", "--out", "never.png"]) == 2
+    cli_line = capsys.readouterr().err.strip()
+    grid, files, status = serve_app.respond(
+        lambda: io.check_prompts(serve_session.prompts_from_text("  \n")))
+    assert (grid, files) == (None, None) and status == cli_line
+    assert status.startswith("unclip-jax: error: no prompts given")
+    _, _, status = serve_app.respond(lambda: {}["missing"])
+    assert status.startswith("unclip-jax: internal error (KeyError")
+    assert not os.path.exists("never.png")
+
+
+def test_serve_arguments_and_missing_gradio(monkeypatch, capsys):
+    assert cli.main(["serve", "--port", "70000"]) == 2
+    assert "--port 70000: a port is a number from 0 to 65535" in capsys.readouterr().err
+    args = cli.build_parser(load="serve").parse_args(["serve"])
+    assert (args.host, args.port, args.checkpoint) == ("127.0.0.1", 7860, None)
+    monkeypatch.setitem(sys.modules, "gradio", None)                 # as if not installed
+    assert cli.main(["serve"]) == 2
+    assert 'pip install -e ".[demo]"' in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- with a model
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return checkpoints(tmp_path_factory)
+
+
+FAST = dict(decoder_steps="ddim2", upsampler_steps="ddim1")
+
+
+@pytest.mark.slow
+def test_uploads_regenerate_from_the_downloads(dirs, tmp_path, monkeypatch):
+    """Variations, interpolation and text diff of in-memory uploads: the files offered for
+    download (grid, sidecar, the inputs as PNG) regenerate the same grid through
+    `unclip-jax sample --from-sidecar` run in the folder they were saved to."""
+    session = serve_session.Session(dirs["root"], compile_cache=False)
+    try:
+        a = Image.fromarray(io.to_uint8(smooth_image(0, 12)))
+        b = Image.fromarray(io.to_uint8(smooth_image(1, 10))).convert("RGBA")
+        results = [session.variations(a, 2, 5, **FAST),
+                   session.interpolate(a, b, 3, 5, **FAST),
+                   session.text_diff(b, CAPTIONS[0], CAPTIONS[1], 2, 0.3, 5, **FAST)]
+        for r in results:
+            down = tmp_path / os.path.basename(r.directory)
+            down.mkdir()
+            for f in r.files:
+                shutil.copy(f, down)
+            side = json.load(open(r.files[1]))
+            assert side["output"] == os.path.basename(r.files[0])
+            assert not any(os.path.isabs(v) for v in side["inputs"].values()
+                           if isinstance(v, str))
+            monkeypatch.chdir(down)
+            regen = pipeline_cli.regenerate(os.path.basename(r.files[1]), "regen.png")
+            np.testing.assert_array_equal(io.read_png(regen), io.read_png(r.files[0]))
+            np.testing.assert_array_equal(np.asarray(r.grid), io.read_png(r.files[0]))
+        n, h = results[1].images.shape[:2]
+        assert io.read_png(results[1].files[0]).shape == (h + 4, n * (h + 2) + 2, 3)  # a row
+    finally:
+        session.close()
+
+
+# ---------------------------------------------------------------------- in a browser
+
+def _browser():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path, shutil.which("chromedriver")
+    return None, None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc, timeout: float) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"the server did not answer at {url} within {timeout} s")
+
+
+def _fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.read()
+
+
+def _png_pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(_io.BytesIO(data)).convert("RGB"), np.uint8)
+
+
+@pytest.mark.slow
+def test_browser_generate_download_regenerate_and_error(dirs, tmp_path):
+    """Start `unclip-jax serve` on the tiny model, type a prompt in headless chromium, press
+    Generate: a 32 px image appears, its downloaded sidecar regenerates the same pixels
+    through the CLI; an empty prompt shows the CLI's error line in the page and the server
+    still generates afterwards. UNCLIP_JAX_SERVE_SCREENSHOT=FILE also saves the page there."""
+    browser, driver_path = _browser()
+    if browser is None or driver_path is None:
+        if os.environ.get("UNCLIP_JAX_REQUIRE_BROWSER"):           # .ci/run: never skip
+            pytest.fail("UNCLIP_JAX_REQUIRE_BROWSER is set but chromium/chromedriver is missing")
+        pytest.skip("no chromium/chromedriver installed (apt-get install chromium "
+                    "chromium-driver); .ci/run installs them")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = dict(os.environ, UNCLIP_JAX_CACHE_DIR=str(tmp_path / "xla"),
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "unclip_jax.cli", "serve", "--checkpoint",
+                               dirs["root"], "--port", str(port)], cwd=tmp_path, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1100,1500"):
+        opts.add_argument(flag)
+    driver = None
+    try:
+        _wait_http(url, server, 240)
+        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+        driver.get(url)
+        wait = WebDriverWait(driver, 600, poll_frequency=0.5)
+        prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#gen-prompts textarea"))
+        status = driver.find_element(By.CSS_SELECTOR, "#gen-status textarea")
+
+        def type_into(box, text: str) -> None:     # as a user: select all, type over it
+            box.send_keys(Keys.CONTROL, "a")
+            box.send_keys(Keys.DELETE)
+            if text:
+                box.send_keys(text)
+
+        def generate(text: str, seed: int | None = None) -> str:
+            type_into(prompt, text)
+            if seed is not None:
+                type_into(driver.find_element(By.CSS_SELECTOR, "#gen-seed input"), str(seed))
+            before = status.get_property("value")
+            driver.find_element(By.ID, "gen-run").click()
+            return wait.until(lambda d: (v := status.get_property("value")) != before and v)
+
+        done = generate(CAPTIONS[0])
+        assert done.startswith("1 image of 32×32"), done
+        img = driver.find_element(By.CSS_SELECTOR, "#gen-grid img")
+        size = driver.execute_script("return [arguments[0].naturalWidth, "
+                                     "arguments[0].naturalHeight]", img)
+        assert size == [36, 36]                     # one 32 px tile with the grid's 2 px border
+        shown = _png_pixels(_fetch(img.get_attribute("src")))
+        links = {os.path.basename(a.get_attribute("href")): a.get_attribute("href")
+                 for a in driver.find_elements(By.CSS_SELECTOR, "#gen-files a")}
+        assert set(links) >= {"sample-0.png", "sample-0.json"}, links
+        down = tmp_path / "downloads"
+        down.mkdir()
+        for name in ("sample-0.png", "sample-0.json"):
+            (down / name).write_bytes(_fetch(links[name]))
+        side = json.loads((down / "sample-0.json").read_text())
+        assert side["inputs"]["prompts"] == [CAPTIONS[0]] and side["output"] == "sample-0.png"
+        np.testing.assert_array_equal(shown, io.read_png(str(down / "sample-0.png")))
+        shot = tmp_path / "page.png"
+        driver.save_screenshot(str(shot))
+        if os.environ.get("UNCLIP_JAX_SERVE_SCREENSHOT"):
+            shutil.copy(shot, os.environ["UNCLIP_JAX_SERVE_SCREENSHOT"])
+
+        regen = subprocess.run([sys.executable, "-m", "unclip_jax.cli", "sample",
+                                "--from-sidecar", "sample-0.json", "--out", "regen.png",
+                                "--no-progress"], cwd=down, env=env, capture_output=True,
+                               text=True, timeout=600)
+        assert regen.returncode == 0, regen.stderr[-2000:]
+        np.testing.assert_array_equal(io.read_png(str(down / "regen.png")), shown)
+
+        error = generate("")
+        assert error.startswith("unclip-jax: error: no prompts given"), error
+        assert driver.find_element(By.CSS_SELECTOR, "#gen-status textarea") \
+            .get_property("value") == error
+
+        again = generate(CAPTIONS[1], seed=1)       # the server still answers
+        assert again.startswith("1 image of 32×32"), again
+        img = driver.find_element(By.CSS_SELECTOR, "#gen-grid img")
+        assert np.abs(_png_pixels(_fetch(img.get_attribute("src"))).astype(int)
+                      - shown.astype(int)).max() > 0
+        assert server.poll() is None
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        print((tmp_path / "server.log").read_text()[-3000:])

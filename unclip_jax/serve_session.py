@@ -1,0 +1,268 @@
+"""The model behind `unclip-jax serve`: one load, one lock, form values → CLI commands.
+
+A `Session` loads the model once (the bundled model, or `--checkpoint DIR`) and runs each
+web request as the CLI command it stands for: the form's values become that command's
+arguments (the CLI's own parser supplies the defaults and `pipeline_cli` turns them into the
+recorded settings), `pipeline_cli.execute` runs them on the loaded `UnCLIP`, and the result
+carries the PNG grid and the same JSON sidecar the CLI writes, so
+`unclip-jax sample --from-sidecar NAME.json` redoes it. Nothing here imports Gradio.
+
+Uploaded images arrive in memory (PIL images); the sidecar names them `NAME-input.png`
+(`-a`/`-b` for an interpolation's two ends) and the result offers those files too, so the
+downloads together regenerate from the folder they were saved to. No path sent by a browser
+is ever opened: every file written lies in the session's own temporary directory under a
+name made here.
+
+Requests run one at a time (a lock around the model; the web app also queues them), so
+the compiled programs of one shape are built once for the server's life (`UnCLIP`'s cache).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from unclip_jax import pipeline_cli
+from unclip_jax import pipeline_io as io
+from unclip_jax.errors import UserError
+
+# which `sample --prior` value loads which prior directory
+PRIORS = {"diffusion": "prior", "ar": "ar_prior"}
+
+
+@dataclasses.dataclass
+class Result:
+    """One finished request: uint8 images [N, H, W, 3], the grid as PIL image, and the files
+    offered for download (grid PNG, its sidecar, the inputs), all in `directory`."""
+    images: np.ndarray
+    grid: object
+    files: list[str]
+    directory: str
+    seconds: float
+
+    def summary(self) -> str:
+        n, h, w, _ = self.images.shape
+        return f"{n} image{'s' * (n != 1)} of {h}×{w} in {self.seconds:.1f} s"
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"unclip-jax {command}")
+    getattr(pipeline_cli, f"add_arguments_{command}")(p)
+    return p
+
+
+def cli_args(command: str, **values) -> argparse.Namespace:
+    """The argparse namespace `unclip-jax COMMAND` would build: the CLI's defaults, with
+    `values` (form fields, by their CLI `dest` names; None = the CLI's default) on top."""
+    p = _parser(command)
+    dests = {a.dest for a in p._actions}
+    unknown = set(values) - dests
+    if unknown:
+        raise TypeError(f"{command} has no argument(s) {sorted(unknown)}")
+    ns = argparse.Namespace(**{d: p.get_default(d) for d in dests if d != "help"})
+    for k, v in values.items():
+        if v is not None:
+            setattr(ns, k, v)
+    return ns
+
+
+# ---------------------------------------------------------------------- form values
+
+def text_or_none(value) -> str | None:
+    """A text field: empty → None (the model's default), else the stripped text."""
+    if value is None:
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def whole_number(label: str, value, default=None) -> int | None:
+    """A number field that must hold an integer (empty → `default`)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        f = float(value)
+        if not np.isfinite(f) or f != int(f):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{label} {value!r} is not a whole number; enter e.g. 1") from None
+    return int(value) if isinstance(value, (int, np.integer)) else int(f)
+
+
+def number_or_none(value) -> float | None:
+    """A number field: empty → None (the model's default)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return float(value)
+
+
+def prompts_from_text(text: str | None) -> list[str]:
+    """One prompt per non-blank line."""
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def uploaded(label: str, image):
+    """An uploaded image (PIL image or array) as an RGB PIL image (transparency on white,
+    as the CLI reads a file); UserError when none."""
+    from PIL import Image
+    if image is None:
+        raise UserError(f"no {label} uploaded; upload a PNG or JPEG image")
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image))
+    return io.to_rgb(image)
+
+
+def pixels(image) -> np.ndarray:
+    """An RGB PIL image as the uint8 [H, W, 3] array the pipeline takes for one image."""
+    return np.asarray(image, np.uint8)
+
+
+# ---------------------------------------------------------------------- the session
+
+class Session:
+    """The loaded model (one `UnCLIP` per available prior, sharing every other stage) and a
+    temporary directory for the files of the last `keep` results."""
+
+    def __init__(self, checkpoint: str | None = None, *, compile_cache: bool = True,
+                 keep: int = 32):
+        from unclip_jax.pipeline import UnCLIP
+        self.checkpoint = checkpoint
+        root = checkpoint if checkpoint is not None else pipeline_cli.default_checkpoint()
+        base = UnCLIP.from_directory(root, prior="auto", progress=True,
+                                     compile_cache=compile_cache)
+        self.pipes = {}
+        for choice, sub in PRIORS.items():
+            if sub in base.stages:
+                self.pipes[choice] = base
+            elif os.path.isdir(os.path.join(root, sub)):
+                other = UnCLIP.load(**{sub: os.path.join(root, sub)}, progress=False,
+                                    compile_cache=compile_cache)
+                stages = {k: v for k, v in base.stages.items() if k not in PRIORS.values()}
+                stages[sub] = other.stages[sub]
+                self.pipes[choice] = UnCLIP(stages, base.tokenizer, progress=True,
+                                            compile_cache=compile_cache)
+        if not self.pipes:                      # no prior: a decoder on z_t, or manipulations
+            self.pipes["auto"] = base
+        self.base = base
+        self.keep = int(keep)
+        self.workdir = tempfile.mkdtemp(prefix="unclip-jax-serve-")
+        self._count = 0
+        self._lock = threading.Lock()
+
+    @property
+    def priors(self) -> list[str]:
+        """The `--prior` choices this model offers ('diffusion', 'ar', or 'auto')."""
+        return list(self.pipes)
+
+    def describe(self) -> str:
+        """One line: which model, its stages and output size."""
+        name = "the bundled shapes model" if self.checkpoint is None else \
+            os.path.basename(os.path.abspath(self.checkpoint))
+        stages = [s for s in ("prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
+                  if any(s in p.stages for p in self.pipes.values())]
+        last = next(s for s in ("upsampler2", "upsampler1", "decoder") if s in self.base.stages)
+        size = self.base.image_size(last)
+        return f"{name}: {', '.join(stages)}; {size}×{size} images"
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ commands
+    def generate(self, prompts: str, num_images_per_prompt=1, seed=0, prior: str | None = None,
+                 prior_steps=None, prior_guidance=None, decoder_steps=None,
+                 decoder_guidance=None, upsampler_steps=None, eta=None) -> Result:
+        """`unclip-jax sample` on the prompts (one per line of `prompts`)."""
+        prior = prior or self.priors[0]
+        if prior not in self.pipes:
+            raise UserError(f"prior {prior!r} is not in this model; choose one of "
+                            f"{', '.join(self.priors)}")
+        args = cli_args(
+            "sample", num_images_per_prompt=whole_number("images per prompt",
+                                                         num_images_per_prompt),
+            prior_steps=text_or_none(prior_steps), prior_guidance=number_or_none(prior_guidance),
+            decoder_steps=text_or_none(decoder_steps),
+            decoder_guidance=number_or_none(decoder_guidance),
+            upsampler_steps=text_or_none(upsampler_steps), eta=number_or_none(eta), prior=prior)
+        inputs = {"prompts": io.check_prompts(prompts_from_text(prompts))}
+        return self._run("sample", args, seed, inputs, inputs, {}, prior)
+
+    def variations(self, image, n=4, seed=0, eta=None, decoder_steps=None,
+                   decoder_guidance=None, upsampler_steps=None) -> Result:
+        """`unclip-jax vary` on one uploaded image."""
+        args = cli_args("vary", n=whole_number("variations", n), eta=number_or_none(eta),
+                        **self._decode_args(decoder_steps, decoder_guidance, upsampler_steps))
+        img = uploaded("image", image)
+        return self._run("vary", args, seed, {"images": [pixels(img)]},
+                         {"images": ["vary-input.png"]}, {"vary-input.png": img})
+
+    def interpolate(self, image_a, image_b, n=5, seed=0, fixed_xT=False, decoder_steps=None,
+                    decoder_guidance=None, upsampler_steps=None) -> Result:
+        """`unclip-jax interpolate` between two uploaded images (frames in one row)."""
+        args = cli_args("interpolate", n=whole_number("frames", n), fixed_xT=bool(fixed_xT),
+                        **self._decode_args(decoder_steps, decoder_guidance, upsampler_steps))
+        a, b = uploaded("first image", image_a), uploaded("second image", image_b)
+        names = {"image_a": "interpolate-input-a.png", "image_b": "interpolate-input-b.png"}
+        return self._run("interpolate", args, seed,
+                         {"image_a": pixels(a), "image_b": pixels(b)}, names,
+                         {names["image_a"]: a, names["image_b"]: b}, cols=args.n)
+
+    def text_diff(self, image, caption_from, caption_to, n=5, max_angle=None, seed=0,
+                  decoder_steps=None, decoder_guidance=None, upsampler_steps=None) -> Result:
+        """`unclip-jax textdiff` on one uploaded image (frames in one row)."""
+        args = cli_args("textdiff", n=whole_number("frames", n),
+                        max_angle=number_or_none(max_angle),
+                        caption_from=caption_from or "", caption_to=caption_to or "",
+                        **self._decode_args(decoder_steps, decoder_guidance, upsampler_steps))
+        img = uploaded("image", image)
+        run = {"image": pixels(img), "caption_from": args.caption_from,
+               "caption_to": args.caption_to}
+        return self._run("textdiff", args, seed, run,
+                         dict(run, image="textdiff-input.png"), {"textdiff-input.png": img},
+                         cols=args.n)
+
+    # ------------------------------------------------------------------ running
+    @staticmethod
+    def _decode_args(decoder_steps, decoder_guidance, upsampler_steps) -> dict:
+        return dict(decoder_steps=text_or_none(decoder_steps),
+                    decoder_guidance=number_or_none(decoder_guidance),
+                    upsampler_steps=text_or_none(upsampler_steps))
+
+    def _run(self, command: str, args, seed, run_inputs: dict, record_inputs: dict,
+             input_images: dict, prior: str = "auto", cols=None) -> Result:
+        """Run `command` on the loaded model; write its grid, sidecar and inputs.
+
+        run_inputs: what `pipeline_cli.execute` gets (uploads as uint8 arrays);
+        record_inputs: what the sidecar records (uploads by the file names written here).
+        """
+        seed = io.check_seed(whole_number("seed", seed, default=0))
+        settings = pipeline_cli._settings(args, command)
+        pipe = self.pipes.get(prior, self.base)
+        with self._lock:
+            start = time.perf_counter()
+            images = pipeline_cli.execute(pipe, command, run_inputs, settings, seed)
+            seconds = time.perf_counter() - start
+            name = f"{command}-{seed}.png"
+            record = pipeline_cli.command_record(command, seed, record_inputs, settings, prior,
+                                                 self.checkpoint, cols)
+            record = pipeline_cli.result_record(pipe, images, name, record)
+            self._count += 1
+            directory = os.path.join(self.workdir, f"{self._count:06d}")
+            os.makedirs(directory)
+            files = list(io.save_outputs(os.path.join(directory, name), images, cols, record))
+            for fname, img in input_images.items():
+                files.append(os.path.join(directory, fname))
+                img.save(files[-1], format="PNG")
+            self._prune()
+        return Result(images, io.make_grid(images, cols), files, directory, seconds)
+
+    def _prune(self) -> None:
+        """Keep the files of the last `keep` results only (disk stays flat)."""
+        done = sorted(os.listdir(self.workdir))
+        for old in done[:max(0, len(done) - self.keep)]:
+            shutil.rmtree(os.path.join(self.workdir, old), ignore_errors=True)
