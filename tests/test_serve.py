@@ -42,6 +42,13 @@ def _cli_settings(argv):
                                                "--fixed-xT"]),
     ("textdiff", dict(max_angle=0.25, caption_from="a", caption_to="b"),
      ["textdiff", "i", "--from", "a", "--to", "b", "--max-angle", "0.25"]),
+    ("inpaint", dict(prompt="p", negative="q", feather=1.5, jump_length=2, resamplings=3, n=2,
+                     prior_steps="4"),
+     ["inpaint", "i.png", "p", "--mask", "m.png", "--negative", "q", "--feather", "1.5",
+      "--jump-length", "2", "--resamplings", "3", "-n", "2", "--prior-steps", "4"]),
+    ("img2img", dict(prompt="p", strength=0.3), ["img2img", "i.png", "p", "--strength", "0.3"]),
+    ("mix", dict(weights=[1.0, 2.0], eta=0.2), ["mix", "a.png", "b", "--weights", "1", "2",
+                                                 "--eta", "0.2"]),
 ])
 def test_form_values_record_the_settings_the_cli_records(command, form, argv):
     """A form filled like a command line records exactly that command line's settings."""
@@ -64,6 +71,28 @@ def test_form_field_parsing():
     assert np.all(serve_session.pixels(serve_session.uploaded("image", rgba)) == 255)
     with pytest.raises(TypeError):
         serve_session.cli_args("sample", no_such_field=1)
+
+
+def test_drawn_mask_and_weights():
+    """Painted pixels (any alpha > 0 in any layer) are white, the rest black, at the image's
+    size; an untouched canvas is no mask."""
+    a = np.zeros((4, 6, 4), np.uint8)
+    a[1, 2, 3] = 10
+    b = np.zeros((4, 6, 4), np.uint8)
+    b[3, 5] = (255, 0, 255, 255)
+    mask = np.asarray(serve_session.drawn_mask([a, b], (6, 4)))
+    want = np.zeros((4, 6), np.uint8)
+    want[1, 2] = want[3, 5] = 255
+    np.testing.assert_array_equal(mask, want)
+    big = np.asarray(serve_session.drawn_mask([np.repeat(np.repeat(b, 2, 0), 2, 1)], (6, 4)))
+    np.testing.assert_array_equal(big, np.where(np.arange(6)[None] == 5, 255, 0)
+                                  * (np.arange(4)[:, None] == 3))
+    assert serve_session.drawn_mask([np.zeros((4, 6, 4), np.uint8)], (6, 4)) is None
+    assert serve_session.drawn_mask(None, (6, 4)) is None
+    assert serve_session.weight_list(" 1, 2 3 ") == [1.0, 2.0, 3.0]
+    assert serve_session.weight_list("") is None
+    with pytest.raises(UserError, match="weights 'a b' must be numbers"):
+        serve_session.weight_list("a b")
 
 
 def test_page_shows_the_cli_error_line(capsys):
@@ -109,9 +138,17 @@ def test_uploads_regenerate_from_the_downloads(dirs, tmp_path, monkeypatch):
     try:
         a = Image.fromarray(io.to_uint8(smooth_image(0, 12)))
         b = Image.fromarray(io.to_uint8(smooth_image(1, 10))).convert("RGBA")
+        layer = np.zeros((12, 12, 4), np.uint8)
+        layer[2:7, 3:9] = (255, 0, 255, 255)                    # a stroke of the brush
+        mask = serve_session.drawn_mask([layer], a.size)
         results = [session.variations(a, 2, 5, **FAST),
                    session.interpolate(a, b, 3, 5, **FAST),
-                   session.text_diff(b, CAPTIONS[0], CAPTIONS[1], 2, 0.3, 5, **FAST)]
+                   session.text_diff(b, CAPTIONS[0], CAPTIONS[1], 2, 0.3, 5, **FAST),
+                   session.inpaint(a, mask, CAPTIONS[2], 2, 5, prior_steps="2", **FAST),
+                   session.img2img(b, CAPTIONS[3], 0.5, 1, 5, negative=CAPTIONS[0],
+                                   prior_steps="2", **FAST),
+                   session.mix([a, None, b], CAPTIONS[4], "1 2 1", 1, 5, prior_steps="2",
+                               **FAST)]
         for r in results:
             down = tmp_path / os.path.basename(r.directory)
             down.mkdir()
@@ -121,6 +158,8 @@ def test_uploads_regenerate_from_the_downloads(dirs, tmp_path, monkeypatch):
             assert side["output"] == os.path.basename(r.files[0])
             assert not any(os.path.isabs(v) for v in side["inputs"].values()
                            if isinstance(v, str))
+            assert all(os.path.isfile(down / f) for f in side["inputs"].get("items", [])
+                       if f.endswith(".png"))
             monkeypatch.chdir(down)
             regen = pipeline_cli.regenerate(os.path.basename(r.files[1]), "regen.png")
             np.testing.assert_array_equal(io.read_png(regen), io.read_png(r.files[0]))

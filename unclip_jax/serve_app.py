@@ -14,7 +14,7 @@ import traceback
 
 import gradio as gr
 
-from unclip_jax import cli
+from unclip_jax import cli, serve_session
 from unclip_jax.serve_session import Session
 
 log = logging.getLogger("unclip_jax.serve")
@@ -59,6 +59,29 @@ def _decode_fields(prefix: str):
     return [steps, guidance, up]
 
 
+def _prior_fields(prefix: str):
+    with gr.Accordion("Prior settings", open=False):
+        with gr.Row():
+            steps = gr.Textbox(label="Prior steps", placeholder=STEPS_HELP,
+                               elem_id=f"{prefix}-prior-steps")
+            guidance = gr.Number(label="Prior guidance (empty: default)", value=None,
+                                 elem_id=f"{prefix}-prior-guidance")
+            eta = gr.Number(label="DDIM eta", value=0.0, elem_id=f"{prefix}-eta")
+    return [steps, guidance, eta]
+
+
+def _negative_field(prefix: str):
+    return gr.Textbox(label="Negative prompt (optional; needs the diffusion prior)",
+                      elem_id=f"{prefix}-negative")
+
+
+def _count_seed(prefix: str, label: str, value: int):
+    with gr.Row():
+        n = gr.Number(label=label, value=value, precision=0, elem_id=f"{prefix}-n")
+        seed = gr.Number(label="Seed", value=0, precision=0, elem_id=f"{prefix}-seed")
+    return n, seed
+
+
 def _upload(label: str, elem_id: str):
     # image_mode=None: the file's own mode reaches the pipeline, which converts it as the CLI
     # does (transparency on white)
@@ -86,23 +109,18 @@ def build(session: Session) -> gr.Blocks:
                 seed = gr.Number(label="Seed", value=0, precision=0, elem_id="gen-seed")
                 prior = gr.Radio(session.priors, value=session.priors[0], label="Prior",
                                  elem_id="gen-prior")
-            with gr.Accordion("Prior settings", open=False):
-                with gr.Row():
-                    p_steps = gr.Textbox(label="Prior steps", placeholder=STEPS_HELP,
-                                         elem_id="gen-prior-steps")
-                    p_guid = gr.Number(label="Prior guidance (empty: default)", value=None,
-                                       elem_id="gen-prior-guidance")
-                    eta = gr.Number(label="DDIM eta", value=0.0, elem_id="gen-eta")
+            negative = _negative_field("gen")
+            p_fields = _prior_fields("gen")
             decode = _decode_fields("gen")
 
-            def generate(prompts, n, seed, prior, p_steps, p_guid, eta, d_steps, d_guid, u_steps,
-                         progress=gr.Progress(track_tqdm=True)):
+            def generate(prompts, n, seed, prior, negative, p_steps, p_guid, eta, d_steps,
+                         d_guid, u_steps, progress=gr.Progress(track_tqdm=True)):
                 return respond(lambda: session.generate(
                     prompts, n, seed, prior, prior_steps=p_steps, prior_guidance=p_guid,
                     decoder_steps=d_steps, decoder_guidance=d_guid, upsampler_steps=u_steps,
-                    eta=eta))
+                    eta=eta, negative=negative))
             _run_block("gen", "Generate", generate,
-                       [prompts, n, seed, prior, p_steps, p_guid, eta] + decode)
+                       [prompts, n, seed, prior, negative] + p_fields + decode)
 
         with gr.Tab("Variations", id="vary"):
             image = _upload("Image", "vary-image")
@@ -158,4 +176,79 @@ def build(session: Session) -> gr.Blocks:
                     decoder_guidance=d_guid, upsampler_steps=u_steps))
             _run_block("tdiff", "Edit toward the caption", text_diff,
                        [timage, cfrom, cto, tn, angle, tseed] + tdecode)
+        _editing_tabs(session)
     return app
+
+
+def _editing_tabs(session: Session) -> None:
+    """Inpaint (a mask drawn on the image), img2img and mixing."""
+    with gr.Tab("Inpaint", id="inpaint"):
+        editor = gr.ImageEditor(
+            label="Image: paint the region to repaint", type="pil", image_mode="RGB",
+            sources=["upload", "clipboard"], layers=False, transforms=(),
+            brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"), elem_id="inpaint-editor")
+        prompt = gr.Textbox(label="Prompt for the painted region", elem_id="inpaint-prompt")
+        negative = _negative_field("inpaint")
+        n, seed = _count_seed("inpaint", "Images", 1)
+        with gr.Accordion("RePaint settings", open=False):
+            with gr.Row():
+                feather = gr.Number(label="Feather (mask blur σ, px)", value=0.0,
+                                    elem_id="inpaint-feather")
+                jump = gr.Number(label="Jump length", value=1, precision=0,
+                                 elem_id="inpaint-jump")
+                resample = gr.Number(label="Resamplings", value=1, precision=0,
+                                     elem_id="inpaint-resamplings")
+        p_fields = _prior_fields("inpaint")
+        decode = _decode_fields("inpaint")
+
+        def inpaint(value, prompt, negative, n, seed, feather, jump, resample, p_steps, p_guid,
+                    eta, d_steps, d_guid, u_steps, progress=gr.Progress(track_tqdm=True)):
+            def run():
+                image = (value or {}).get("background")
+                mask = None if image is None else serve_session.drawn_mask(
+                    value.get("layers"), image.size)
+                return session.inpaint(image, mask, prompt, n, seed, negative, feather, jump,
+                                       resample, p_steps, p_guid, eta, d_steps, d_guid, u_steps)
+            return respond(run)
+        _run_block("inpaint", "Inpaint", inpaint,
+                   [editor, prompt, negative, n, seed, feather, jump, resample] + p_fields
+                   + decode)
+
+    with gr.Tab("Image to image", id="img2img"):
+        image = _upload("Image to start from", "img2img-image")
+        prompt = gr.Textbox(label="Prompt", elem_id="img2img-prompt")
+        negative = _negative_field("img2img")
+        with gr.Row():
+            strength = gr.Number(label="Strength (0 = the input, 1 = a new image)", value=0.6,
+                                 elem_id="img2img-strength")
+        n, seed = _count_seed("img2img", "Images", 1)
+        p_fields = _prior_fields("img2img")
+        decode = _decode_fields("img2img")
+
+        def img2img(image, prompt, negative, strength, n, seed, p_steps, p_guid, eta, d_steps,
+                    d_guid, u_steps, progress=gr.Progress(track_tqdm=True)):
+            return respond(lambda: session.img2img(
+                image, prompt, strength, n, seed, negative, p_steps, p_guid, eta, d_steps,
+                d_guid, u_steps))
+        _run_block("img2img", "Transform", img2img,
+                   [image, prompt, negative, strength, n, seed] + p_fields + decode)
+
+    with gr.Tab("Mix", id="mix"):
+        with gr.Row():
+            image_1 = _upload("Image 1 (optional)", "mix-image-1")
+            image_2 = _upload("Image 2 (optional)", "mix-image-2")
+        prompts = gr.Textbox(label="Prompts (optional, one per line)", lines=2,
+                             elem_id="mix-prompts")
+        weights = gr.Textbox(label="Weights, one per input: images first, then prompts "
+                             "(empty: equal)", placeholder="1 1", elem_id="mix-weights")
+        n, seed = _count_seed("mix", "Images", 1)
+        p_fields = _prior_fields("mix")
+        decode = _decode_fields("mix")
+
+        def mix(image_1, image_2, prompts, weights, n, seed, p_steps, p_guid, eta, d_steps,
+                d_guid, u_steps, progress=gr.Progress(track_tqdm=True)):
+            return respond(lambda: session.mix(
+                [image_1, image_2], prompts, weights, n, seed, p_steps, p_guid, eta, d_steps,
+                d_guid, u_steps))
+        _run_block("mix", "Mix", mix,
+                   [image_1, image_2, prompts, weights, n, seed] + p_fields + decode)

@@ -7,9 +7,10 @@ recorded settings), `pipeline_cli.execute` runs them on the loaded `UnCLIP`, and
 carries the PNG grid and the same JSON sidecar the CLI writes, so
 `unclip-jax sample --from-sidecar NAME.json` redoes it. Nothing here imports Gradio.
 
-Uploaded images arrive in memory (PIL images); the sidecar names them `NAME-input.png`
-(`-a`/`-b` for an interpolation's two ends) and the result offers those files too, so the
-downloads together regenerate from the folder they were saved to. No path sent by a browser
+Uploaded images (and an inpainting mask drawn in the page) arrive in memory as PIL images;
+the sidecar names them `COMMAND-input.png`, `inpaint-mask.png`, `interpolate-input-a.png`,
+`mix-input-1.png`, ... and the result offers those files too, so the downloads together
+regenerate from the folder they were saved to. No path sent by a browser
 is ever opened: every file written lies in the session's own temporary directory under a
 name made here.
 
@@ -102,6 +103,33 @@ def number_or_none(value) -> float | None:
     return float(value)
 
 
+def weight_list(text) -> list[float] | None:
+    """'1 2' or '1, 2' → [1.0, 2.0]; empty → None (equal weights)."""
+    parts = str(text or "").replace(",", " ").split()
+    try:
+        return [float(p) for p in parts] or None
+    except ValueError:
+        raise UserError(f"weights {text!r} must be numbers separated by spaces, e.g. "
+                        "'1 2'") from None
+
+
+def drawn_mask(layers, size: tuple[int, int]):
+    """The image editor's drawn layers (RGBA PIL images or arrays) → the inpainting mask as
+    a grayscale PIL image of `size` (width, height): white where anything was painted,
+    black elsewhere. None when nothing was painted."""
+    from PIL import Image
+    alpha = None
+    for layer in layers or []:
+        a = np.asarray(layer)
+        if a.ndim != 3 or a.shape[-1] != 4:
+            continue
+        alpha = a[..., 3] > 0 if alpha is None else (alpha | (a[..., 3] > 0))
+    if alpha is None or not alpha.any():
+        return None
+    mask = Image.fromarray(np.where(alpha, 255, 0).astype(np.uint8), "L")
+    return mask if mask.size == tuple(size) else mask.resize(size, Image.Resampling.NEAREST)
+
+
 def prompts_from_text(text: str | None) -> list[str]:
     """One prompt per non-blank line."""
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
@@ -176,7 +204,8 @@ class Session:
     # ------------------------------------------------------------------ commands
     def generate(self, prompts: str, num_images_per_prompt=1, seed=0, prior: str | None = None,
                  prior_steps=None, prior_guidance=None, decoder_steps=None,
-                 decoder_guidance=None, upsampler_steps=None, eta=None) -> Result:
+                 decoder_guidance=None, upsampler_steps=None, eta=None,
+                 negative=None) -> Result:
         """`unclip-jax sample` on the prompts (one per line of `prompts`)."""
         prior = prior or self.priors[0]
         if prior not in self.pipes:
@@ -188,7 +217,8 @@ class Session:
             prior_steps=text_or_none(prior_steps), prior_guidance=number_or_none(prior_guidance),
             decoder_steps=text_or_none(decoder_steps),
             decoder_guidance=number_or_none(decoder_guidance),
-            upsampler_steps=text_or_none(upsampler_steps), eta=number_or_none(eta), prior=prior)
+            upsampler_steps=text_or_none(upsampler_steps), eta=number_or_none(eta), prior=prior,
+            negative=text_or_none(negative))
         inputs = {"prompts": io.check_prompts(prompts_from_text(prompts))}
         return self._run("sample", args, seed, inputs, inputs, {}, prior)
 
@@ -226,7 +256,67 @@ class Session:
                          dict(run, image="textdiff-input.png"), {"textdiff-input.png": img},
                          cols=args.n)
 
+    def inpaint(self, image, mask, prompt, n=1, seed=0, negative=None, feather=None,
+                jump_length=None, resamplings=None, prior_steps=None, prior_guidance=None,
+                eta=None, decoder_steps=None, decoder_guidance=None,
+                upsampler_steps=None) -> Result:
+        """`unclip-jax inpaint`: repaint the white region of `mask` (a grayscale PIL image of
+        the image's size, e.g. `drawn_mask` of the editor's layers) under `prompt`."""
+        args = cli_args("inpaint", prompt=prompt or "", negative=text_or_none(negative),
+                        feather=number_or_none(feather),
+                        jump_length=whole_number("jump length", jump_length),
+                        resamplings=whole_number("resamplings", resamplings),
+                        **self._prior_args(n, prior_steps, prior_guidance, eta),
+                        **self._decode_args(decoder_steps, decoder_guidance, upsampler_steps))
+        img = uploaded("image", image)
+        if mask is None:
+            raise UserError("no mask drawn; paint the region to repaint on the image")
+        names = {"image": "inpaint-input.png", "mask": "inpaint-mask.png"}
+        return self._run("inpaint", args, seed,
+                         {"image": img, "mask": mask, "prompt": args.prompt},
+                         dict(names, prompt=args.prompt),
+                         {names["image"]: img, names["mask"]: mask})
+
+    def img2img(self, image, prompt, strength=None, n=1, seed=0, negative=None,
+                prior_steps=None, prior_guidance=None, eta=None, decoder_steps=None,
+                decoder_guidance=None, upsampler_steps=None) -> Result:
+        """`unclip-jax img2img`: the uploaded image noised to `strength`, denoised under
+        `prompt`."""
+        args = cli_args("img2img", prompt=prompt or "", strength=number_or_none(strength),
+                        negative=text_or_none(negative),
+                        **self._prior_args(n, prior_steps, prior_guidance, eta),
+                        **self._decode_args(decoder_steps, decoder_guidance, upsampler_steps))
+        img = uploaded("image", image)
+        return self._run("img2img", args, seed, {"image": img, "prompt": args.prompt},
+                         {"image": "img2img-input.png", "prompt": args.prompt},
+                         {"img2img-input.png": img})
+
+    def mix(self, images, prompts, weights=None, n=1, seed=0, prior_steps=None,
+            prior_guidance=None, eta=None, decoder_steps=None, decoder_guidance=None,
+            upsampler_steps=None) -> Result:
+        """`unclip-jax mix` of the uploaded images (None entries skipped) and the prompts (one
+        per line), in that order; `weights`: one number per input, separated by spaces or
+        commas (empty: equal)."""
+        from unclip_jax.editing import Prompt
+        imgs = [uploaded("image", im) for im in images if im is not None]
+        texts = prompts_from_text(prompts)
+        if not imgs and not texts:
+            raise UserError("nothing to mix; upload an image or type a prompt (or both)")
+        args = cli_args("mix", weights=weight_list(weights),
+                        **self._prior_args(n, prior_steps, prior_guidance, eta),
+                        **self._decode_args(decoder_steps, decoder_guidance, upsampler_steps))
+        names = [f"mix-input-{i + 1}.png" for i in range(len(imgs))]
+        kinds = ["image"] * len(imgs) + ["prompt"] * len(texts)
+        return self._run("mix", args, seed, {"items": imgs + [Prompt(t) for t in texts],
+                                             "kinds": kinds},
+                         {"items": names + texts, "kinds": kinds}, dict(zip(names, imgs)))
+
     # ------------------------------------------------------------------ running
+    @staticmethod
+    def _prior_args(n, prior_steps, prior_guidance, eta) -> dict:
+        return dict(n=whole_number("images", n), prior_steps=text_or_none(prior_steps),
+                    prior_guidance=number_or_none(prior_guidance), eta=number_or_none(eta))
+
     @staticmethod
     def _decode_args(decoder_steps, decoder_guidance, upsampler_steps) -> dict:
         return dict(decoder_steps=text_or_none(decoder_steps),

@@ -1,0 +1,128 @@
+"""Load check of `unclip-jax serve`: N generate requests queued at once must all complete.
+
+Starts the server (bundled model unless --checkpoint) on a free port, submits N requests
+through Gradio's own client at the same moment (the server's queue runs them one at a
+time), waits for all of them, and samples the server's resident memory every 0.2 s.
+Prints one JSON object: requests done and failed, wall time, latency percentiles, RSS after
+the first result and at the end, and the peak (VmHWM).
+
+    python benchmarks/serve_load.py --requests 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+PROMPTS = ["a small red circle on the left", "a large blue square at the top",
+           "a green triangle in the middle", "a yellow star on the right",
+           "a purple circle at the bottom"]
+
+
+def _rss_kib(pid: int, field: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc, timeout: float = 300) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise SystemExit(f"server did not answer at {url}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--requests", type=int, default=20)
+    ap.add_argument("--log", default=os.devnull, help="server output goes here")
+    args = ap.parse_args()
+    from gradio_client import Client
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    cmd = [sys.executable, "-m", "unclip_jax.cli", "serve", "--port", str(port)]
+    if args.checkpoint:
+        cmd += ["--checkpoint", args.checkpoint]
+    log = open(args.log, "w")
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample_rss():
+        while not stop.is_set() and server.poll() is None:
+            try:
+                samples.append((time.time(), _rss_kib(server.pid)))
+            except OSError:
+                break
+            time.sleep(0.2)
+    try:
+        _wait(url, server)
+        threading.Thread(target=sample_rss, daemon=True).start()
+        client = Client(url, verbose=False)
+        t0 = time.time()
+        # the Generate tab's fields: prompts, n, seed, prior, negative, prior steps/guidance,
+        # eta, decoder steps/guidance, upsampler steps (empty: the model's defaults)
+        jobs = [client.submit(PROMPTS[i % len(PROMPTS)], 1, i, "diffusion", "", "", None, 0.0,
+                              "", None, "", api_name="/generate")
+                for i in range(args.requests)]
+        done, failed, latencies, first_done = 0, [], [], None
+        for i, job in enumerate(jobs):
+            grid, files, status = job.result(timeout=3600)
+            latencies.append(time.time() - t0)
+            if grid and status.startswith("1 image of"):
+                done += 1
+            else:
+                failed.append(status)
+            if first_done is None:
+                first_done = time.time()
+        wall = time.time() - t0
+        rss_first = next((r for t, r in samples if t >= first_done), samples[-1][1])
+        peak = _rss_kib(server.pid, "VmHWM")
+        end_rss = _rss_kib(server.pid)
+        alive = server.poll() is None
+    finally:
+        stop.set()
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+    gaps = sorted(b - a for a, b in zip(latencies, latencies[1:]))
+    print(json.dumps({
+        "requests": args.requests, "completed": done, "failed": failed,
+        "server_alive_after": alive, "wall_s": round(wall, 1),
+        "first_result_s": round(latencies[0], 1),
+        "median_s_between_results": round(gaps[len(gaps) // 2], 2) if gaps else None,
+        "rss_mib_after_first": round(rss_first / 1024, 1),
+        "rss_mib_end": round(end_rss / 1024, 1), "peak_rss_mib": round(peak / 1024, 1),
+        "rss_mib_max_sampled_after_first": round(max(
+            r for t, r in samples if t >= first_done) / 1024, 1),
+    }, indent=1))
+    return 0 if done == args.requests and alive else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
