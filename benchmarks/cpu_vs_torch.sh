@@ -5,13 +5,13 @@
 set -euo pipefail
 out=${1:-bench-out}
 mkdir -p "$out"
-DEC=(--config configs/shapes.py:decoder --config.model.image_size=32 --config.data.image_size=32
+DEC=(--config shapes:decoder --config.model.image_size=32 --config.data.image_size=32
      --config.model.model_channels=64 "--config.model.channel_mult=(1,2,3)"
      --config.model.num_res_blocks=2 "--config.model.attention_resolutions=(16,8)"
      --config.model.num_head_channels=32 --config.model.norm_groups=32 --config.model.text_width=64)
-UP1=(--config configs/shapes.py:upsampler1 --config.model.model_channels=64 --config.model.norm_groups=32)
-PRIOR=(--config configs/shapes.py:prior --config.model.text_width=64)
-UP2=(--config configs/shapes.py:upsampler2)
+UP1=(--config shapes:upsampler1 --config.model.model_channels=64 --config.model.norm_groups=32)
+PRIOR=(--config shapes:prior --config.model.text_width=64)
+UP2=(--config shapes:upsampler2)
 common=(--devices 1 --modes dp --iters 5 --sample-steps 10)
 python benchmarks/profile_unet.py --stage decoder --batch 8 | tee "$out/profile_decoder.md"
 UNCLIP_JAX_XLA_DEFAULTS=0 python benchmarks/profile_unet.py --stage decoder --batch 8 | tee "$out/profile_decoder_xla_defaults.md"

@@ -94,7 +94,7 @@ smaller images.
 
   ```bash
   pip install -U "huggingface_hub[cli]"
-  huggingface-cli download kakaobrain/karlo-v1-alpha --local-dir karlo
+  hf download kakaobrain/karlo-v1-alpha --local-dir karlo
   unclip-jax convert-karlo karlo/ ckpt/karlo
   ```
 

@@ -76,3 +76,30 @@ def test_data_build_default_is_the_presets_dataset():
     data_cli.add_arguments(parser)
     args = parser.parse_args(["build", "shapes", "--data_dir", "d"])
     assert f"unclip_shapes/{args.config}" == shapes_cfg.get_config("decoder").data.name
+
+
+def test_sidecar_records_the_defaults_used():
+    """Steps, guidance and best-of left to the model's configs are recorded with the config
+    values the pipeline falls back to (the bundled model's stage configs)."""
+    from types import SimpleNamespace
+
+    from unclip_jax.export import load_config
+    from unclip_jax.pipeline_cli import settings_used
+
+    stages = {n: SimpleNamespace(config=load_config(os.path.join(BUNDLED_MODEL, n)))
+              for n in ("prior", "decoder", "upsampler1", "upsampler2")}
+    pipe = SimpleNamespace(stages=stages)
+    asked = dict(decoder_steps=None, decoder_guidance=None, upsampler_steps=None,
+                 prior_steps="7", prior_guidance=None, prior_best_of=None, eta=0.0)
+    used = settings_used(pipe, asked)
+    dec, pri = stages["decoder"].config, stages["prior"].config
+    assert used["decoder_steps"] == dec.diffusion.sample_steps
+    assert used["decoder_guidance"] == dec.diffusion.guidance_scale != 1.0
+    assert used["prior_steps"] == "7" and used["eta"] == 0.0          # given: kept
+    assert used["prior_guidance"] == pri.diffusion.guidance_scale
+    assert used["prior_best_of"] == pri.model.sample_candidates
+    assert used["upsampler_steps"] == [stages[n].config.diffusion.sample_steps
+                                       for n in ("upsampler1", "upsampler2")]
+    assert asked["decoder_steps"] is None                       # the request is not changed
+    del stages["prior"]
+    assert settings_used(pipe, asked)["prior_guidance"] is None  # --prior text: no prior

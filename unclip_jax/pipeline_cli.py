@@ -257,10 +257,39 @@ def command_record(command: str, seed: int, inputs: dict, settings: dict, prior:
                 cols=cols)
 
 
+# a setting left unset (None) → (stage, config keys) of the default the pipeline uses instead
+CONFIG_DEFAULTS = {"decoder_steps": ("decoder", ("diffusion", "sample_steps")),
+                   "decoder_guidance": ("decoder", ("diffusion", "guidance_scale")),
+                   "prior_steps": ("prior", ("diffusion", "sample_steps")),
+                   "prior_guidance": ("prior", ("diffusion", "guidance_scale")),
+                   "prior_best_of": ("prior", ("model", "sample_candidates"))}
+
+
+def settings_used(pipe, settings: dict) -> dict:
+    """`settings` with each unset (None) step count, guidance scale or best-of replaced by the
+    loaded stage's config value that the command ran with; `upsampler_steps` unset becomes
+    the list of each upsampler's own. A setting whose stage is not loaded stays None."""
+    used = dict(settings)
+    for key, (stage, path) in CONFIG_DEFAULTS.items():
+        if key in used and used[key] is None and stage in pipe.stages:
+            node = pipe.stages[stage].config
+            for part in path:
+                node = node.get(part) if node is not None else None
+            used[key] = node
+    if "upsampler_steps" in used and used["upsampler_steps"] is None:
+        used["upsampler_steps"] = [
+            st.config.diffusion.sample_steps for name, st in pipe.stages.items()
+            if name.startswith("upsampler") and not st.config.diffusion.get("final_steps", 0)]
+    return used
+
+
 def result_record(pipe, images, output: str, record: dict) -> dict:
     """The sidecar of a finished command: `record` plus the output's name, the images'
-    shape and the identities of the loaded stages (checked by `--from-sidecar`)."""
+    shape, the settings with the defaults that were used (`settings_used`; `settings` keeps
+    what was asked, which `--from-sidecar` replays) and the identities of the loaded stages
+    (checked by `--from-sidecar`)."""
     return dict(record, output=output, image_shape=list(images.shape),
+                settings_used=settings_used(pipe, record["settings"]),
                 checkpoints=pipe.directories())
 
 
