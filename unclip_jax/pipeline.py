@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from unclip_jax import editing, export, parallel, runtime
 from unclip_jax import pipeline_io as io
 from unclip_jax import sampling
+from unclip_jax.diffusers_style import DiffusersStyle
 from unclip_jax.diffusion import schedules
 from unclip_jax.errors import CheckpointError, UserError
 
@@ -106,7 +107,7 @@ def per_example(fn, keys, *batched):
     return jax.vmap(one, in_axes=in_axes)(keys, *batched)
 
 
-class UnCLIP:
+class UnCLIP(DiffusersStyle):
     """The loaded hierarchy plus a cache of compiled stage programs."""
 
     def __init__(self, stages: dict[str, Stage], tokenizer=None, *, devices=None,
