@@ -1,8 +1,9 @@
 """CPU-scale unCLIP on the built-in `unclip_shapes` dataset: 16 → 64 → 256 pixels.
 
-`--config configs/shapes.py:STAGE` with STAGE one of clip, prior, ar_prior, decoder,
-upsampler1, upsampler2 (default: decoder) — the embedded model — or clip2, clip3, decoder32,
-upsampler1_32: the second recipe (hard-negative CLIP, 32 px base), see docs/results.md.
+`--config shapes:STAGE` (or `--config configs/shapes.py:STAGE`) with STAGE one of clip, prior,
+ar_prior, decoder, upsampler1, upsampler2 (default: decoder) — the embedded model — or clip3,
+prior3, ar_prior3, decoder32, upsampler1_32: the second recipe (hard-negative CLIP with a
+sincos-started position table, 32 px base), see docs/results.md; clip2 is its first CLIP attempt.
 """
 import ml_collections as mlc
 
@@ -222,8 +223,23 @@ def clip3():
     return cfg
 
 
+def prior3():
+    """`prior` on the `clip3` embeddings (same sizes: `clip3` keeps the joint width, text width
+    and context length)."""
+    cfg = prior()
+    cfg.clip.model = clip3_model()
+    return cfg
+
+
+def ar_prior3():
+    """`ar_prior` on the `clip3` embeddings."""
+    cfg = ar_prior()
+    cfg.clip.model = clip3_model()
+    return cfg
+
+
 def decoder32():
-    """A 32 px base decoder on the `clip2` embeddings: at 16 px a classifier trained on real
+    """A 32 px base decoder on the `clip3` embeddings: at 16 px a classifier trained on real
     images reads shape at 42% (32 px: see docs/results.md, stage ceilings). Same recipe as
     `decoder`, one more resolution level; attention at 8 and 4 px."""
     model = unet(32, 32, (1, 2, 2, 2), 1, (8, 4), out_channels=6)
@@ -232,7 +248,7 @@ def decoder32():
         "decoder", model,
         diffusion_cfg=common.diffusion(predict="eps", variance="learned_range", loss="hybrid",
                                        sample_steps="50", guidance_scale=3.0),
-        clip=mlc.ConfigDict(dict(model=clip2_model(), checkpoint="")), data=data(32),
+        clip=mlc.ConfigDict(dict(model=clip3_model(), checkpoint="")), data=data(32),
         train_cfg=common.train(batch_size=32, steps=3000, lr=5e-4, ema_decay=0.995))
     with cfg.unlocked():
         cfg.train.text_drop = 0.5
@@ -254,6 +270,7 @@ def upsampler1_32():
 
 BUILDERS = dict(decoder=decoder, clip=clip, prior=prior, ar_prior=ar_prior,
                 upsampler1=upsampler1, upsampler2=upsampler2, clip2=clip2, clip3=clip3,
+                prior3=prior3, ar_prior3=ar_prior3,
                 decoder32=decoder32,
                 upsampler1_32=upsampler1_32)
 
