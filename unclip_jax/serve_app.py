@@ -99,7 +99,7 @@ def build(session: Session) -> gr.Blocks:
     """The page for a loaded `Session`."""
     with gr.Blocks(title="unclip-jax", analytics_enabled=False,
                    delete_cache=(3600, 3600)) as app:
-        gr.Markdown(f"## unclip-jax\n{session.describe()}. Every result comes with the "
+        gr.Markdown(f"## unclip-jax\nModel: {session.describe()}. Every result comes with the "
                     "JSON sidecar that `unclip-jax sample --from-sidecar` redoes it from.")
         with gr.Tab("Generate", id="generate"):
             prompts = gr.Textbox(label="Prompts (one per line)", lines=3,
