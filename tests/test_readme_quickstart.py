@@ -69,7 +69,8 @@ def test_quickstart_runs_verbatim(tmp_path):
     assert {n for n, e in manifest["stages"].items() if e.get("base") == "bundled"} == \
         {"clip", "prior", "ar_prior", "upsampler1", "upsampler2"}
     from PIL import Image
-    img = np.asarray(Image.open(root / "sample.png"))
-    assert img.shape == (256, 256, 3) and img.std() > 1.0
     sidecar = json.load(open(root / "sample.json"))
     assert sidecar["inputs"]["prompts"] == ["a small red circle on the left"]
+    assert sidecar["image_shape"] == [1, 256, 256, 3]
+    img = np.asarray(Image.open(root / "sample.png"))        # one tile in a 2 px frame
+    assert img.shape == (260, 260, 3) and img[2:-2, 2:-2].std() > 1.0
