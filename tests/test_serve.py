@@ -209,10 +209,19 @@ def _png_pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(_io.BytesIO(data)).convert("RGB"), np.uint8)
 
 
+def _final_size(root: str) -> int:
+    """The image size of a model directory's last stage (from its config.json)."""
+    for stage in ("upsampler2", "upsampler1", "decoder"):
+        path = os.path.join(root, stage, "config.json")
+        if os.path.isfile(path):
+            return int(json.load(open(path))["model"]["image_size"])
+    raise AssertionError(f"{root} has no decoder")
+
+
 @pytest.mark.slow
 def test_browser_generate_download_regenerate_and_error(dirs, tmp_path):
     """Start `unclip-jax serve` on the tiny model, type a prompt in headless chromium, press
-    Generate: a 32 px image appears, its downloaded sidecar regenerates the same pixels
+    Generate: an image of the model's size appears, its downloaded sidecar regenerates the same pixels
     through the CLI; an empty prompt shows the CLI's error line in the page and the server
     still generates afterwards. UNCLIP_JAX_SERVE_SCREENSHOT=FILE also saves the page there."""
     browser, driver_path = _browser()
@@ -224,17 +233,22 @@ def test_browser_generate_download_regenerate_and_error(dirs, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # UNCLIP_JAX_SERVE_CHECKPOINT=bundled (or a model directory) runs it on that model
+    model = os.environ.get("UNCLIP_JAX_SERVE_CHECKPOINT") or dirs["root"]
+    model_args = [] if model == "bundled" else ["--checkpoint", model]
+    size = _final_size(io.BUNDLED_MODEL if model == "bundled" else model)
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
     env = dict(os.environ, UNCLIP_JAX_CACHE_DIR=str(tmp_path / "xla"),
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "unclip_jax.cli", "serve", "--checkpoint",
-                               dirs["root"], "--port", str(port)], cwd=tmp_path, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen([sys.executable, "-m", "unclip_jax.cli", "serve", "--port",
+                               str(port)] + model_args, cwd=tmp_path, env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -261,14 +275,25 @@ def test_browser_generate_download_regenerate_and_error(dirs, tmp_path):
                 type_into(driver.find_element(By.CSS_SELECTOR, "#gen-seed input"), str(seed))
             before = status.get_property("value")
             driver.find_element(By.ID, "gen-run").click()
-            return wait.until(lambda d: (v := status.get_property("value")) != before and v)
 
+            def finished(d):
+                for el in d.find_elements(By.CSS_SELECTOR, ".progress-level, .progress-text"):
+                    try:
+                        progress.append(el.text)
+                    except StaleElementReferenceException:
+                        pass
+                return (v := status.get_property("value")) != before and v
+            return wait.until(finished)
+
+        progress = []                               # the progress texts the page showed
         done = generate(CAPTIONS[0])
-        assert done.startswith("1 image of 32×32"), done
+        # the pipeline's per-stage bar ("generate", N/stages) appeared while it ran
+        assert any("generate" in t for t in progress), set(progress)
+        assert done.startswith(f"1 image of {size}×{size}"), done
         img = driver.find_element(By.CSS_SELECTOR, "#gen-grid img")
-        size = driver.execute_script("return [arguments[0].naturalWidth, "
+        shape = driver.execute_script("return [arguments[0].naturalWidth, "
                                      "arguments[0].naturalHeight]", img)
-        assert size == [36, 36]                     # one 32 px tile with the grid's 2 px border
+        assert shape == [size + 4, size + 4]        # one tile with the grid's 2 px border
         shown = _png_pixels(_fetch(img.get_attribute("src")))
         links = {os.path.basename(a.get_attribute("href")): a.get_attribute("href")
                  for a in driver.find_elements(By.CSS_SELECTOR, "#gen-files a")}
@@ -298,7 +323,7 @@ def test_browser_generate_download_regenerate_and_error(dirs, tmp_path):
             .get_property("value") == error
 
         again = generate(CAPTIONS[1], seed=1)       # the server still answers
-        assert again.startswith("1 image of 32×32"), again
+        assert again.startswith(f"1 image of {size}×{size}"), again
         img = driver.find_element(By.CSS_SELECTOR, "#gen-grid img")
         assert np.abs(_png_pixels(_fetch(img.get_attribute("src"))).astype(int)
                       - shown.astype(int)).max() > 0
