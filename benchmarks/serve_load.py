@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 PROMPTS = ["a small red circle on the left", "a large blue square at the top",
            "a green triangle in the middle", "a yellow star on the right",
@@ -33,25 +30,6 @@ def _rss_kib(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc, timeout: float = 300) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with status {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-    raise SystemExit(f"server did not answer at {url}")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
@@ -60,25 +38,19 @@ def main() -> int:
     args = ap.parse_args()
     from gradio_client import Client
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/"
-    cmd = [sys.executable, "-m", "unclip_jax.cli", "serve", "--port", str(port)]
-    if args.checkpoint:
-        cmd += ["--checkpoint", args.checkpoint]
-    log = open(args.log, "w")
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    from unclip_jax import serve
+
     samples: list[tuple[float, int]] = []
     stop = threading.Event()
-
-    def sample_rss():
-        while not stop.is_set() and server.poll() is None:
-            try:
-                samples.append((time.time(), _rss_kib(server.pid)))
-            except OSError:
-                break
-            time.sleep(0.2)
-    try:
-        _wait(url, server)
+    extra = ["--checkpoint", args.checkpoint] if args.checkpoint else []
+    with open(args.log, "w") as log, serve.running(extra, log=log) as (server, url):
+        def sample_rss():
+            while not stop.is_set() and server.poll() is None:
+                try:
+                    samples.append((time.time(), _rss_kib(server.pid)))
+                except OSError:
+                    break
+                time.sleep(0.2)
         threading.Thread(target=sample_rss, daemon=True).start()
         client = Client(url, verbose=False)
         t0 = time.time()
@@ -88,7 +60,7 @@ def main() -> int:
                               "", None, "", api_name="/generate")
                 for i in range(args.requests)]
         done, failed, latencies, first_done = 0, [], [], None
-        for i, job in enumerate(jobs):
+        for job in jobs:
             grid, files, status = job.result(timeout=3600)
             latencies.append(time.time() - t0)
             if grid and status.startswith("1 image of"):
@@ -102,14 +74,7 @@ def main() -> int:
         peak = _rss_kib(server.pid, "VmHWM")
         end_rss = _rss_kib(server.pid)
         alive = server.poll() is None
-    finally:
         stop.set()
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
     gaps = sorted(b - a for a, b in zip(latencies, latencies[1:]))
     print(json.dumps({
         "requests": args.requests, "completed": done, "failed": failed,

@@ -4,10 +4,9 @@ import io as _io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image
 from pipeline_fixtures import CAPTIONS, checkpoints, smooth_image
 from unclip_jax import cli, pipeline_cli
 from unclip_jax import pipeline_io as io
-from unclip_jax import serve_session
+from unclip_jax import serve, serve_session
 from unclip_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,26 +179,6 @@ def _browser():
     return None, None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc, timeout: float) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited with status {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"the server did not answer at {url} within {timeout} s")
-
-
 def _fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as r:
         return r.read()
@@ -221,9 +200,10 @@ def _final_size(root: str) -> int:
 @pytest.mark.slow
 def test_browser_generate_download_regenerate_and_error(dirs, tmp_path):
     """Start `unclip-jax serve` on the tiny model, type a prompt in headless chromium, press
-    Generate: an image of the model's size appears, its downloaded sidecar regenerates the same pixels
-    through the CLI; an empty prompt shows the CLI's error line in the page and the server
-    still generates afterwards. UNCLIP_JAX_SERVE_SCREENSHOT=FILE also saves the page there."""
+    Generate: an image of the model's size appears (with per-stage progress while it runs),
+    its downloaded sidecar regenerates the same pixels through the CLI; an empty prompt shows
+    the CLI's error line in the page and the server still generates afterwards; a file path
+    sent to the server is refused. UNCLIP_JAX_SERVE_SCREENSHOT=FILE also saves the page."""
     browser, driver_path = _browser()
     if browser is None or driver_path is None:
         if os.environ.get("UNCLIP_JAX_REQUIRE_BROWSER"):           # .ci/run: never skip
@@ -241,100 +221,94 @@ def test_browser_generate_download_regenerate_and_error(dirs, tmp_path):
     model = os.environ.get("UNCLIP_JAX_SERVE_CHECKPOINT") or dirs["root"]
     model_args = [] if model == "bundled" else ["--checkpoint", model]
     size = _final_size(io.BUNDLED_MODEL if model == "bundled" else model)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/"
     env = dict(os.environ, UNCLIP_JAX_CACHE_DIR=str(tmp_path / "xla"),
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "unclip_jax.cli", "serve", "--port",
-                               str(port)] + model_args, cwd=tmp_path, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--window-size=1100,1500"):
         opts.add_argument(flag)
     driver = None
-    try:
-        _wait_http(url, server, 240)
-        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-        driver.get(url)
-        wait = WebDriverWait(driver, 600, poll_frequency=0.5)
-        prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#gen-prompts textarea"))
-        status = driver.find_element(By.CSS_SELECTOR, "#gen-status textarea")
-
-        def type_into(box, text: str) -> None:     # as a user: select all, type over it
-            box.send_keys(Keys.CONTROL, "a")
-            box.send_keys(Keys.DELETE)
-            if text:
-                box.send_keys(text)
-
-        def generate(text: str, seed: int | None = None) -> str:
-            type_into(prompt, text)
-            if seed is not None:
-                type_into(driver.find_element(By.CSS_SELECTOR, "#gen-seed input"), str(seed))
-            before = status.get_property("value")
-            driver.find_element(By.ID, "gen-run").click()
-
-            def finished(d):
-                for el in d.find_elements(By.CSS_SELECTOR, ".progress-level, .progress-text"):
-                    try:
-                        progress.append(el.text)
-                    except StaleElementReferenceException:
-                        pass
-                return (v := status.get_property("value")) != before and v
-            return wait.until(finished)
-
-        progress = []                               # the progress texts the page showed
-        done = generate(CAPTIONS[0])
-        # the pipeline's per-stage bar ("generate", N/stages) appeared while it ran
-        assert any("generate" in t for t in progress), set(progress)
-        assert done.startswith(f"1 image of {size}×{size}"), done
-        img = driver.find_element(By.CSS_SELECTOR, "#gen-grid img")
-        shape = driver.execute_script("return [arguments[0].naturalWidth, "
-                                     "arguments[0].naturalHeight]", img)
-        assert shape == [size + 4, size + 4]        # one tile with the grid's 2 px border
-        shown = _png_pixels(_fetch(img.get_attribute("src")))
-        links = {os.path.basename(a.get_attribute("href")): a.get_attribute("href")
-                 for a in driver.find_elements(By.CSS_SELECTOR, "#gen-files a")}
-        assert set(links) >= {"sample-0.png", "sample-0.json"}, links
-        down = tmp_path / "downloads"
-        down.mkdir()
-        for name in ("sample-0.png", "sample-0.json"):
-            (down / name).write_bytes(_fetch(links[name]))
-        side = json.loads((down / "sample-0.json").read_text())
-        assert side["inputs"]["prompts"] == [CAPTIONS[0]] and side["output"] == "sample-0.png"
-        np.testing.assert_array_equal(shown, io.read_png(str(down / "sample-0.png")))
-        shot = tmp_path / "page.png"
-        driver.save_screenshot(str(shot))
-        if os.environ.get("UNCLIP_JAX_SERVE_SCREENSHOT"):
-            shutil.copy(shot, os.environ["UNCLIP_JAX_SERVE_SCREENSHOT"])
-
-        regen = subprocess.run([sys.executable, "-m", "unclip_jax.cli", "sample",
-                                "--from-sidecar", "sample-0.json", "--out", "regen.png",
-                                "--no-progress"], cwd=down, env=env, capture_output=True,
-                               text=True, timeout=600)
-        assert regen.returncode == 0, regen.stderr[-2000:]
-        np.testing.assert_array_equal(io.read_png(str(down / "regen.png")), shown)
-
-        error = generate("")
-        assert error.startswith("unclip-jax: error: no prompts given"), error
-        assert driver.find_element(By.CSS_SELECTOR, "#gen-status textarea") \
-            .get_property("value") == error
-
-        again = generate(CAPTIONS[1], seed=1)       # the server still answers
-        assert again.startswith(f"1 image of {size}×{size}"), again
-        img = driver.find_element(By.CSS_SELECTOR, "#gen-grid img")
-        assert np.abs(_png_pixels(_fetch(img.get_attribute("src"))).astype(int)
-                      - shown.astype(int)).max() > 0
-        assert server.poll() is None
-    finally:
-        if driver is not None:
-            driver.quit()
-        server.terminate()
+    log = open(tmp_path / "server.log", "w")
+    with log, serve.running(model_args, env=env, cwd=tmp_path, log=log,
+                            timeout=240) as (server, url):
         try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-        print((tmp_path / "server.log").read_text()[-3000:])
+            # a path sent by the browser does not open a file of the server's
+            for path in (os.path.join(REPO, "setup.py"), str(tmp_path / "server.log")):
+                with pytest.raises(urllib.error.HTTPError, match="403"):
+                    _fetch(f"{url}gradio_api/file={path}")
+            driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+            driver.get(url)
+            wait = WebDriverWait(driver, 600, poll_frequency=0.5)
+            prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR,
+                                                         "#gen-prompts textarea"))
+            status = driver.find_element(By.CSS_SELECTOR, "#gen-status textarea")
+
+            def type_into(box, text: str) -> None:     # as a user: select all, type over it
+                box.send_keys(Keys.CONTROL, "a")
+                box.send_keys(Keys.DELETE)
+                if text:
+                    box.send_keys(text)
+
+            def generate(text: str, seed: int | None = None) -> str:
+                type_into(prompt, text)
+                if seed is not None:
+                    type_into(driver.find_element(By.CSS_SELECTOR, "#gen-seed input"), str(seed))
+                before = status.get_property("value")
+                driver.find_element(By.ID, "gen-run").click()
+
+                def finished(d):
+                    for el in d.find_elements(By.CSS_SELECTOR, ".progress-level, .progress-text"):
+                        try:
+                            progress.append(el.text)
+                        except StaleElementReferenceException:
+                            pass
+                    return (v := status.get_property("value")) != before and v
+                return wait.until(finished)
+
+            progress = []                               # the progress texts the page showed
+            done = generate(CAPTIONS[0])
+            # the pipeline's per-stage bar ("generate", N/stages) appeared while it ran
+            assert any("generate" in t for t in progress), set(progress)
+            assert done.startswith(f"1 image of {size}×{size}"), done
+            img = driver.find_element(By.CSS_SELECTOR, "#gen-grid img")
+            shape = driver.execute_script("return [arguments[0].naturalWidth, "
+                                         "arguments[0].naturalHeight]", img)
+            assert shape == [size + 4, size + 4]        # one tile with the grid's 2 px border
+            shown = _png_pixels(_fetch(img.get_attribute("src")))
+            links = {os.path.basename(a.get_attribute("href")): a.get_attribute("href")
+                     for a in driver.find_elements(By.CSS_SELECTOR, "#gen-files a")}
+            assert set(links) >= {"sample-0.png", "sample-0.json"}, links
+            down = tmp_path / "downloads"
+            down.mkdir()
+            for name in ("sample-0.png", "sample-0.json"):
+                (down / name).write_bytes(_fetch(links[name]))
+            side = json.loads((down / "sample-0.json").read_text())
+            assert side["inputs"]["prompts"] == [CAPTIONS[0]] and side["output"] == "sample-0.png"
+            np.testing.assert_array_equal(shown, io.read_png(str(down / "sample-0.png")))
+            shot = tmp_path / "page.png"
+            driver.save_screenshot(str(shot))
+            if os.environ.get("UNCLIP_JAX_SERVE_SCREENSHOT"):
+                shutil.copy(shot, os.environ["UNCLIP_JAX_SERVE_SCREENSHOT"])
+
+            regen = subprocess.run([sys.executable, "-m", "unclip_jax.cli", "sample",
+                                    "--from-sidecar", "sample-0.json", "--out", "regen.png",
+                                    "--no-progress"], cwd=down, env=env, capture_output=True,
+                                   text=True, timeout=600)
+            assert regen.returncode == 0, regen.stderr[-2000:]
+            np.testing.assert_array_equal(io.read_png(str(down / "regen.png")), shown)
+
+            error = generate("")
+            assert error.startswith("unclip-jax: error: no prompts given"), error
+            assert driver.find_element(By.CSS_SELECTOR, "#gen-status textarea") \
+                .get_property("value") == error
+
+            again = generate(CAPTIONS[1], seed=1)       # the server still answers
+            assert again.startswith(f"1 image of {size}×{size}"), again
+            img = driver.find_element(By.CSS_SELECTOR, "#gen-grid img")
+            assert np.abs(_png_pixels(_fetch(img.get_attribute("src"))).astype(int)
+                          - shown.astype(int)).max() > 0
+        finally:
+            if driver is not None:
+                driver.quit()
+            assert server.poll() is None, "the server stopped"

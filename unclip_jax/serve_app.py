@@ -47,27 +47,26 @@ def _outputs(prefix: str):
     return [grid, files, status]
 
 
-def _decode_fields(prefix: str):
-    with gr.Accordion("Decoder and upsampler settings", open=False):
+def _stage_fields(prefix: str, stage: str, title: str, last):
+    """A closed accordion: `stage`'s steps and guidance (empty: the model's), and `last()`."""
+    with gr.Accordion(title, open=False):
         with gr.Row():
-            steps = gr.Textbox(label="Decoder steps", placeholder=STEPS_HELP,
-                               elem_id=f"{prefix}-decoder-steps")
-            guidance = gr.Number(label="Decoder guidance (empty: default)", value=None,
-                                 elem_id=f"{prefix}-decoder-guidance")
-            up = gr.Textbox(label="Upsampler steps", placeholder="one value, or two as 'a/b'",
-                            elem_id=f"{prefix}-upsampler-steps")
-    return [steps, guidance, up]
+            steps = gr.Textbox(label=f"{stage.capitalize()} steps", placeholder=STEPS_HELP,
+                               elem_id=f"{prefix}-{stage}-steps")
+            guidance = gr.Number(label=f"{stage.capitalize()} guidance (empty: default)",
+                                 value=None, elem_id=f"{prefix}-{stage}-guidance")
+            return [steps, guidance, last()]
+
+
+def _decode_fields(prefix: str):
+    return _stage_fields(prefix, "decoder", "Decoder and upsampler settings", lambda: gr.Textbox(
+        label="Upsampler steps", placeholder="one value, or two as 'a/b'",
+        elem_id=f"{prefix}-upsampler-steps"))
 
 
 def _prior_fields(prefix: str):
-    with gr.Accordion("Prior settings", open=False):
-        with gr.Row():
-            steps = gr.Textbox(label="Prior steps", placeholder=STEPS_HELP,
-                               elem_id=f"{prefix}-prior-steps")
-            guidance = gr.Number(label="Prior guidance (empty: default)", value=None,
-                                 elem_id=f"{prefix}-prior-guidance")
-            eta = gr.Number(label="DDIM eta", value=0.0, elem_id=f"{prefix}-eta")
-    return [steps, guidance, eta]
+    return _stage_fields(prefix, "prior", "Prior settings", lambda: gr.Number(
+        label="DDIM eta", value=0.0, elem_id=f"{prefix}-eta"))
 
 
 def _negative_field(prefix: str):
