@@ -169,6 +169,38 @@ def test_uploads_regenerate_from_the_downloads(dirs, tmp_path, monkeypatch):
         session.close()
 
 
+@pytest.mark.slow
+def test_both_priors_share_one_load_and_regenerate(dirs, tmp_path, monkeypatch):
+    """A model with prior/ and ar_prior/: both choices are offered, the AR one reuses the
+    loaded CLIP/decoder/upsamplers (the same objects), each result regenerates through the
+    CLI with its prior, and a repeated request of the same shape compiles nothing new."""
+    from unclip_jax import pipeline
+    root = tmp_path / "model"
+    root.mkdir()
+    for name in ("clip", "tokenizer", "prior", "decoder", "upsampler1", "upsampler2"):
+        os.symlink(dirs[name], root / name)
+    os.symlink(dirs["ar_prior"], root / "ar_prior")
+    session = serve_session.Session(str(root), compile_cache=False)
+    try:
+        assert session.priors == ["diffusion", "ar"]
+        assert session.pipes["ar"].stages["decoder"] is session.pipes["diffusion"].stages[
+            "decoder"]
+        monkeypatch.chdir(tmp_path)
+        for prior in session.priors:
+            r = session.generate(CAPTIONS[0], 1, 4, prior, prior_steps="2", **FAST)
+            assert json.load(open(r.files[1]))["prior"] == prior
+            regen = pipeline_cli.regenerate(r.files[1], str(tmp_path / f"{prior}.png"))
+            np.testing.assert_array_equal(io.read_png(regen), io.read_png(r.files[0]))
+        compiled = len(pipeline._PROGRAMS)
+        session.generate(CAPTIONS[1], 1, 9, "ar", prior_steps="2", **FAST)
+        assert len(pipeline._PROGRAMS) == compiled
+        with pytest.raises(UserError, match="prior 'text' is not in this model"):
+            session.generate(CAPTIONS[0], 1, 0, "text")
+    finally:
+        session.close()
+    assert not os.path.exists(session.workdir)
+
+
 # ---------------------------------------------------------------------- in a browser
 
 def _browser():
