@@ -108,6 +108,26 @@ def test_page_shows_the_cli_error_line(capsys):
     assert not os.path.exists("never.png")
 
 
+def test_unreadable_upload_shows_the_cli_error_line(tmp_path):
+    """Gradio decodes an upload before the tab runs; an unreadable one shows the line the CLI
+    prints for that file (named as uploaded, not by the server's copy)."""
+    import gradio as gr
+    from gradio.data_classes import FileData
+    from unclip_jax import serve_app
+    bad = tmp_path / "copy-on-the-server.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(UserError) as cli_error:
+        io.load_image(str(bad), 8)
+    image = serve_app.readable(gr.Image(type="pil", image_mode=None))
+    with pytest.raises(gr.Error) as page_error:
+        image.preprocess(FileData(path=str(bad), orig_name="mine.png"))
+    assert page_error.value.message == cli.error_line(cli_error.value).replace(str(bad),
+                                                                               "mine.png")
+    ok = tmp_path / "ok.png"
+    Image.new("RGBA", (3, 2), (1, 2, 3, 4)).save(ok)
+    assert image.preprocess(FileData(path=str(ok), orig_name="ok.png")).mode == "RGBA"
+
+
 def test_serve_arguments_and_missing_gradio(monkeypatch, capsys):
     assert cli.main(["serve", "--port", "70000"]) == 2
     assert "--port 70000: a port is a number from 0 to 65535" in capsys.readouterr().err

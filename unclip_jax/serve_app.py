@@ -15,6 +15,7 @@ import traceback
 import gradio as gr
 
 from unclip_jax import cli, serve_session
+from unclip_jax.errors import UserError
 from unclip_jax.serve_session import Session
 
 log = logging.getLogger("unclip_jax.serve")
@@ -84,8 +85,26 @@ def _count_seed(prefix: str, label: str, value: int):
 def _upload(label: str, elem_id: str):
     # image_mode=None: the file's own mode reaches the pipeline, which converts it as the CLI
     # does (transparency on white)
-    return gr.Image(label=label, type="pil", image_mode=None, sources=["upload", "clipboard"],
-                    elem_id=elem_id)
+    return readable(gr.Image(label=label, type="pil", image_mode=None,
+                             sources=["upload", "clipboard"], elem_id=elem_id))
+
+
+def readable(component):
+    """An image input whose unreadable upload shows the CLI's one-line message (as a page
+    error) instead of Gradio's bare "Error": Gradio decodes uploads before the tab's function
+    runs, so the message is raised from the component's own preprocessing."""
+    decode = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return decode(payload)
+        except Exception as e:                  # noqa: BLE001 (PIL raises several kinds)
+            name = getattr(payload, "orig_name", None) or "the upload"
+            raise gr.Error(cli.error_line(UserError(
+                f"cannot read image {name} ({type(e).__name__}); pass a PNG/JPEG file")),
+                duration=None, print_exception=False) from None
+    component.preprocess = preprocess
+    return component
 
 
 def _run_block(prefix: str, label: str, fn, inputs) -> None:
@@ -182,10 +201,10 @@ def build(session: Session) -> gr.Blocks:
 def _editing_tabs(session: Session) -> None:
     """Inpaint (a mask drawn on the image), img2img and mixing."""
     with gr.Tab("Inpaint", id="inpaint"):
-        editor = gr.ImageEditor(
+        editor = readable(gr.ImageEditor(
             label="Image: paint the region to repaint", type="pil", image_mode="RGB",
             sources=["upload", "clipboard"], layers=False, transforms=(),
-            brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"), elem_id="inpaint-editor")
+            brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"), elem_id="inpaint-editor"))
         prompt = gr.Textbox(label="Prompt for the painted region", elem_id="inpaint-prompt")
         negative = _negative_field("inpaint")
         n, seed = _count_seed("inpaint", "Images", 1)
