@@ -282,6 +282,12 @@ unclip-jax vary samples/circle.png -n 4 --eta 0.8 --out samples/vary.png
 unclip-jax interpolate a.png b.png -n 6 --out samples/interp.png
 unclip-jax textdiff samples/circle.png --from "a red circle" --to "a blue circle" \\
     -n 5 --max-angle 0.5 --out samples/textdiff.png
+# editing (from Python: pipe.inpaint, pipe.img2img, pipe.mix, generate(negative_prompts=...))
+unclip-jax inpaint samples/circle.png --mask mask.png "a blue square on the left" \\
+    --out samples/inpaint.png          # mask: image-sized, white = repaint, black = keep
+unclip-jax img2img samples/circle.png "a large blue circle" --strength 0.6 --out samples/i2i.png
+unclip-jax sample "a large circle" --negative "a large red circle" --out samples/neg.png
+unclip-jax mix samples/circle.png "a blue square" --weights 0.5 0.5 --out samples/mix.png
 ```
 """),
     code("""
