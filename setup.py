@@ -37,7 +37,7 @@ TEST = [
 ]
 
 # `unclip-jax serve`: the web demo (pip install -e ".[demo]")
-DEMO = ["gradio>=5.0"]
+DEMO = ["gradio>=6.31"]              # the version the demo and its browser test ran on
 # tests/test_serve.py drives the demo in the system's chromium (apt: chromium chromium-driver)
 TEST += DEMO + ["selenium>=4.20"]
 

@@ -67,8 +67,10 @@ def run(args) -> int:
         app = serve_app.build(session)
         app.queue(max_size=args.queue_size, default_concurrency_limit=1)
         print(f"unclip-jax serve: {session.describe()}", flush=True)
+        # run_history=False: no run history page (it offers to upload runs to a remote bucket)
         app.launch(server_name=args.host, server_port=args.port, share=False,
-                   inbrowser=False, show_error=False, quiet=False, ssr_mode=False)
+                   inbrowser=False, show_error=False, quiet=False, ssr_mode=False,
+                   run_history=False)
     finally:
         session.close()
     return 0
