@@ -75,7 +75,17 @@ def _scenes(pred, count: int, start: int = 0):
 
 
 def measure(pipe, clf, *, scenes: int = 16, negatives: int = 32, seed: int = 0,
-            strengths=(0.0, 0.25, 0.5, 0.75, 1.0)) -> dict:
+            strengths=(0.0, 0.25, 0.5, 0.75, 1.0), save=None) -> dict:
+    """Every measurement of the module docstring → a JSON-able dict; `save(res)` (optional)
+    is called after each part with the results so far (and the seconds each part took)."""
+    import time
+    clock = [time.time()]
+
+    def done(part):
+        res.setdefault("seconds", {})[part] = round(time.time() - clock[0], 1)
+        clock[0] = time.time()
+        if save is not None:
+            save(res)
     rng = np.random.default_rng(seed)
     key = jax.random.key(seed)
     colours = list(render.COLOURS)
@@ -112,33 +122,7 @@ def measure(pipe, clf, *, scenes: int = 16, negatives: int = 32, seed: int = 0,
     res["inpaint_add_colour_real_control"] = bootstrap_ci(
         (real == np.asarray(targets)).astype(float), jax.random.fold_in(key, 2))
     res["inpaint_add_prompts"] = prompts[:4]
-
-    # ---- inpaint: remove an object
-    srcs, masks, prompts, info = [], [], [], []
-    for s in _scenes(lambda s: len(s["objects"]) == 2, scenes, 1000):
-        gone, kept = s["objects"]
-        srcs.append(render.render(s))
-        masks.append(cell_mask(gone["position"], 256))
-        prompts.append(render.caption([kept], s["background"], 0))
-        info.append((gone["position"], s["background"]))
-    out = pipe.inpaint(srcs, masks, prompts, seed)
-    empty = np.array([cell_empty(out[i:i + 1], *info[i])[0] for i in range(len(out))])
-    before = np.array([cell_empty(_resize([srcs[i]], size), *info[i])[0]
-                       for i in range(len(out))])
-    res["inpaint_remove_empty"] = bootstrap_ci(empty.astype(float), jax.random.fold_in(key, 3))
-    res["inpaint_remove_empty_input_control"] = float(before.mean())
-
-    # ---- img2img sweep
-    srcs, prompts = [], []
-    for s in _scenes(lambda s: True, max(scenes // 2, 1), 2000):
-        srcs.append(render.render(s))
-        prompts.append(s["caption"])
-    known = _resize(srcs, size).astype(np.float64)
-    sweep = {}
-    for st in strengths:
-        out = pipe.img2img(srcs, prompts, seed, strength=st)
-        sweep[str(st)] = float(np.abs(out.astype(np.float64) - known).mean())
-    res["img2img_mean_abs_diff"] = sweep
+    done("inpaint_add")
 
     # ---- negative prompt
     prompt, negative = "a large circle in the centre", "a large red circle in the centre"
@@ -154,6 +138,36 @@ def measure(pipe, clf, *, scenes: int = 16, negatives: int = 32, seed: int = 0,
     names = ATTRIBUTES["colour"]
     res["colours_plain"] = [names[i] for i in clf.predict(plain)["colour"]]
     res["colours_negative"] = [names[i] for i in clf.predict(neg)["colour"]]
+    done("negative")
+
+    # ---- inpaint: remove an object
+    srcs, masks, prompts, info = [], [], [], []
+    for s in _scenes(lambda s: len(s["objects"]) == 2, scenes, 1000):
+        gone, kept = s["objects"]
+        srcs.append(render.render(s))
+        masks.append(cell_mask(gone["position"], 256))
+        prompts.append(render.caption([kept], s["background"], 0))
+        info.append((gone["position"], s["background"]))
+    out = pipe.inpaint(srcs, masks, prompts, seed)
+    empty = np.array([cell_empty(out[i:i + 1], *info[i])[0] for i in range(len(out))])
+    before = np.array([cell_empty(_resize([srcs[i]], size), *info[i])[0]
+                       for i in range(len(out))])
+    res["inpaint_remove_empty"] = bootstrap_ci(empty.astype(float), jax.random.fold_in(key, 3))
+    res["inpaint_remove_empty_input_control"] = float(before.mean())
+    done("inpaint_remove")
+
+    # ---- img2img sweep
+    srcs, prompts = [], []
+    for s in _scenes(lambda s: True, max(scenes // 2, 1), 2000):
+        srcs.append(render.render(s))
+        prompts.append(s["caption"])
+    known = _resize(srcs, size).astype(np.float64)
+    sweep = {}
+    for st in strengths:
+        out = pipe.img2img(srcs, prompts, seed, strength=st)
+        sweep[str(st)] = float(np.abs(out.astype(np.float64) - known).mean())
+        res["img2img_mean_abs_diff"] = dict(sweep)
+        done(f"img2img_{st}")
     return res
 
 
@@ -181,11 +195,13 @@ def main(argv=None) -> int:
     dirs = {n: os.path.join(a.checkpoint, n) for n in STAGE_ORDER[:last + 1]
             if n != "ar_prior" and os.path.isdir(os.path.join(a.checkpoint, n))}
     pipe = UnCLIP.load(**dirs, progress=False)
+    settings = {k: getattr(a, k) for k in ("final", "scenes", "negatives", "seed")}
+
+    def save(res):
+        with open(a.out, "w") as f:
+            json.dump(dict(res, settings=settings), f, indent=1, default=float)
     res = measure(pipe, AttributeClassifier.load(a.classifier), scenes=a.scenes,
-                  negatives=a.negatives, seed=a.seed)
-    res["settings"] = {k: getattr(a, k) for k in ("final", "scenes", "negatives", "seed")}
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1, default=float)
+                  negatives=a.negatives, seed=a.seed, save=save)
     print(json.dumps({k: v for k, v in res.items() if not k.startswith("colours")},
                      indent=1, default=float))
     return 0
