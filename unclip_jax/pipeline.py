@@ -1,5 +1,6 @@
-"""UnCLIP sampling: text → image, and the paper's manipulations (variations, interpolations,
-text diffs), chained from per-stage inference checkpoints.
+"""UnCLIP sampling: text → image, the paper's manipulations (variations, interpolations,
+text diffs) and editing (inpainting, img2img, negative prompts, mixing; `unclip_jax.editing`),
+chained from per-stage inference checkpoints.
 
     pipe = UnCLIP.from_directory("model/")           # or UnCLIP.load(clip=..., prior=..., ...)
     images = pipe.generate(["a red circle"], seed)   # uint8 [N, H, W, 3]
