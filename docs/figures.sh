@@ -44,3 +44,12 @@ unclip-jax textdiff docs/inputs/red_circle_top_left.png \
   --from "a large red circle in the top left corner" \
   --to "a large blue circle in the top left corner" -n 5 --max-angle 0.5 --seed 0 \
   --out docs/textdiff.png --overwrite
+
+# editing (docs/results.md "Editing"): a mask over the bottom-right cell of the 3×3 grid
+# (unclip_jax.eval.editing.cell_mask), then inpainting a new object there
+python -c "
+from PIL import Image; from unclip_jax.eval.editing import cell_mask
+Image.fromarray(cell_mask('bottom right', 256)).save('docs/inputs/mask_bottom_right.png')"
+unclip-jax inpaint docs/inputs/red_circle_top_left.png --mask docs/inputs/mask_bottom_right.png \
+  "a large red circle in the top left corner and a large yellow square in the bottom right corner" \
+  -n 4 --seed 0 --cols 4 --out docs/inpaint.png --overwrite
