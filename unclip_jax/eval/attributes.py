@@ -54,24 +54,39 @@ class AttributeNet(nn.Module):
     def __call__(self, x):
         dt = jnp.dtype(self.dtype)
         x = x.astype(jnp.float32)
-        border = jnp.concatenate([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)
-        background = jnp.median(border, axis=1)[:, None, None, :]
-        p = jnp.concatenate([x, x - background], axis=-1).astype(dt)
-        p = nn.silu(conv(self.pixel, 1, "pixel_a", dt)(p))
-        p = nn.silu(conv(self.pixel, 1, "pixel_b", dt)(p)).astype(jnp.float32)
-        h = x.astype(dt)
-        for i, ch in enumerate(self.channels):
-            h = nn.silu(conv(ch, 3, f"conv{i}_a", dt)(h))
-            h = nn.silu(conv(ch, 3, f"conv{i}_b", dt, stride=2)(h))
-        h = h.astype(jnp.float32)
-        colour = jnp.concatenate([p.mean(axis=(1, 2)), p.max(axis=(1, 2))], axis=-1)
-        pooled = jnp.concatenate([colour, h.mean(axis=(1, 2)), h.max(axis=(1, 2))], axis=-1)
+        colour, pooled, h = image_codes(x, border_background(x), self.channels, self.pixel, dt)
         where = nn.silu(dense(self.hidden, ("embed", "mlp"), "hidden", dt)(
             h.reshape(h.shape[0], -1)))
         logits = {k: dense(len(names), ("mlp", "vocab"), f"head_{k}", dt)(
             {"position": where, "colour": colour}.get(k, pooled)).astype(jnp.float32)
             for k, names in ATTRIBUTES.items()}
         return logits, jnp.concatenate([pooled, where.astype(jnp.float32)], axis=-1)
+
+
+def border_background(x) -> jnp.ndarray:
+    """images [B, S, S, 3] → the per-channel median of their border pixels [B, 1, 1, 3]."""
+    border = jnp.concatenate([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)
+    return jnp.median(border, axis=1)[:, None, None, :]
+
+
+def image_codes(x, background, channels: Sequence[int], pixel: int, dt):
+    """The pixel and conv paths of `AttributeNet`, called inside a compact module (it creates
+    the layers pixel_a, pixel_b, conv{i}_a, conv{i}_b there).
+
+    x [B, S, S, 3] float32 in [-1, 1], background [B, 1, 1, 3] → (colour code [B, 2·pixel],
+    pooled code [B, 2·pixel + 2·channels[-1]], last conv map [B, S/2^L, S/2^L, channels[-1]]).
+    """
+    p = jnp.concatenate([x, x - background], axis=-1).astype(dt)
+    p = nn.silu(conv(pixel, 1, "pixel_a", dt)(p))
+    p = nn.silu(conv(pixel, 1, "pixel_b", dt)(p)).astype(jnp.float32)
+    h = x.astype(dt)
+    for i, ch in enumerate(channels):
+        h = nn.silu(conv(ch, 3, f"conv{i}_a", dt)(h))
+        h = nn.silu(conv(ch, 3, f"conv{i}_b", dt, stride=2)(h))
+    h = h.astype(jnp.float32)
+    colour = jnp.concatenate([p.mean(axis=(1, 2)), p.max(axis=(1, 2))], axis=-1)
+    pooled = jnp.concatenate([colour, h.mean(axis=(1, 2)), h.max(axis=(1, 2))], axis=-1)
+    return colour, pooled, h
 
 
 def model_config(image_size: int = 64, channels: Sequence[int] = (16, 32, 64),

@@ -8,6 +8,14 @@ JSON. With --train_classifier, an attribute classifier is first trained on DATA'
 and saved to CLF (which must not hold one yet); without --checkpoint that is all it does:
 
   unclip-jax eval --train_classifier --classifier CLF --data_dir DATA [--classifier_size 64]
+
+GenEval-style (no dataset needed): generate for the bundled prompt sets (`geneval` = one
+object over seen colour–shape pairs, one object over held-out pairs, two objects), read the
+images with the per-cell scene detector (default: the bundled one) and print per-attribute
+accuracy, exact object count, binding and relative position with bootstrap intervals:
+
+  unclip-jax eval --prompts geneval [--checkpoint MODEL] [--images_per_prompt 4] [--out r.json]
+  unclip-jax eval --train_detector --detector DIR [--detector_steps 2000]
 """
 from __future__ import annotations
 
@@ -20,7 +28,17 @@ from unclip_jax.errors import UserError
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="model directory with clip/, tokenizer/, prior/, decoder/, ...")
-    parser.add_argument("--data_dir", required=True, help="TFDS data_dir of the unclip_shapes build")
+    parser.add_argument("--data_dir", default=None,
+                        help="TFDS data_dir of the unclip_shapes build (split evaluation)")
+    parser.add_argument("--prompts", default=None,
+                        help="GenEval-style evaluation on prompt sets instead of a split: geneval "
+                             "(all), single_seen, single_heldout, two_object, a .json file, or a "
+                             "comma list; --checkpoint defaults to the bundled model")
+    parser.add_argument("--detector", default=None,
+                        help="scene-detector directory (default: the bundled one)")
+    parser.add_argument("--train_detector", action="store_true",
+                        help="train a scene detector into --detector first (renders its scenes)")
+    parser.add_argument("--detector_steps", type=int, default=2000)
     parser.add_argument("--dataset", default=None,
                         help="unclip_shapes/CONFIG (default: the only config built in data_dir)")
     parser.add_argument("--split", default="validation", help="validation or test_heldout")
@@ -54,9 +72,55 @@ def add_arguments(parser) -> None:
                         help="bootstrap resamples per interval")
 
 
+def run_prompts(args) -> int:
+    """`eval --prompts SET`: the GenEval-style evaluation."""
+    from unclip_jax import atomic
+    from unclip_jax.eval import geneval
+    results = geneval.evaluate_prompts(
+        args.checkpoint, prompts=args.prompts, images_per_prompt=args.images_per_prompt,
+        detector=args.detector, prior_steps=args.prior_steps, decoder_steps=args.decoder_steps,
+        upsampler_steps=args.upsampler_steps, prior_guidance=args.prior_guidance,
+        decoder_guidance=args.decoder_guidance, seed=args.seed,
+        num_resamples=args.num_resamples)
+    table = geneval.format_markdown(results)
+    print(table)
+    if args.out:
+        atomic.write_json(args.out, results)
+        print(f"wrote {args.out}")
+    if args.markdown:
+        atomic.write_text(args.markdown, table)
+    return 0
+
+
+def train_detector(args) -> None:
+    """`eval --train_detector --detector DIR`."""
+    from unclip_jax.eval import scene_detector
+    if not args.detector:
+        raise UserError("--train_detector needs --detector DIR to save it in")
+    if os.path.exists(os.path.join(args.detector, "config.json")):
+        raise UserError(f"{args.detector} already holds a detector; drop --train_detector to "
+                        "use it, or pick a new directory")
+    res = scene_detector.train_scene_detector(
+        out_dir=args.detector, steps=args.detector_steps, seed=args.seed,
+        log_every=max(1, args.detector_steps // 10))
+    print(f"scene detector → {res['directory']} ({res['seconds']:.0f} s); accuracy on real "
+          "renders: " + "; ".join(f"{r} px: " + ", ".join(f"{h} {100 * v:.1f}%"
+                                                          for h, v in a.items())
+                                  for r, a in res["validation_accuracy"].items()))
+
+
 def run(args) -> int:
     from unclip_jax.eval import attributes, evaluate, report
 
+    if args.train_detector:
+        train_detector(args)
+    if args.prompts is not None:
+        return run_prompts(args)
+    if args.train_detector and args.checkpoint is None:
+        return 0
+    if args.data_dir is None:
+        raise UserError("eval needs --data_dir DATA (split evaluation) or --prompts geneval "
+                        "(GenEval-style prompt sets)")
     if args.train_classifier:
         if not args.classifier:
             raise UserError("--train_classifier needs --classifier DIR to save it in")
