@@ -74,8 +74,11 @@ def _scenes(pred, count: int, start: int = 0):
             yield s
 
 
+PARTS = ("add", "negative", "remove", "img2img", "mix")
+
+
 def measure(pipe, clf, *, scenes: int = 16, negatives: int = 32, seed: int = 0,
-            strengths=(0.0, 0.25, 0.5, 0.75, 1.0), save=None) -> dict:
+            strengths=(0.0, 0.25, 0.5, 0.75, 1.0), save=None, parts=PARTS) -> dict:
     """Every measurement of the module docstring → a JSON-able dict; `save(res)` (optional)
     is called after each part with the results so far (and the seconds each part took)."""
     import time
@@ -88,10 +91,27 @@ def measure(pipe, clf, *, scenes: int = 16, negatives: int = 32, seed: int = 0,
             save(res)
     rng = np.random.default_rng(seed)
     key = jax.random.key(seed)
-    colours = list(render.COLOURS)
     res = {}
 
-    # ---- inpaint: add an object in an empty cell
+    if "add" in parts:
+        _add(pipe, clf, res, rng, key, scenes, seed)
+        done("inpaint_add")
+    if "negative" in parts:
+        _negative(pipe, clf, res, key, negatives, seed)
+        done("negative")
+    if "remove" in parts:
+        _remove(pipe, res, key, scenes, seed)
+        done("inpaint_remove")
+    if "img2img" in parts:
+        _img2img(pipe, res, scenes, seed, strengths, done)
+    if "mix" in parts:
+        _mix(pipe, res, seed)
+        done("mix")
+    return res
+
+
+def _add(pipe, clf, res, rng, key, scenes, seed):
+    colours = list(render.COLOURS)
     srcs, masks, prompts, targets, cells, reals = [], [], [], [], [], []
     for s in _scenes(lambda s: len(s["objects"]) == 1, scenes):
         free = [p for p in render.POSITIONS if p != s["objects"][0]["position"]]
@@ -122,9 +142,10 @@ def measure(pipe, clf, *, scenes: int = 16, negatives: int = 32, seed: int = 0,
     res["inpaint_add_colour_real_control"] = bootstrap_ci(
         (real == np.asarray(targets)).astype(float), jax.random.fold_in(key, 2))
     res["inpaint_add_prompts"] = prompts[:4]
-    done("inpaint_add")
 
-    # ---- negative prompt
+
+def _negative(pipe, clf, res, key, negatives, seed):
+    colours = list(render.COLOURS)
     prompt, negative = "a large circle in the centre", "a large red circle in the centre"
     red = colours.index("red")
     plain = pipe.generate([prompt], seed, num_images_per_prompt=negatives)
@@ -138,9 +159,13 @@ def measure(pipe, clf, *, scenes: int = 16, negatives: int = 32, seed: int = 0,
     names = ATTRIBUTES["colour"]
     res["colours_plain"] = [names[i] for i in clf.predict(plain)["colour"]]
     res["colours_negative"] = [names[i] for i in clf.predict(neg)["colour"]]
-    done("negative")
+    diff = np.stack([(clf.predict(plain)["colour"] == red),
+                     (clf.predict(neg)["colour"] == red)]).astype(float)
+    res["red_rate_drop"] = bootstrap_ci(diff[0] - diff[1],
+                                        jax.random.fold_in(key, 6))
 
-    # ---- inpaint: remove an object
+
+def _remove(pipe, res, key, scenes, seed):
     srcs, masks, prompts, info = [], [], [], []
     for s in _scenes(lambda s: len(s["objects"]) == 2, scenes, 1000):
         gone, kept = s["objects"]
@@ -149,18 +174,20 @@ def measure(pipe, clf, *, scenes: int = 16, negatives: int = 32, seed: int = 0,
         prompts.append(render.caption([kept], s["background"], 0))
         info.append((gone["position"], s["background"]))
     out = pipe.inpaint(srcs, masks, prompts, seed)
+    size = out.shape[1]
     empty = np.array([cell_empty(out[i:i + 1], *info[i])[0] for i in range(len(out))])
     before = np.array([cell_empty(_resize([srcs[i]], size), *info[i])[0]
                        for i in range(len(out))])
     res["inpaint_remove_empty"] = bootstrap_ci(empty.astype(float), jax.random.fold_in(key, 3))
     res["inpaint_remove_empty_input_control"] = float(before.mean())
-    done("inpaint_remove")
 
-    # ---- img2img sweep
+
+def _img2img(pipe, res, scenes, seed, strengths, done):
     srcs, prompts = [], []
     for s in _scenes(lambda s: True, max(scenes // 2, 1), 2000):
         srcs.append(render.render(s))
         prompts.append(s["caption"])
+    size = stage_size(pipe)
     known = _resize(srcs, size).astype(np.float64)
     sweep = {}
     for st in strengths:
@@ -168,7 +195,34 @@ def measure(pipe, clf, *, scenes: int = 16, negatives: int = 32, seed: int = 0,
         sweep[str(st)] = float(np.abs(out.astype(np.float64) - known).mean())
         res["img2img_mean_abs_diff"] = dict(sweep)
         done(f"img2img_{st}")
-    return res
+
+
+def stage_size(pipe) -> int:
+    from unclip_jax.editing import stage_sizes
+    return list(stage_sizes(pipe).values())[-1]
+
+
+def _mix(pipe, res, seed, weights=(0.0, 0.25, 0.5, 0.75, 1.0), n: int = 8):
+    """Two real renders a (red circle), b (blue square): the decoded mix's CLIP image
+    embedding against z_a and z_b as a's weight grows; and weights (1, 0) against a alone."""
+    base = dict(size="large", position="centre", jitter=np.zeros(2), angle=0.0)
+    a = render.render(dict(objects=[dict(base, shape="circle", colour="red")],
+                           background="white"))
+    b = render.render(dict(objects=[dict(base, shape="square", colour="blue")],
+                           background="black"))
+    clip_size = pipe.stages["clip"].model.image_size
+    z_ab = pipe.encode_images(_resize([a, b], clip_size))
+    unit = z_ab / np.linalg.norm(z_ab, axis=-1, keepdims=True)
+    rows = {}
+    for w in weights:
+        out = pipe.mix([a, b], [w, 1 - w], seed, n=n)
+        z = pipe.encode_images(_resize(out, clip_size))
+        cos = (z / np.linalg.norm(z, axis=-1, keepdims=True)) @ unit.T
+        rows[str(w)] = {"cos_a": float(cos[:, 0].mean()), "cos_b": float(cos[:, 1].mean())}
+    res["mix_clip_cosine"] = rows
+    one = pipe.mix([a, b], [1.0, 0.0], seed, n=2)
+    alone = pipe.mix([a], [1.0], seed, n=2)
+    res["mix_one_hot_max_abs_diff"] = int(np.abs(one.astype(int) - alone).max())
 
 
 def _resize(images, size: int) -> np.ndarray:
@@ -189,6 +243,7 @@ def main(argv=None) -> int:
     p.add_argument("--scenes", type=int, default=16)
     p.add_argument("--negatives", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     last = STAGE_ORDER.index(a.final)
@@ -201,7 +256,7 @@ def main(argv=None) -> int:
         with open(a.out, "w") as f:
             json.dump(dict(res, settings=settings), f, indent=1, default=float)
     res = measure(pipe, AttributeClassifier.load(a.classifier), scenes=a.scenes,
-                  negatives=a.negatives, seed=a.seed, save=save)
+                  negatives=a.negatives, seed=a.seed, save=save, parts=a.parts)
     print(json.dumps({k: v for k, v in res.items() if not k.startswith("colours")},
                      indent=1, default=float))
     return 0
