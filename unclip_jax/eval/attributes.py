@@ -128,22 +128,33 @@ def accuracy(predictions: dict, labels: dict) -> dict[str, float]:
     return out
 
 
-class AttributeClassifier:
-    """A loaded classifier: `predict(images)` → {head: int32 [N]}, `features(images)`."""
+class LoadedNet:
+    """A network of an `export` directory of stage `STAGE`: params, config, extra, the model
+    `build(config.model)` gives, its jitted apply and its input size config.model.image_size."""
+    STAGE = ""
 
     def __init__(self, params, config: mlc.ConfigDict, extra: dict | None = None):
         self.params = params
         self.config = config
         self.extra = extra or {}
-        m = config.model
-        self.image_size = int(m.image_size)
-        self.model = from_config(m)
+        self.image_size = int(config.model.image_size)
+        self.model = self.build(config.model)
         self._apply = jax.jit(lambda p, x: self.model.apply(p, x))
 
+    @staticmethod
+    def build(model_config) -> nn.Module:
+        raise NotImplementedError
+
     @classmethod
-    def load(cls, directory: str) -> "AttributeClassifier":
-        params, config, extra = export.load(directory, expect_stage=STAGE)
+    def load(cls, directory: str):
+        params, config, extra = export.load(directory, expect_stage=cls.STAGE)
         return cls(params, config, extra)
+
+
+class AttributeClassifier(LoadedNet):
+    """A loaded classifier: `predict(images)` → {head: int32 [N]}, `features(images)`."""
+    STAGE = STAGE
+    build = staticmethod(from_config)
 
     def _run(self, images, batch_size: int = 256):
         logits, feats = [], []

@@ -72,6 +72,15 @@ def add_arguments(parser) -> None:
                         help="bootstrap resamples per interval")
 
 
+def _check_new_directory(what: str, directory: str | None) -> None:
+    """--train_WHAT needs --WHAT DIR, and DIR must not hold a trained network yet."""
+    if not directory:
+        raise UserError(f"--train_{what} needs --{what} DIR to save it in")
+    if os.path.exists(os.path.join(directory, "config.json")):
+        raise UserError(f"{directory} already holds a {what}; drop --train_{what} to use it, "
+                        "or pick a new directory")
+
+
 def run_prompts(args) -> int:
     """`eval --prompts SET`: the GenEval-style evaluation."""
     from unclip_jax import atomic
@@ -95,11 +104,7 @@ def run_prompts(args) -> int:
 def train_detector(args) -> None:
     """`eval --train_detector --detector DIR`."""
     from unclip_jax.eval import scene_detector
-    if not args.detector:
-        raise UserError("--train_detector needs --detector DIR to save it in")
-    if os.path.exists(os.path.join(args.detector, "config.json")):
-        raise UserError(f"{args.detector} already holds a detector; drop --train_detector to "
-                        "use it, or pick a new directory")
+    _check_new_directory("detector", args.detector)
     res = scene_detector.train_scene_detector(
         out_dir=args.detector, steps=args.detector_steps, seed=args.seed,
         log_every=max(1, args.detector_steps // 10))
@@ -122,11 +127,7 @@ def run(args) -> int:
         raise UserError("eval needs --data_dir DATA (split evaluation) or --prompts geneval "
                         "(GenEval-style prompt sets)")
     if args.train_classifier:
-        if not args.classifier:
-            raise UserError("--train_classifier needs --classifier DIR to save it in")
-        if os.path.exists(os.path.join(args.classifier, "config.json")):
-            raise UserError(f"{args.classifier} already holds a classifier; drop "
-                            "--train_classifier to use it, or pick a new directory")
+        _check_new_directory("classifier", args.classifier)
         res = attributes.train_attribute_classifier(
             args.data_dir, out_dir=args.classifier, dataset=args.dataset,
             image_size=args.classifier_size, steps=args.classifier_steps, seed=args.seed,

@@ -35,7 +35,7 @@ import optax
 from unclip_jax import export
 from unclip_jax.data import render
 from unclip_jax.errors import UserError
-from unclip_jax.eval.attributes import border_background, image_codes, resize_images
+from unclip_jax.eval.attributes import LoadedNet, border_background, image_codes, resize_images
 from unclip_jax.models.layers import dense
 
 STAGE = "scene_detector"
@@ -171,21 +171,10 @@ def accuracy(pred: dict, labels: dict) -> dict[str, float]:
     return out
 
 
-class SceneDetector:
-    """A loaded detector: `predict(images)` → per-cell detections."""
-
-    def __init__(self, params, config: mlc.ConfigDict, extra: dict | None = None):
-        self.params = params
-        self.config = config
-        self.extra = extra or {}
-        self.image_size = int(config.model.image_size)
-        self.model = from_config(config.model)
-        self._apply = jax.jit(lambda p, x: self.model.apply(p, x))
-
-    @classmethod
-    def load(cls, directory: str) -> "SceneDetector":
-        params, config, extra = export.load(directory, expect_stage=STAGE)
-        return cls(params, config, extra)
+class SceneDetector(LoadedNet):
+    """A loaded detector (`SceneDetector.load(dir)`): `predict(images)` → per-cell detections."""
+    STAGE = STAGE
+    build = staticmethod(from_config)
 
     def predict(self, images, batch_size: int = 128) -> dict[str, np.ndarray]:
         """images [N, H, W, 3] (uint8, or float in [−1, 1]) → {'object_prob': float32 [N, 9],
