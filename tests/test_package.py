@@ -124,11 +124,30 @@ def test_manifest_describes_the_runs(runs, packaged):
         assert entry["batch_size"] == cfg.train.batch_size
         assert entry["planned_steps"] == cfg.train.steps
         assert entry["size_bytes"] == tree_bytes(os.path.join(out, name)) > 0
-        assert entry["workdir"] == runs[name]["dir"]
+        assert entry["workdir"] == name            # the run's name, not this machine's path
     assert manifest["stages"]["prior"]["note"] == "tiny test run"
     assert "note" not in manifest["stages"]["ar_prior"]
     assert manifest["total_size_bytes"] == tree_bytes(out) - os.path.getsize(
         os.path.join(out, "MANIFEST.json"))
+
+
+def test_no_file_names_the_packaging_machines_paths(runs, packaged):
+    """Configs, extras and MANIFEST hold no local path of the machine that packaged them: the
+    training inputs are blanked (the tokenizer ships beside), runs are named, weights kept."""
+    out, _ = packaged
+    root = os.path.dirname(runs["prior"]["dir"])
+    for r, _, files in os.walk(out):
+        for name in files:
+            if name.endswith(".json") and name != "tokenizer.json":
+                with open(os.path.join(r, name)) as f:
+                    text = f.read()
+                assert root not in text and "/tmp" not in text, os.path.join(r, name)
+    with open(os.path.join(out, "prior", "config.json")) as f:
+        cfg = json.load(f)
+    assert cfg["data"]["embeddings_dir"] == "" and cfg["train"] == json.loads(
+        runs["prior"]["config"].to_json_best_effort())["train"]
+    with open(os.path.join(out, "prior", "extra.json")) as f:
+        assert json.load(f)["source"] == "prior"
 
 
 def test_repackaging_one_stage_replaces_it_and_keeps_the_other(runs, packaged, tmp_path):
@@ -151,7 +170,7 @@ def test_repackaging_one_stage_replaces_it_and_keeps_the_other(runs, packaged, t
         np.testing.assert_array_equal(got, want)
     prior = manifest["stages"]["prior"]
     assert prior["commit"] == "c0ffee" and prior["note"] == "retrained"
-    assert prior["dtype"] == "float32" and prior["workdir"] == work
+    assert prior["dtype"] == "float32" and prior["workdir"] == "prior_run"
     assert prior["final_loss"] == before["stages"]["prior"]["final_loss"]  # row past step 7 ignored
     assert manifest["stages"]["ar_prior"] == before["stages"]["ar_prior"]
     assert manifest["commit"] == "c0ffee" and manifest["dtype"] == "mixed"

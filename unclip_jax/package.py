@@ -10,7 +10,9 @@ Each stage's EMA parameters are exported (`unclip_jax.train.loop.export_from_wor
 as float32). `OUT/MANIFEST.json` records, per stage, the trained steps, batch size, planned
 steps, the final loss (mean `loss` of the last `FINAL_ROWS` rows of the workdir's
 `metrics.jsonl` logged at or before the exported step), the last such row, the size of the
-exported directory, the workdir, dtype, commit and an optional note; at the top level the
+exported directory, the run's name (`run_name`: no local path of the packaging machine, which
+`strip_machine_paths` also blanks in each stage's config.json and extra.json), dtype, commit
+and an optional note; at the top level the
 commit, dataset, dtype and total size. Each stage entry also holds `params_sha256`, the
 sha256 of the stage's `params.sha256.json` (its per-array checksums); both are verified when
 the model loads. The layout is the one `UnCLIP.from_directory` reads.
@@ -159,6 +161,43 @@ def _export_stage(stage: str, workdir: str, dest: str, dtype: str) -> None:
                         f"pass it as --stage {trained}={workdir} or give the {stage} workdir")
 
 
+# Inputs of the training config that name the packaging machine's files: meaningless where the
+# model is copied to (the tokenizer ships beside the CLIP as OUT/tokenizer), so not shipped.
+MACHINE_PATH_KEYS = (("data", "data_dir"), ("data", "embeddings_dir"), ("model", "tokenizer"),
+                     ("clip", "model", "tokenizer"))
+
+
+def run_name(workdir: str) -> str:
+    """How a model directory names a training run: a gs:// URI whole, a local directory by its
+    own name only ('/home/me/runs/prior' → 'prior'), never the packaging machine's path."""
+    if paths.is_remote(workdir):
+        return str(workdir)
+    return os.path.basename(os.path.normpath(os.path.expanduser(str(workdir))))
+
+
+def strip_machine_paths(exported: str, workdir: str) -> None:
+    """Rewrite an exported stage's config.json and extra.json without local paths of this
+    machine: the config's input directories (`MACHINE_PATH_KEYS`, unless gs:// URIs) become ''
+    and extra.json's `source` the run's name (`run_name`). Params and checksums are untouched."""
+    cfg_path = os.path.join(exported, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    for keys in MACHINE_PATH_KEYS:
+        node = cfg
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(keys[-1]) and not paths.is_remote(node[keys[-1]]):
+            node[keys[-1]] = ""
+    _write_json(cfg_path, cfg)
+    extra_path = os.path.join(exported, "extra.json")
+    if os.path.isfile(extra_path):
+        with open(extra_path) as f:
+            extra = json.load(f)
+        if "source" in extra:
+            extra["source"] = run_name(workdir)
+            _write_json(extra_path, extra)
+
+
 def stage_entry(workdir: str, exported: str, dtype: str, commit: str | None,
                 note: str | None = None) -> dict:
     """The MANIFEST entry of one exported stage (see the module docstring)."""
@@ -175,7 +214,7 @@ def stage_entry(workdir: str, exported: str, dtype: str, commit: str | None,
         "final_metrics": rows[-1] if rows else None,
         "size_bytes": directory_bytes(exported),
         "dtype": dtype,
-        "workdir": paths.resolve(workdir, "workdir"),
+        "workdir": run_name(workdir),
         "commit": commit,
         "params_sha256": export.file_sha256(os.path.join(exported, export.CHECKSUMS)),
     }
@@ -310,6 +349,7 @@ def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None
             if name in stages:
                 dest = os.path.join(staging, name)
                 _export_stage(name, stages[name], dest, dtype)
+                strip_machine_paths(dest, stages[name])
                 entries[name] = stage_entry(stages[name], dest, dtype, commit, notes.get(name))
         if base_dir is not None:
             entries.update(_copy_base_stages(base_dir, base, stages, out_dir, staging))
