@@ -10,6 +10,7 @@ the two-object set reports exactly-two-objects, colour–shape binding and relat
 """
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -97,7 +98,8 @@ def format_markdown(results: dict) -> str:
     """One row per prompt set: accuracy % [95% interval] of each metric it has."""
     s = results["settings"]
     cols = [m for m in (*SINGLE_METRICS, *TWO_METRICS[1:])]
-    lines = [f"Model `{s['model']}`, prompts `{s['prompts']}`, {s['images_per_prompt']} images per "
+    model = os.path.basename(os.path.normpath(s["model"])) or s["model"]
+    lines = [f"Model `{model}`, prompts `{s['prompts']}`, {s['images_per_prompt']} images per "
              f"prompt, seed {s['seed']}; % of images, 95% percentile-bootstrap intervals in "
              "brackets; exact count = 1 object (one-object sets) or 2 (two-object set).", "",
              "| prompt set | prompts × images | " + " | ".join(METRIC_NAMES[c] for c in cols) + " |",
