@@ -212,6 +212,7 @@ def test_guided_logits_match_separate_calls():
         ar.ar_sample(params, model, None, dict(z_t=z_t), jax.random.key(0), guidance_scale=-1)
 
 
+@pytest.mark.slow   # ~20 s each; the KV cache's parity with recompute stays in the default suite
 def test_overfit_then_sample_reproduces_tokens():
     """~200 Adam steps on one batch: cross-entropy falls ≥ 10×, and greedy ar_sample then
     reproduces each example's training tokens (dot token fixed by dot_quantile=0.75)."""
@@ -394,6 +395,7 @@ def test_kv_cache_under_vmap_as_the_pipeline_calls_it():
     np.testing.assert_array_equal(np.asarray(run(True)), np.asarray(run(False)))
 
 
+@pytest.mark.slow   # ~20 s each; the KV cache's parity with recompute stays in the default suite
 def test_bundled_model_samples_the_same_tokens_with_the_cache():
     """The packaged shapes AR prior (unclip_jax/assets/shapes/ar_prior) loads unchanged and
     its cached sampler reproduces the full-recompute tokens."""

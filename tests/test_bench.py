@@ -42,6 +42,7 @@ def tiny_upsampler():
     return cfg
 
 
+@pytest.mark.slow   # ~30 s
 def test_modes_same_loss_params_and_samples(devices8):
     w = build_workload(tiny_prior(), batch_size=8)
     placed, check = run.compare_modes(w, devices8, modes_lib.MODES, loop_steps=1)

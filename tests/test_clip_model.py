@@ -173,6 +173,7 @@ def test_training_drives_loss_down():
     assert final < first / 20, (first, final)
 
 
+@pytest.mark.slow   # ~17 s; sharding is also checked by test_train_loop's 1-vs-8-device run
 def test_sharded_init_matches_unsharded(devices8):
     cfg = tiny_config()
     model, params = init(cfg, seed=3)
@@ -218,15 +219,20 @@ def test_sincos_position_codes_are_the_analytic_grid():
 
 def test_sincos_position_init_keeps_the_parameter_tree():
     """'sincos2d' changes where the position table starts, not the checkpoint layout."""
-    from unclip_jax.clip.model import sincos_2d
+    from unclip_jax.clip.model import VisionEmbeddings, sincos_2d
     cfg = tiny_config()
-    _, plain = init(cfg)
-    cfg.vision.position_init = "sincos2d"
-    _, sincos = init(cfg)
-    assert jax.tree.structure(plain) == jax.tree.structure(sincos)
-    assert jax.tree.map(jnp.shape, plain) == jax.tree.map(jnp.shape, sincos)
-    table = sincos["vision_model"]["embeddings"]["position_embedding"]["embedding"]
-    np.testing.assert_array_equal(table, sincos_2d(2, 32))
+    tokens = jnp.zeros((1, cfg.text.context_length), jnp.int32)
+    images = jnp.zeros((1, cfg.vision.image_size, cfg.vision.image_size, 3))
+    shapes = {}
+    for init_kind in ("normal", "sincos2d"):
+        cfg.vision.position_init = init_kind
+        shapes[init_kind] = jax.eval_shape(CLIP.from_config(cfg).init, jax.random.key(0),
+                                           tokens, images)
+    assert jax.tree.structure(shapes["normal"]) == jax.tree.structure(shapes["sincos2d"])
+    assert jax.tree.leaves(shapes["normal"]) == jax.tree.leaves(shapes["sincos2d"])
+    emb = VisionEmbeddings(16, 8, 32, position_init="sincos2d")
+    table = nn.meta.unbox(emb.init(jax.random.key(0), images))["params"]["position_embedding"]
+    np.testing.assert_array_equal(table["embedding"], sincos_2d(2, 32))
     cfg.vision.position_init = "random"
     with pytest.raises(UserError, match="position_init 'random'"):
-        init(cfg)
+        CLIP.from_config(cfg).init(jax.random.key(0), tokens, images)

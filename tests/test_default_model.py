@@ -118,7 +118,7 @@ def test_ar_prior_samples_land_near_their_images():
     assert np.mean(np.diag(sim)) > 0.5, np.diag(sim)
 
 
-@pytest.mark.parametrize("stage", ["upsampler1", "upsampler2"])
+@pytest.mark.parametrize("stage", ["upsampler1", pytest.param("upsampler2", marks=pytest.mark.slow)])  # 256 px: ~25 s
 def test_upsamplers_restore_real_images(pipe, stage):
     """On real scenes downsampled to the stage's input size, the shipped upsampler lands far
     nearer the real high-resolution image than an untrained one could (measured on 32

@@ -1,11 +1,13 @@
 """`unclip-jax demo` end to end with small settings."""
 import numpy as np
+import pytest
 from PIL import Image
 
 from unclip_jax import cli
 from unclip_jax.diffusion import demo
 
 
+@pytest.mark.slow   # ~20 s
 def test_demo_writes_png_and_samples_the_mixture(tmp_path, capsys):
     out = tmp_path / "demo.png"
     rows = demo.run_all(str(out), steps=30, num_samples=800, seed=2)

@@ -120,6 +120,7 @@ def test_mix_embeddings_one_hot_symmetric_and_moves_toward_heavier_input():
 
 # ------------------------------------------------------------------------- negative prompts
 
+@pytest.mark.slow   # ~40 s; test_negative_equal_to_prompt_gives_the_conditional_result stays
 def test_negative_prompt_replaces_the_unconditional_branch(dirs, pipe8):
     """Decoder level: the guided ε with a negative equals uncond(negative) + s·(cond −
     uncond(negative)) computed by hand from two unguided calls."""

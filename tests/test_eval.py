@@ -160,6 +160,7 @@ def test_metric_input_errors():
 
 # --------------------------------------------------------------------------- classifier
 
+@pytest.mark.slow   # trains the attribute classifier: ~50 s
 def test_attribute_classifier_learns_colour(classifier):
     acc = classifier["validation_accuracy"]
     assert classifier["num_validation"] >= 10
@@ -183,6 +184,7 @@ def _eval_args(ckpt, data_dir, out, *extra):
             "--chunk", "4", *extra]
 
 
+@pytest.mark.slow   # trains the attribute classifier: ~50 s
 def test_eval_cli_writes_every_metric(ckpt, shapes_dir, classifier, tmp_path, capsys):
     out, md = tmp_path / "results.json", tmp_path / "results.md"
     assert cli.main(_eval_args(ckpt["root"], shapes_dir, out, "--classifier",

@@ -99,6 +99,7 @@ def run_py(gcs, code_or_args, cwd, timeout=600, check=True):
     return proc
 
 
+@pytest.mark.slow   # ~50 s with the storage emulator
 def test_path_layer_and_checkpointer_on_gcs(gcs, tmp_path):
     """paths.* on gs:// (write, read, list, copy trees both ways, remove), then the training
     Checkpointer: it saves and restores steps on gs://, and a step without Orbax's

@@ -115,6 +115,7 @@ def test_model_cell_names_the_fix_when_no_model_is_bundled(monkeypatch, tmp_path
         exec(compile(cell.source, "model-cell", "exec"), {"os": os})
 
 
+@pytest.mark.slow   # the notebook run on the bundled model: ~60 s
 def test_every_cell_ran_without_error(run):
     nb, _ = run
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -126,6 +127,7 @@ def test_every_cell_ran_without_error(run):
     assert "devices: 4" in text    # the pipeline sharded over the kernel's 4 CPU devices
 
 
+@pytest.mark.slow   # the notebook run on the bundled model: ~60 s
 @pytest.mark.parametrize("tag", sorted(GRIDS))
 def test_cell_shows_one_grid_with_the_expected_tiles(run, tag):
     nb, _ = run
@@ -144,6 +146,7 @@ def test_cell_shows_one_grid_with_the_expected_tiles(run, tag):
     assert all(t.std() > 0 for t in tiles), "a tile is a flat colour"
 
 
+@pytest.mark.slow   # the notebook run on the bundled model: ~60 s
 def test_variation_strip_starts_with_the_generated_image(run):
     nb, _ = run
     sample = _pngs(_tagged(nb, "sample"))[0]
@@ -152,6 +155,7 @@ def test_variation_strip_starts_with_the_generated_image(run):
     assert not np.array_equal(_tile(strip, 0, 1, PX), _tile(strip, 0, 2, PX))
 
 
+@pytest.mark.slow   # the notebook run on the bundled model: ~60 s
 def test_saved_pngs_are_full_resolution_grids(run):
     _, out_dir = run
     assert sorted(os.listdir(out_dir)) == sorted(f"{k}.png" for k in SAVED)

@@ -35,7 +35,7 @@ def small(stage):
 
 
 # the UNet's SPMD compiles take minutes on 2 cores: the decoder runs with `pytest -m slow`
-STAGES = ["prior", pytest.param("decoder", marks=pytest.mark.slow)]
+STAGES = [pytest.param("prior", marks=pytest.mark.slow), pytest.param("decoder", marks=pytest.mark.slow)]   # ~30 s each
 
 
 def trainer_step_flops(config, devices, mesh_cfg) -> float:
@@ -84,6 +84,7 @@ def test_benchmark_step_splits_the_batch(devices8, stage):
         assert per == pytest.approx(one / N, rel=TOL), (kind, per, one)
 
 
+@pytest.mark.slow   # ~16 s
 def test_plain_vmap_of_constrained_code_replicates_the_batch(devices8):
     """Why `vmap_examples` exists: the same per-example loss under a plain `jax.vmap` makes
     every device do the whole batch's work."""

@@ -49,6 +49,7 @@ def one_line_error(capsys, rc):
     return err[0]
 
 
+@pytest.mark.slow   # ~20 s
 def test_existing_output_needs_overwrite_and_jpeg_is_real(dirs, tmp_path, capsys):
     out = str(tmp_path / "grid.png")
     argv = ["sample", CAPTIONS[0], "--checkpoint", dirs["root"], "--seed", "1", "--prior",

@@ -294,6 +294,7 @@ def test_overfit_upsampler_then_run_larger(upsampler_setup):
 # ---------------------------------------------------------------------------------------------
 # Sharding
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow   # ~50 s; sharding is also checked by test_train_loop's 1-vs-8-device run
 def test_sharded_init_and_forward_match_unsharded(devices8, decoder_setup):
     model, params, inp, plain = decoder_setup
     extra = {k: v for k, v in inp.items() if k not in ("x", "t")}
