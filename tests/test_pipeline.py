@@ -124,6 +124,18 @@ def test_ar_prior_generates(dirs, pipe64):
 
 # ------------------------------------------------------------------------- manipulations
 
+def test_one_pil_image_is_a_batch_of_one(pipe64):
+    """text_diff / invert / variations take one PIL image as well as a list of them."""
+    from PIL import Image
+    pil = Image.fromarray(((smooth_image(0) + 1) * 127.5).round().astype(np.uint8))
+    kw = dict(decoder_steps="ddim2", decoder_guidance=1.0)
+    x0, z, xt = pipe64.invert(pil, **kw)
+    x0_list, z_list, xt_list = pipe64.invert([pil], **kw)
+    assert x0.shape == (1, 8, 8, 3)
+    for a, b in ((x0, x0_list), (z, z_list), (xt, xt_list)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_variations_eta0_reconstructs_input(pipe64):
     """decode(invert(x)) ≈ x with DDIM η = 0. (With an untrained ε model the inversion is
     ill-conditioned at the last, nearly pure-noise steps, so few steps work best here.)"""

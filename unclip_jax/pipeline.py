@@ -708,7 +708,8 @@ class UnCLIP(DiffusersStyle):
         """Paths / PIL images / arrays → float32 [B, S, S, 3] in [-1, 1] at `size` pixels
         (default: the decoder size)."""
         size = self.image_size("decoder") if size is None else int(size)
-        if isinstance(images, (str, os.PathLike)):
+        from PIL import Image
+        if isinstance(images, (str, os.PathLike, Image.Image)):     # one image
             images = [images]
         if isinstance(images, np.ndarray) or isinstance(images, jax.Array):
             arr = np.asarray(images)
