@@ -84,6 +84,22 @@ def test_manipulation_commands(dirs, tmp_path):
         assert cli.main(["sample", "--from-sidecar", io.sidecar_path(out), "--out", regen,
                          "--no-progress"]) == 0
         np.testing.assert_array_equal(io.read_png(regen), io.read_png(out))
+    # a sidecar naming its inputs relative to its own folder regenerates from anywhere
+    rec = json.load(open(io.sidecar_path(str(tmp_path / "interpolate.png"))))
+    rec["inputs"] = {"image_a": "in0.png", "image_b": "in1.png"}
+    with open(tmp_path / "relative.json", "w") as f:
+        json.dump(rec, f)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cwd = os.getcwd()
+    try:
+        os.chdir(elsewhere)
+        assert cli.main(["sample", "--from-sidecar", str(tmp_path / "relative.json"),
+                         "--out", "again.png", "--no-progress"]) == 0
+    finally:
+        os.chdir(cwd)
+    np.testing.assert_array_equal(io.read_png(str(elsewhere / "again.png")),
+                                  io.read_png(str(tmp_path / "interpolate.png")))
 
 
 @pytest.mark.parametrize("argv,msg", [

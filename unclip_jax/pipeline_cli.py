@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from unclip_jax import paths
 from unclip_jax import pipeline_io as io
 from unclip_jax.errors import CheckpointError, UserError
 
@@ -320,6 +321,26 @@ def _check_cols(cols) -> None:
         raise UserError(f"--cols {cols}: the grid needs at least 1 column")
 
 
+def inputs_beside(inputs: dict, folder: str) -> dict:
+    """A sidecar's `inputs` with relative image / mask paths taken from the sidecar's own
+    folder (`folder`), not the current directory: the web demo's downloads and the docs'
+    sidecars name their input files that way. Absolute paths and gs:// URIs stay as they are."""
+    def beside(p):
+        if not isinstance(p, str) or os.path.isabs(p) or paths.is_remote(p):
+            return p
+        return os.path.join(folder, p)
+    out = dict(inputs)
+    for key in ("image", "image_a", "image_b", "mask"):
+        if key in out:
+            out[key] = beside(out[key])
+    if "images" in out:
+        out["images"] = [beside(p) for p in out["images"]]
+    if "items" in out:
+        out["items"] = [beside(i) if k == "image" else i
+                        for i, k in zip(out["items"], out.get("kinds", ()))]
+    return out
+
+
 def regenerate(sidecar: str, out: str | None = None, progress: bool = False,
                compile_cache: bool = True, overwrite: bool = False) -> str:
     """Redo the command recorded in `sidecar`; writes `out` (default: <name>-regen.png)."""
@@ -333,7 +354,8 @@ def regenerate(sidecar: str, out: str | None = None, progress: bool = False,
         if stage not in now or now[stage]["identity"] != info["identity"]:
             raise CheckpointError(f"the {stage} checkpoint differs from the one recorded in "
                                   f"{sidecar}; restore {info['dir']} to regenerate")
-    images = execute(pipe, rec["command"], rec["inputs"], rec["settings"], int(rec["seed"]))
+    inputs = inputs_beside(rec["inputs"], os.path.dirname(os.path.abspath(sidecar)))
+    images = execute(pipe, rec["command"], inputs, rec["settings"], int(rec["seed"]))
     rec = {k: v for k, v in rec.items() if k not in ("output", "image_shape", "checkpoints")}
     _write(pipe, images, out, rec.get("cols"), dict(rec, regenerated_from=os.path.abspath(sidecar)),
            overwrite)
