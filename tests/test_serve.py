@@ -319,7 +319,17 @@ def test_browser_generate_download_regenerate_and_error(dirs, tmp_path):
                 return wait.until(finished)
 
             progress = []                               # the progress texts the page showed
+            # every progress text the page shows, however briefly (polling alone can miss a
+            # bar that lives for less than a poll interval on a fast machine)
+            driver.execute_script("""
+                window.seenProgress = [];
+                new MutationObserver(() => document.querySelectorAll(
+                    '.progress-level, .progress-text').forEach(
+                        e => window.seenProgress.push(e.textContent))
+                ).observe(document.body, {subtree: true, childList: true, characterData: true});
+            """)
             done = generate(CAPTIONS[0])
+            progress += driver.execute_script("return window.seenProgress")
             # the pipeline's per-stage bar ("generate", N/stages) appeared while it ran
             assert any("generate" in t for t in progress), set(progress)
             assert done.startswith(f"1 image of {size}×{size}"), done
