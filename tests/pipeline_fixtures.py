@@ -16,6 +16,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from unclip_jax.configs import shapes
 from unclip_jax import export
@@ -149,3 +150,18 @@ def smooth_image(seed: int, size: int = 8) -> np.ndarray:
     chans = [np.sin(2 * np.pi * (rng.uniform(0.3, 1) * xx + rng.uniform(0.3, 1) * yy)
                     + rng.uniform(0, 6)) for _ in range(3)]
     return (0.8 * np.stack(chans, -1)).astype(np.float32)
+
+
+# Module-scoped fixtures for test files that sample from these checkpoints: import them by name
+# (`from pipeline_fixtures import dirs, pipe`).
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory) -> dict[str, str]:
+    """The tiny checkpoints of `checkpoints`, written once per test module."""
+    return checkpoints(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pipe(dirs):
+    """The whole tiny chain (`UnCLIP.from_directory` on `dirs["root"]`), without progress bars."""
+    from unclip_jax.pipeline import UnCLIP
+    return UnCLIP.from_directory(dirs["root"], progress=False)

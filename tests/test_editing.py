@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline_fixtures import CAPTIONS, checkpoints, smooth_image
+from pipeline_fixtures import CAPTIONS, dirs, pipe, smooth_image  # noqa: F401 (fixtures)
 from unclip_jax import cli
 from unclip_jax import pipeline_io as io
 from unclip_jax.diffusion import editing as E
@@ -21,16 +21,6 @@ from unclip_jax.sampling import unet_model_fn
 
 DEC = dict(prior_steps="2", decoder_steps="6")
 FAST = dict(DEC, upsampler_steps="ddim2")
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    return checkpoints(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pipe(dirs):
-    return UnCLIP.from_directory(dirs["root"], progress=False)
 
 
 @pytest.fixture(scope="module")

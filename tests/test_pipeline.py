@@ -8,23 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline_fixtures import CAPTIONS, T, checkpoints, smooth_image
+from pipeline_fixtures import CAPTIONS, T, dirs, pipe, smooth_image  # noqa: F401 (fixtures)
 from unclip_jax import pipeline_io as io
 from unclip_jax.errors import CheckpointError, UserError
 from unclip_jax.pipeline import UnCLIP
 from unclip_jax.sampling import slerp, slerp_flat
 
 FAST = dict(prior_steps="2", decoder_steps="2", upsampler_steps="ddim1")
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    return checkpoints(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pipe(dirs):
-    return UnCLIP.from_directory(dirs["root"], progress=False)
 
 
 @pytest.fixture(scope="module")
