@@ -293,7 +293,7 @@ def test_eval_errors_name_the_fix(shapes_dir, tmp_path, capsys):
         resolve_dataset(str(tmp_path / "nothing"))
     assert cli.main(["eval", "--checkpoint", "x", "--data_dir", shapes_dir, "--out", "o.json",
                      "--train_classifier"]) == 2
-    assert "--train_classifier needs --classifier DIR" in capsys.readouterr().err
+    assert "--train-classifier needs --classifier DIR" in capsys.readouterr().err
     assert cli.main(["eval", "--data_dir", shapes_dir, "--out", "o.json"]) == 2
     assert "eval needs --checkpoint MODEL_DIR" in capsys.readouterr().err
     from unclip_jax.eval import evaluate

@@ -68,13 +68,9 @@ def test_model_with_tokenizer_but_no_clip_names_the_fix(tmp_path):
 
 
 def test_data_build_default_is_the_presets_dataset():
-    import argparse
+    from unclip_jax.cli import build_parser
 
-    from unclip_jax.data import cli as data_cli
-
-    parser = argparse.ArgumentParser()
-    data_cli.add_arguments(parser)
-    args = parser.parse_args(["build", "shapes", "--data_dir", "d"])
+    args = build_parser(load="data").parse_args(["data", "build", "shapes", "--data-dir", "d"])
     assert f"unclip_shapes/{args.config}" == shapes_cfg.get_config("decoder").data.name
 
 

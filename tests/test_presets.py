@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from unclip_jax.errors import UserError
-from unclip_jax.presets import load_config, preset_names
+from unclip_jax.cli.config_args import load_config, preset_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +55,7 @@ def test_bad_specs_name_the_fix():
 
 def test_cli_resolves_a_preset_from_outside_the_checkout(tmp_path):
     """A fresh interpreter in a directory with no configs/ (what an installed user has)."""
-    code = ("from unclip_jax.presets import load_config; "
+    code = ("from unclip_jax.cli.config_args import load_config; "
             "c = load_config('shapes:decoder'); print(c.stage, c.data.name)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": ""})

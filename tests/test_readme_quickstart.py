@@ -37,8 +37,8 @@ def commands(block: str) -> list[list[str]]:
 
 def test_every_quickstart_command_parses():
     from unclip_jax.cli import build_parser
-    from unclip_jax.train.cli import apply_overrides
-    from unclip_jax.presets import load_config
+    from unclip_jax.cli.config_args import apply_overrides
+    from unclip_jax.cli.config_args import load_config
 
     cmds = commands(quickstart_block())
     assert [c[:2] for c in cmds] == [["unclip-jax", "data"], ["unclip-jax", "embed"],

@@ -6,7 +6,7 @@ import pytest
 from unclip_jax.configs import shapes
 from unclip_jax.cli import main
 from unclip_jax.errors import UserError
-from unclip_jax.train.cli import apply_overrides
+from unclip_jax.cli.config_args import apply_overrides
 
 TOY_CONFIG = '''
 import test_train_toy as train_toy

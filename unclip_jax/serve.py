@@ -12,7 +12,6 @@ only) unless --host says otherwise.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import socket
 import subprocess
@@ -26,54 +25,19 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="model directory (clip/, tokenizer/, prior/ and/or "
-                   "ar_prior/, decoder/, upsampler1/, upsampler2/); default: the bundled model")
-    p.add_argument("--host", default=DEFAULT_HOST,
-                   help="address to listen on (default 127.0.0.1: this machine only; "
-                        "0.0.0.0 serves every network this machine is on)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--queue-size", type=int, default=64,
-                   help="requests that may wait in the queue (more are turned away)")
-    p.add_argument("--no-compile-cache", action="store_true",
-                   help="do not keep compiled programs in the persistent cache")
-
-
 def check_port(port: int) -> int:
     if not 0 <= int(port) <= 65535:
         raise UserError(f"--port {port}: a port is a number from 0 to 65535 (0: any free one)")
     return int(port)
 
 
-def _gradio():
+def require_gradio():
     try:
         import gradio
     except ImportError:
         raise UserError("`unclip-jax serve` needs Gradio; install the demo extra: "
                         "pip install -e \".[demo]\"") from None
     return gradio
-
-
-def run(args) -> int:
-    check_port(args.port)
-    if args.queue_size < 1:
-        raise UserError(f"--queue-size {args.queue_size}: at least 1 request must fit")
-    _gradio()
-    from unclip_jax import serve_app
-    from unclip_jax.serve_session import Session
-
-    session = Session(args.checkpoint, compile_cache=not args.no_compile_cache)
-    try:
-        app = serve_app.build(session)
-        app.queue(max_size=args.queue_size, default_concurrency_limit=1)
-        print(f"unclip-jax serve: {session.describe()}", flush=True)
-        # run_history=False: no run history page (it offers to upload runs to a remote bucket)
-        app.launch(server_name=args.host, server_port=args.port, share=False,
-                   inbrowser=False, show_error=False, quiet=False, ssr_mode=False,
-                   run_history=False)
-    finally:
-        session.close()
-    return 0
 
 
 # ---------------------------------------------------------------------- a server process

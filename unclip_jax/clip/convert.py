@@ -53,7 +53,7 @@ def model_config_from_hf(hf: dict) -> mlc.ConfigDict:
     """HF CLIPConfig dict → our `model` section (the schema of preset shapes:clip's model)."""
     from transformers import CLIPConfig
 
-    from unclip_jax.presets import load_config
+    from unclip_jax.configs import shapes
 
     c = CLIPConfig.from_dict(hf)
     t, v = c.text_config, c.vision_config
@@ -68,7 +68,7 @@ def model_config_from_hf(hf: dict) -> mlc.ConfigDict:
         r = hidden / width
         return r if int(width * r) == hidden else (hidden + 0.5) / width
 
-    cfg = load_config("shapes:clip").model
+    cfg = shapes.get_config("clip").model
     cfg.embed_dim = int(c.projection_dim)
     cfg.text.update(dict(
         vocab_size=int(t.vocab_size), context_length=int(t.max_position_embeddings),
@@ -192,7 +192,7 @@ def convert(src: str, dst: str, overwrite: bool = False) -> str:
     """Import `src` and write an inference checkpoint (stage 'clip') to `dst` (an existing
     one is replaced only with `overwrite`)."""
     from unclip_jax import export
-    from unclip_jax.presets import load_config
+    from unclip_jax.configs import shapes
 
     export.check_destination(dst, overwrite)
     model_cfg, params = load_hf_clip(src)
@@ -200,23 +200,10 @@ def convert(src: str, dst: str, overwrite: bool = False) -> str:
     tok_dir = copy_tokenizer(src, os.path.join(dst, "tokenizer"))
     if tok_dir:
         model_cfg.tokenizer = tok_dir
-    config = load_config("shapes:clip")
+    config = shapes.get_config("clip")
     with config.unlocked():
         config.model = model_cfg
         config.data.image_size = model_cfg.vision.image_size
     return export.save(dst, params, config, extra=dict(source=os.path.abspath(src),
                                                        format="transformers CLIPModel"),
                        overwrite=overwrite)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("src", help="directory written by transformers' CLIPModel.save_pretrained")
-    parser.add_argument("dst", help="output inference checkpoint directory")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a checkpoint already in DST")
-
-
-def run(args) -> int:
-    out = convert(args.src, args.dst, overwrite=args.overwrite)
-    print(f"wrote CLIP checkpoint to {out}")
-    return 0

@@ -1,4 +1,4 @@
-"""`unclip-jax demo`: every sampler on a 2-D Gaussian mixture with its exact ε-predictor.
+"""Every sampler on a 2-D Gaussian mixture with its exact ε-predictor.
 
 No weights are needed: the data is a ring of Gaussians whose optimal noise predictor is
 closed form (`unclip_jax.diffusion.toy`). Ancestral DDPM (respaced), DDIM (η = 0 and 1) and a
@@ -7,7 +7,6 @@ sample-moment errors vs the truth and writes a PNG scatter plot of samples over 
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -22,13 +21,6 @@ from unclip_jax.diffusion.schedules import make_schedule, respace
 from unclip_jax.errors import UserError
 
 TRAIN_STEPS = 1000
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo.png", help="PNG scatter plot to write")
-    parser.add_argument("--steps", type=int, default=100, help="sampling steps (respaced)")
-    parser.add_argument("--num-samples", type=int, default=2000, help="samples per sampler")
-    parser.add_argument("--seed", type=int, default=0)
 
 
 def _programs(mix, steps: int, n: int):
@@ -125,8 +117,3 @@ def _table(rows: list[dict], data_logp: float) -> str:
     lines.append(f"(data itself: log p = {data_logp:.3f}; |Δmean|, ‖Δcov‖ vs the exact mixture "
                  f"moments; inv err = mean ‖x0 − DDIM(DDIM⁻¹(x0))‖)")
     return "\n".join(lines)
-
-
-def run(args) -> int:
-    run_all(args.out, args.steps, args.num_samples, args.seed)
-    return 0

@@ -7,5 +7,5 @@ configs, starting from the `karlo` preset (configs/karlo.py: architecture, sampl
 Karlo-specific (its timesteps, the super-res model switch).
 CLI: `unclip-jax convert-karlo SRC DST`.
 """
-from unclip_jax.karlo.convert import add_arguments, convert_karlo, run  # noqa: F401
+from unclip_jax.karlo.convert import convert_karlo  # noqa: F401
 from unclip_jax.karlo.sampling import karlo_schedule, super_res_model_fn  # noqa: F401

@@ -27,8 +27,7 @@ import flax.linen as nn
 
 from unclip_jax.errors import CheckpointError, UserError
 from unclip_jax.karlo import mapping
-from unclip_jax.karlo.diffusers_config import COMPONENTS, DOWNLOAD, from_diffusers, read_json
-from unclip_jax.presets import load_config
+from unclip_jax.karlo.diffusers_config import COMPONENTS, DOWNLOAD, preset_stage, from_diffusers, read_json
 from unclip_jax.karlo.weights import fill, read_component
 
 EXPECTED_UNUSED = ("prior/clip_mean", "prior/clip_std")
@@ -56,7 +55,7 @@ def clip_text_config(hf: dict) -> mlc.ConfigDict:
                         "(CLIPTextModelWithProjection)")
     t = CLIPTextConfig.from_dict(hf)
     hidden, width = int(t.intermediate_size), int(t.hidden_size)
-    cfg = load_config("karlo:clip").model
+    cfg = preset_stage("clip").model
     cfg.embed_dim = int(t.projection_dim)
     cfg.text.update(dict(
         vocab_size=int(t.vocab_size), context_length=int(t.max_position_embeddings),
@@ -212,7 +211,7 @@ def convert_karlo(src: str, dst: str, overwrite: bool = False) -> dict[str, str]
         raise UserError(f"{src}/tokenizer has no tokenizer files (vocab.json, merges.txt, ...)")
     out["tokenizer"] = tok
     clip_cfg.tokenizer = tok
-    clip_stage = load_config("karlo:clip")
+    clip_stage = preset_stage("clip")
     with clip_stage.unlocked():
         clip_stage.model = clip_cfg
     source = dict(source=src, format="diffusers unCLIP (Karlo)")
@@ -231,19 +230,3 @@ def convert_karlo(src: str, dst: str, overwrite: bool = False) -> dict[str, str]
         out[name] = export.save(os.path.join(dst, name), {"params": p}, cfg, extra=extra,
                                 overwrite=overwrite)
     return out
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("src", help="Karlo directory in the diffusers unCLIP layout (e.g. from "
-                        "`hf download kakaobrain/karlo-v1-alpha --local-dir SRC`)")
-    parser.add_argument("dst", help="output directory (clip/, tokenizer/, prior/, decoder/, "
-                        "upsampler1/, upsampler2/)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace checkpoints already converted into DST")
-
-
-def run(args) -> int:
-    out = convert_karlo(args.src, args.dst, overwrite=args.overwrite)
-    for name, d in out.items():
-        print(f"{name}: {d}")
-    return 0

@@ -2,7 +2,7 @@
 
 `from_diffusers(src)` reads prior/, text_proj/, decoder/, super_res_first/, super_res_last/
 and the optional *_scheduler/ configs and returns {'prior', 'decoder', 'upsampler1',
-'upsampler2'} stage configs: the `karlo` preset's stages (`unclip_jax.presets`) with the
+'upsampler2'} stage configs: the `karlo` preset's stages (configs/karlo.py) with the
 architecture read from the source. Unsupported options raise UserError naming the file, the
 key and both values; `unclip-jax convert-karlo` uses it.
 """
@@ -14,7 +14,6 @@ import os
 import ml_collections as mlc
 
 from unclip_jax.errors import UserError
-from unclip_jax.presets import load_config
 
 COMPONENTS = ("prior", "text_proj", "decoder", "super_res_first", "super_res_last",
               "text_encoder", "tokenizer")
@@ -22,9 +21,10 @@ SCHEDULERS = ("prior_scheduler", "decoder_scheduler", "super_res_scheduler")
 DOWNLOAD = "hf download kakaobrain/karlo-v1-alpha --local-dir DIR"
 
 
-def _preset(stage: str) -> mlc.ConfigDict:
+def preset_stage(stage: str) -> mlc.ConfigDict:
     """The Karlo preset's stage config (architecture defaults the source's configs refine)."""
-    return load_config(f"karlo:{stage}")
+    from unclip_jax.configs import karlo      # the preset imports this package: not at the top
+    return karlo.get_config(stage)
 
 
 def read_json(src: str, component: str, name: str = "config.json", required: bool = True):
@@ -102,7 +102,7 @@ def decoder_from_diffusers(d: dict, tp: dict, sched: dict | None) -> mlc.ConfigD
            "text_proj cross_attention_dim", tp["cross_attention_dim"])
     _agree("decoder time embedding width (4 × block_out_channels[0])", 4 * mc,
            "text_proj time_embed_dim", tp["time_embed_dim"])
-    cfg = _preset("decoder")
+    cfg = preset_stage("decoder")
     with cfg.unlocked():
         cfg.model.update(dict(
             image_size=size, in_channels=int(d["in_channels"]),
@@ -134,7 +134,7 @@ def super_res_from_diffusers(component: str, d: dict, stage: str,
         raise UserError(f"{component}/config.json: in_channels={d['in_channels']} but a "
                           f"Karlo super-res model takes 2 × out_channels="
                           f"{2 * int(d['out_channels'])} (noised image + upscaled low-res)")
-    cfg = _preset(stage)
+    cfg = preset_stage(stage)
     size = int(d["sample_size"])
     with cfg.unlocked():
         cfg.model.update(dict(
@@ -167,7 +167,7 @@ def prior_from_diffusers(p: dict, sched: dict | None) -> mlc.ConfigDict:
         if p.get(key) not in (None, emb):
             raise UserError(f"prior/config.json: {key}={p[key]!r} differs from "
                               f"embedding_dim={emb}; unclip-jax's prior uses one embedding size")
-    cfg = _preset("prior")
+    cfg = preset_stage("prior")
     with cfg.unlocked():
         cfg.model.update(dict(width=width, layers=int(p["num_layers"]), heads=heads,
                               embed_dim=emb, text_width=emb, text_len=int(p["num_embeddings"]),

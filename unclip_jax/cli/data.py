@@ -1,7 +1,7 @@
 """`unclip-jax data build shapes|folder`: build the TFDS datasets.
 
-  unclip-jax data build shapes --data_dir DIR [--config medium|small|default]
-  unclip-jax data build folder SRC --data_dir DIR [--image_size 256] [--min_size 64]
+  unclip-jax data build shapes --data-dir DIR [--config medium|small|default]
+  unclip-jax data build folder SRC --data-dir DIR [--image-size 256] [--min-size 64]
 """
 from __future__ import annotations
 
@@ -13,21 +13,21 @@ def add_arguments(parser) -> None:
     build = sub.add_parser("build", help="build a dataset")
     kinds = build.add_subparsers(dest="kind", metavar="DATASET", required=True)
     shapes = kinds.add_parser("shapes", help="the captioned-shapes dataset (no download)")
-    shapes.add_argument("--data_dir", required=True)
+    shapes.add_argument("--data-dir", required=True)
     shapes.add_argument("--config", default="medium",
-                        help="'medium' (20k train images: what the shapes presets train on, "
-                             "default), 'small' (384: the README quickstart) or 'default' (100k)")
+                        help="'medium' (20k train images: what the shapes presets train on), "
+                             "'small' (384: the README quickstart) or 'default' (100k)")
     folder = kinds.add_parser("folder", help="image files + .txt captions, or a CSV/Parquet")
     folder.add_argument("source", help="directory, .csv or .parquet of path,caption")
-    folder.add_argument("--data_dir", required=True)
-    folder.add_argument("--image_size", type=int, default=256)
-    folder.add_argument("--min_size", type=int, default=64)
+    folder.add_argument("--data-dir", required=True)
+    folder.add_argument("--image-size", type=int, default=256)
+    folder.add_argument("--min-size", type=int, default=64)
 
 
 def run(args) -> int:
     from unclip_jax import paths
     start = time.time()
-    args.data_dir = paths.resolve(args.data_dir, "--data_dir")     # local or gs://
+    args.data_dir = paths.resolve(args.data_dir, "--data-dir")     # local or gs://
     if args.kind == "shapes":
         from unclip_jax.data import shapes
         builder = shapes.build(args.data_dir, args.config)

@@ -1,21 +1,21 @@
 """`unclip-jax eval`: evaluate a model directory on a split of its unclip_shapes dataset.
 
-  unclip-jax eval --checkpoint MODEL --data_dir DATA --split validation --out results.json \\
-      [--classifier CLF] [--train_classifier] [--text_decoder DIR] [--markdown results.md]
+  unclip-jax eval --checkpoint MODEL --data-dir DATA --split validation --out results.json \\
+      [--classifier CLF] [--train-classifier] [--text-decoder DIR] [--markdown results.md]
 
 Prints a markdown table and writes the full results (every metric with its interval) as
-JSON. With --train_classifier, an attribute classifier is first trained on DATA's train split
+JSON. With --train-classifier, an attribute classifier is first trained on DATA's train split
 and saved to CLF (which must not hold one yet); without --checkpoint that is all it does:
 
-  unclip-jax eval --train_classifier --classifier CLF --data_dir DATA [--classifier_size 64]
+  unclip-jax eval --train-classifier --classifier CLF --data-dir DATA [--classifier-size 64]
 
 GenEval-style (no dataset needed): generate for the bundled prompt sets (`geneval` = one
 object over seen colour–shape pairs, one object over held-out pairs, two objects), read the
 images with the per-cell scene detector (default: the bundled one) and print per-attribute
 accuracy, exact object count, binding and relative position with bootstrap intervals:
 
-  unclip-jax eval --prompts geneval [--checkpoint MODEL] [--images_per_prompt 4] [--out r.json]
-  unclip-jax eval --train_detector --detector DIR [--detector_steps 2000]
+  unclip-jax eval --prompts geneval [--checkpoint MODEL] [--images-per-prompt 4] [--out r.json]
+  unclip-jax eval --train-detector --detector DIR [--detector-steps 2000]
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from unclip_jax.errors import UserError
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="model directory with clip/, tokenizer/, prior/, decoder/, ...")
-    parser.add_argument("--data_dir", default=None,
+    parser.add_argument("--data-dir", default=None,
                         help="TFDS data_dir of the unclip_shapes build (split evaluation)")
     parser.add_argument("--prompts", default=None,
                         help="GenEval-style evaluation on prompt sets instead of a split: geneval "
@@ -36,48 +36,51 @@ def add_arguments(parser) -> None:
                              "comma list; --checkpoint defaults to the bundled model")
     parser.add_argument("--detector", default=None,
                         help="scene-detector directory (default: the bundled one)")
-    parser.add_argument("--train_detector", action="store_true",
+    parser.add_argument("--train-detector", action="store_true",
                         help="train a scene detector into --detector first (renders its scenes)")
-    parser.add_argument("--detector_steps", type=int, default=2000)
+    parser.add_argument("--detector-steps", type=int, default=2000)
     parser.add_argument("--dataset", default=None,
                         help="unclip_shapes/CONFIG (default: the only config built in data_dir)")
     parser.add_argument("--split", default="validation", help="validation or test_heldout")
     parser.add_argument("--out", default=None, help="JSON file to write")
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
-    parser.add_argument("--num_prompts", type=int, default=64)
-    parser.add_argument("--images_per_prompt", type=int, default=4)
-    parser.add_argument("--prior_steps", default=None)
-    parser.add_argument("--decoder_steps", default=None)
-    parser.add_argument("--upsampler_steps", default=None)
-    parser.add_argument("--prior_guidance", type=float, default=None)
-    parser.add_argument("--decoder_guidance", type=float, default=None)
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--images-per-prompt", type=int, default=4)
+    parser.add_argument("--prior-steps", default=None)
+    parser.add_argument("--decoder-steps", default=None)
+    parser.add_argument("--upsampler-steps", default=None)
+    parser.add_argument("--prior-guidance", type=float, default=None)
+    parser.add_argument("--decoder-guidance", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prior", choices=("auto", "diffusion", "ar", "text"), default="auto",
+                        help="--prompts only: where z_i comes from (as `sample --prior`; text = "
+                             "the caption's CLIP text embedding, the zero-shot baseline)")
     parser.add_argument("--variants", default="unclip,zeroshot_text",
                         help="comma list of unclip, unclip_ar (the model's ar_prior/), zeroshot_text, "
                              "text_decoder, true_z_i (the decoder on the real image's z_i)")
-    parser.add_argument("--text_decoder", default=None,
+    parser.add_argument("--text-decoder", default=None,
                         help="decoder checkpoint trained on CLIP text embeddings (ablation a)")
     parser.add_argument("--classifier", default=None, help="attribute-classifier directory")
-    parser.add_argument("--train_classifier", action="store_true",
+    parser.add_argument("--train-classifier", action="store_true",
                         help="train the classifier into --classifier first")
-    parser.add_argument("--classifier_size", type=int, default=64,
+    parser.add_argument("--classifier-size", type=int, default=64,
                         help="input resolution of a newly trained classifier (pixels)")
-    parser.add_argument("--classifier_steps", type=int, default=1500)
-    parser.add_argument("--upsampler_images", type=int, default=0,
+    parser.add_argument("--classifier-steps", type=int, default=1500)
+    parser.add_argument("--upsampler-images", type=int, default=0,
                         help="also score each upsampler on this many real images (PSNR beside "
                              "bicubic)")
     parser.add_argument("--chunk", type=int, default=64,
                         help="images generated per compiled call (bounds memory)")
-    parser.add_argument("--num_resamples", type=int, default=1000,
+    parser.add_argument("--num-resamples", type=int, default=1000,
                         help="bootstrap resamples per interval")
 
 
 def _check_new_directory(what: str, directory: str | None) -> None:
-    """--train_WHAT needs --WHAT DIR, and DIR must not hold a trained network yet."""
+    """--train-WHAT needs --WHAT DIR, and DIR must not hold a trained network yet."""
     if not directory:
-        raise UserError(f"--train_{what} needs --{what} DIR to save it in")
+        raise UserError(f"--train-{what} needs --{what} DIR to save it in")
     if os.path.exists(os.path.join(directory, "config.json")):
-        raise UserError(f"{directory} already holds a {what}; drop --train_{what} to use it, "
+        raise UserError(f"{directory} already holds a {what}; drop --train-{what} to use it, "
                         "or pick a new directory")
 
 
@@ -89,7 +92,7 @@ def run_prompts(args) -> int:
         args.checkpoint, prompts=args.prompts, images_per_prompt=args.images_per_prompt,
         detector=args.detector, prior_steps=args.prior_steps, decoder_steps=args.decoder_steps,
         upsampler_steps=args.upsampler_steps, prior_guidance=args.prior_guidance,
-        decoder_guidance=args.decoder_guidance, seed=args.seed,
+        decoder_guidance=args.decoder_guidance, seed=args.seed, prior=args.prior,
         num_resamples=args.num_resamples)
     table = geneval.format_markdown(results)
     print(table)
@@ -102,7 +105,7 @@ def run_prompts(args) -> int:
 
 
 def train_detector(args) -> None:
-    """`eval --train_detector --detector DIR`."""
+    """`eval --train-detector --detector DIR`."""
     from unclip_jax.eval import scene_detector
     _check_new_directory("detector", args.detector)
     res = scene_detector.train_scene_detector(
@@ -124,7 +127,7 @@ def run(args) -> int:
     if args.train_detector and args.checkpoint is None:
         return 0
     if args.data_dir is None:
-        raise UserError("eval needs --data_dir DATA (split evaluation) or --prompts geneval "
+        raise UserError("eval needs --data-dir DATA (split evaluation) or --prompts geneval "
                         "(GenEval-style prompt sets)")
     if args.train_classifier:
         _check_new_directory("classifier", args.classifier)
@@ -139,7 +142,7 @@ def run(args) -> int:
             return 0
     if args.checkpoint is None or args.out is None:
         raise UserError("eval needs --checkpoint MODEL_DIR and --out results.json (or only "
-                        "--train_classifier --classifier DIR to train a classifier)")
+                        "--train-classifier --classifier DIR to train a classifier)")
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     results = evaluate.evaluate(
         args.checkpoint, args.data_dir, split=args.split, num_prompts=args.num_prompts,

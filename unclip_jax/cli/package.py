@@ -1,0 +1,44 @@
+"""`unclip-jax package --out MODEL --stage prior=runs/prior ...`: export training runs (EMA,
+float16) into a model directory with a MANIFEST (`unclip_jax.package`)."""
+from __future__ import annotations
+
+import os
+
+from unclip_jax.package import BUNDLED, DTYPES, MANIFEST, STAGES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="OUT",
+                        help="model directory to write (stages already there are kept)")
+    parser.add_argument("--stage", action="append", default=[], metavar="STAGE=WORKDIR",
+                        help=f"a stage ({', '.join(STAGES)}) and its training workdir; repeat")
+    parser.add_argument("--tokenizer", default=None, metavar="DIR",
+                        help="Hugging Face tokenizer directory, copied to OUT/tokenizer")
+    parser.add_argument("--dtype", default="float16", choices=DTYPES,
+                        help="storage dtype of the weights (loaded as float32)")
+    parser.add_argument("--commit", default=None,
+                        help="commit the runs were trained at (default: this checkout's HEAD)")
+    parser.add_argument("--dataset", default=None, help="dataset name for the MANIFEST")
+    parser.add_argument("--note", action="append", default=[], metavar="STAGE=TEXT",
+                        help="a note stored in that stage's MANIFEST entry; repeat")
+    parser.add_argument("--base", default=None, metavar="MODEL",
+                        help=f"take the stages and tokenizer not given (and not already in OUT) "
+                             f"from this model directory, or '{BUNDLED}' for the bundled model")
+
+
+def run(args) -> int:
+    from unclip_jax.package import human_bytes, package_model, parse_pairs, summary_lines
+    stages = parse_pairs(args.stage, "--stage", "WORKDIR")
+    notes = parse_pairs(args.note, "--note", "TEXT")
+    manifest = package_model(stages, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
+                             commit=args.commit, dataset=args.dataset, notes=notes,
+                             base=args.base)
+    for line in summary_lines(manifest, [n for n in STAGES if n in stages]):
+        print(line)
+    copied = [n for n in STAGES if manifest["stages"].get(n, {}).get("base") == args.base
+              and n not in stages and args.base is not None]
+    if copied:
+        print(f"from {args.base}: {', '.join(copied)}")
+    print(f"wrote {os.path.join(args.out, MANIFEST)} "
+          f"({human_bytes(manifest['total_size_bytes'])} in all)")
+    return 0
