@@ -189,8 +189,8 @@ def test_bad_prompt_sets_are_user_errors(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--prompts", "nope"], "unknown prompt set 'nope'"),
     (["--prompts", "geneval", "--images_per_prompt", "0"], "images_per_prompt=0 must be an integer ≥ 1"),
-    ([], "eval needs --data_dir DATA"),
-    (["--train_detector", "--prompts", "geneval"], "--train_detector needs --detector DIR"),
+    ([], "eval needs --data-dir DATA"),
+    (["--train_detector", "--prompts", "geneval"], "--train-detector needs --detector DIR"),
 ])
 def test_eval_prompts_bad_input_one_line(argv, message, tmp_path, capsys):
     out = tmp_path / "r.json"
@@ -234,10 +234,10 @@ class _Oracle:
 
 
 def test_eval_prompts_wiring_with_an_oracle_detector(monkeypatch, tmp_path, capsys):
-    from unclip_jax import pipeline
+    from unclip_jax.sample.unclip import UnCLIP
     sets = geneval_prompts.load_prompt_sets("geneval")
     entries = [e for v in sets.values() for e in v]
-    monkeypatch.setattr(pipeline.UnCLIP, "from_directory",
+    monkeypatch.setattr(UnCLIP, "from_directory",
                         classmethod(lambda cls, root=None, **kw: _Drawer(entries)))
     monkeypatch.setattr(geneval.SceneDetector, "load", classmethod(lambda cls, d: _Oracle()))
     out = tmp_path / "r.json"
@@ -255,6 +255,29 @@ def test_eval_prompts_wiring_with_an_oracle_detector(monkeypatch, tmp_path, caps
     assert two["relative_position"]["mean"] == 0.5
     assert set(one) == set(geneval.SINGLE_METRICS) and set(two) == set(geneval.TWO_METRICS)
     assert res["settings"]["model"] == "bundled"
+
+
+@pytest.mark.parametrize("prior, loaded, text", [("text", "none", True), ("ar", "ar", False),
+                                                 ("auto", "auto", False)])
+def test_eval_prompts_prior_choice_reaches_the_pipeline(prior, loaded, text, monkeypatch,
+                                                        tmp_path):
+    from unclip_jax.sample.unclip import UnCLIP
+    calls = []
+
+    class _Recorder(_Drawer):
+        def generate(self, prompts, key, **kw):
+            calls.append(kw["text_as_image_embed"])
+            return super().generate(prompts, key, **kw)
+
+    entries = geneval_prompts.load_prompt_sets("single_seen")["single_seen"]
+    monkeypatch.setattr(UnCLIP, "from_directory", classmethod(
+        lambda cls, root=None, **kw: calls.append(kw["prior"]) or _Recorder(entries)))
+    monkeypatch.setattr(geneval.SceneDetector, "load", classmethod(lambda cls, d: _Oracle()))
+    out = tmp_path / "r.json"
+    assert cli.main(["eval", "--prompts", "single_seen", "--images_per_prompt", "1",
+                     "--num_resamples", "10", "--prior", prior, "--out", str(out)]) == 0
+    assert calls == [loaded, text]
+    assert json.loads(out.read_text())["settings"]["prior"] == prior
 
 
 @pytest.mark.slow

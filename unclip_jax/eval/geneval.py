@@ -22,6 +22,7 @@ from unclip_jax.eval.scene_detector import BUNDLED_DETECTOR, CELL_NAMES, HEADS, 
 
 SINGLE_METRICS = ("colour", "shape", "position", "size", "count")
 TWO_METRICS = ("count", "binding", "relative_position")
+PRIORS = ("auto", "diffusion", "ar", "text")
 METRIC_NAMES = {"colour": "colour", "shape": "shape", "position": "position", "size": "size",
                 "count": "exact count", "binding": "colour–shape binding",
                 "relative_position": "relative position"}
@@ -52,9 +53,14 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
                      images_per_prompt: int = 4, detector: str | None = None,
                      prior_steps=None, decoder_steps=None, upsampler_steps=None,
                      prior_guidance=None, decoder_guidance=None, seed: int = 0,
-                     num_resamples: int = 1000, progress: bool = True) -> dict:
+                     prior: str = "auto", num_resamples: int = 1000,
+                     progress: bool = True) -> dict:
     """Generate `images_per_prompt` images per prompt of each set in `prompts` with the model
     directory `checkpoint` (None: the bundled model), detect, score.
+
+    prior: where z_i comes from, as `unclip-jax sample --prior`: 'auto' (the diffusion prior if
+    the model has one), 'diffusion', 'ar', or 'text' (the caption's CLIP text embedding z_t,
+    the paper's §5.1 zero-shot baseline).
 
     Returns {'settings', 'sets': {set: {'num_prompts', 'metrics': {metric: {'mean', 'lo', 'hi',
     'n'}}}}, 'detector': {'image_size', 'validation_accuracy'}, 'timings_s'}.
@@ -63,16 +69,19 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
             or int(images_per_prompt) < 1:
         raise UserError(f"images_per_prompt={images_per_prompt!r} must be an integer ≥ 1")
     k = int(images_per_prompt)
+    if prior not in PRIORS:
+        raise UserError(f"prior={prior!r}: expected one of {', '.join(PRIORS)}")
     sets = geneval_prompts.load_prompt_sets(prompts)
     det = SceneDetector.load(detector or BUNDLED_DETECTOR)
-    from unclip_jax.pipeline import UnCLIP
-    pipe = UnCLIP.from_directory(checkpoint, progress=progress)
+    from unclip_jax.sample.unclip import UnCLIP
+    pipe = UnCLIP.from_directory(checkpoint, progress=progress,
+                                 prior="none" if prior == "text" else prior)
     root = jax.random.key(int(seed))
     out = {"settings": {"model": checkpoint or "bundled", "prompts": prompts,
                         "images_per_prompt": k, "seed": int(seed),
                         "prior_steps": prior_steps, "decoder_steps": decoder_steps,
                         "upsampler_steps": upsampler_steps, "prior_guidance": prior_guidance,
-                        "decoder_guidance": decoder_guidance},
+                        "decoder_guidance": decoder_guidance, "prior": prior},
            "sets": {}, "timings_s": {},
            "detector": {"image_size": det.image_size,
                         "validation_accuracy": det.extra.get("validation_accuracy")}}
@@ -81,7 +90,8 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
         images = pipe.generate([e["prompt"] for e in entries], jax.random.fold_in(root, s),
                                num_images_per_prompt=k, prior_steps=prior_steps,
                                decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
-                               prior_guidance=prior_guidance, decoder_guidance=decoder_guidance)
+                               prior_guidance=prior_guidance, decoder_guidance=decoder_guidance,
+                               text_as_image_embed=prior == "text")
         scores = score_set(det.predict(np.asarray(images)), entries, k)
         ci_key = jax.random.fold_in(jax.random.fold_in(root, 1000), s)
         out["sets"][name] = {
