@@ -14,8 +14,7 @@ A stage config has these sections (all locked; a typo is an error):
 import ml_collections as mlc
 
 from unclip_jax.errors import UserError
-
-STAGES = ("clip", "prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
+from unclip_jax.stages import STAGES
 
 
 def diffusion(schedule="cosine", timesteps=1000, predict="eps", variance="fixed_small",

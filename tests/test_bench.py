@@ -92,7 +92,7 @@ def _our_params(model, inputs):
 @pytest.mark.parametrize("make", [tiny_prior, tiny_decoder, tiny_upsampler])
 def test_torch_twins_have_matching_parameter_counts(make):
     from unclip_jax.bench import torch_ref
-    from unclip_jax.train.stages import get_stage
+    from unclip_jax.train.registry import get_stage
     cfg = make()
     stage = get_stage(cfg.stage)
     ours = _our_params(stage.build_model(cfg), stage.init_inputs(cfg))

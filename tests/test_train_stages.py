@@ -11,7 +11,8 @@ import os
 import pytest
 
 from unclip_jax.configs import shapes
-from unclip_jax.train import stages
+from unclip_jax.errors import UserError
+from unclip_jax.train import registry
 from unclip_jax.train.loop import train
 
 TINY_TEXT = dict(embed_dim=16, text_width=16, text_len=4)
@@ -75,11 +76,11 @@ def tiny_config(name, steps=12):
 @pytest.fixture
 def repeat_data(monkeypatch):
     """Wrap every built-in stage's data source in RepeatFirst (restored after the test)."""
-    stages.get_stage("clip")          # registers the built-ins
-    for name, stage in list(stages.REGISTRY.items()):
-        if stage.make_data is stages.default_data:
-            monkeypatch.setitem(stages.REGISTRY, name, dataclasses.replace(
-                stage, make_data=lambda *a, **k: RepeatFirst(stages.default_data(*a, **k))))
+    registry.get_stage("clip")          # registers the built-ins
+    for name, stage in list(registry.REGISTRY.items()):
+        if stage.make_data is registry.default_data:
+            monkeypatch.setitem(registry.REGISTRY, name, dataclasses.replace(
+                stage, make_data=lambda *a, **k: RepeatFirst(registry.default_data(*a, **k))))
 
 
 FAST = ["prior", "ar_prior"]
@@ -104,3 +105,24 @@ def test_stage_loss_falls(name, tmp_path, repeat_data, devices8):
         assert -1.0 <= rows[-1]["cosine"] <= 1.0
     if name == "ar_prior":
         assert "codec" in out["extras"] and (tmp_path / "extras.json").exists()
+
+
+def test_registry_is_the_stage_list_and_builds_the_inference_modules():
+    """Training builds each stage's module as sampling does (`unclip_jax.stages.build_model`
+    on the `model` section), with the compute dtype taken from train.dtype."""
+    from unclip_jax import stages
+    registry.get_stage("clip")
+    assert set(stages.STAGES) <= set(registry.REGISTRY)
+    for name in stages.STAGES:
+        cfg = tiny_config(name)
+        with cfg.unlocked():
+            cfg.train.dtype = "bfloat16"
+        trained = registry.get_stage(name).build_model(cfg)
+        model = cfg.model.copy_and_resolve_references()
+        with model.unlocked():
+            model.dtype = "bfloat16"
+        assert trained == stages.build_model(name, model), name
+        assert trained != stages.build_model(name, cfg.model), name    # float32 there
+    with pytest.raises(UserError, match="unknown stage 'decodr'; choose one of clip, prior"):
+        stages.build_model("decodr", cfg.model)
+    assert stages.EMBED_STAGES == ("prior", "ar_prior", "decoder")

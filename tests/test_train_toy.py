@@ -18,7 +18,7 @@ import numpy as np
 
 from unclip_jax.configs import common
 from unclip_jax.models.layers import LayerNorm, dense
-from unclip_jax.train import stages
+from unclip_jax.train import registry
 
 
 class ToyMLP(nn.Module):
@@ -77,10 +77,10 @@ def toy_loss(params, batch, key, model, config, extras):
     return err.mean(), {"mae": jnp.abs(pred - batch["y"]).mean()}
 
 
-TOY = stages.register(stages.Stage(
+TOY = registry.register(registry.TrainStage(
     name="toy",
     build_model=lambda c: ToyMLP(c.model.dim, c.model.hidden, c.model.dropout,
-                                 stages.compute_dtype(c)),
+                                 jnp.dtype(registry.model_section(c).dtype)),
     init_inputs=lambda c: {"x": jnp.zeros((1, c.model.dim), jnp.float32)},
     loss=toy_loss,
     make_data=ToyData,

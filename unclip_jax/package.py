@@ -39,8 +39,7 @@ from typing import Any
 
 from unclip_jax import atomic, export, paths
 from unclip_jax.errors import CheckpointError, UserError
-
-STAGES = ("clip", "prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
+from unclip_jax.stages import STAGES
 DTYPES = ("float16", "float32", "bfloat16")
 MANIFEST = "MANIFEST.json"
 TOKENIZER = "tokenizer"

@@ -11,7 +11,7 @@ batch is split across devices. The batch loss is the mean of the per-example los
 pmap each device takes the mean of its shard and `lax.pmean` averages those (equal shards).
 
 Sampling is deterministic DDIM (η = 0) from a given x_T with classifier-free guidance as one
-batched model call (the project's `prior_model_fn` / `sampling.decoder_sample`), so the three
+batched model call (the project's `prior_model_fn` / `sample.stage_fns.decoder_sample`), so the three
 modes' samples can be compared too.
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ def train_step(params, opt_state, batch, *, loss_fn: Callable, tx, axis_name: st
 
 
 def _sample_fn(config, model) -> Callable:
-    from unclip_jax import sampling
+    from unclip_jax.sample import stage_fns
     from unclip_jax.diffusion import samplers, schedules
     from unclip_jax.models.prior import prior_model_fn
     d = config.diffusion
@@ -140,18 +140,18 @@ def _sample_fn(config, model) -> Callable:
     def sample(params, inputs, steps: int):
         sched = schedules.from_config(d, str(steps))
         if config.stage in UPSAMPLERS:
-            return sampling.upsample(params, model, d, inputs["low_res"], None, sched=sched,
-                                     size=inputs["x_T"].shape[1], ddim=True, eta=0.0,
-                                     x_T=inputs["x_T"])
+            return stage_fns.upsample(params, model, d, inputs["low_res"], None, sched=sched,
+                                      size=inputs["x_T"].shape[1], ddim=True, eta=0.0,
+                                      x_T=inputs["x_T"])
         if config.stage == "prior":
             fn = prior_model_fn({"params": params}, model, inputs["z_t"], inputs["text_states"],
                                 inputs["text_mask"], guidance_scale=scale,
                                 clamp=config.model.get("clamp", None) or None)
             return samplers.ddim_sample(fn, sched, inputs["x_T"].shape, None, predict=d.predict,
                                         clip_denoised=False, x_T=inputs["x_T"])
-        return sampling.decoder_sample(params, model, d, inputs["z_i"], inputs["text_states"],
-                                       inputs["text_mask"], inputs["x_T"], None, sched=sched,
-                                       guidance=scale, ddim=True, eta=0.0, use_text=True)
+        return stage_fns.decoder_sample(params, model, d, inputs["z_i"], inputs["text_states"],
+                                        inputs["text_mask"], inputs["x_T"], None, sched=sched,
+                                        guidance=scale, ddim=True, eta=0.0, use_text=True)
 
     return sample
 
@@ -159,7 +159,7 @@ def _sample_fn(config, model) -> Callable:
 def build_workload(config, batch_size: int, seed: int = 0) -> Workload:
     """Model, optimizer (`train.optim.make_optimizer`), params and batches for a stage config."""
     from unclip_jax.train.optim import make_optimizer
-    from unclip_jax.train.stages import get_stage
+    from unclip_jax.train.registry import get_stage
     config = bench_config(config)
     stage = get_stage(config.stage)
     model = stage.build_model(config)

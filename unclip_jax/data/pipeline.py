@@ -30,13 +30,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from unclip_jax.conditioning import decoder_embedding  # noqa: F401  (re-exported)
 from unclip_jax.data import degrade, sources
 from unclip_jax.data.embedding_files import EmbeddingStore
 from unclip_jax.errors import UserError
-
-STAGES = ("clip", "prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
-EMBED_STAGES = ("prior", "ar_prior", "decoder")
+from unclip_jax.stages import EMBED_STAGES, check_stage, decoder_embedding
 DEGRADATIONS = ("none", "blur", "bsr")
 Batch = dict[str, np.ndarray]
 
@@ -255,9 +252,7 @@ def make_pipeline(config, split: str = "train", *, process_index: int | None = N
     """
     import jax
 
-    stage = config.stage
-    if stage not in STAGES:
-        raise UserError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    stage = check_stage(config.stage)
     data = config.data
     process_index = jax.process_index() if process_index is None else int(process_index)
     process_count = jax.process_count() if process_count is None else int(process_count)

@@ -26,7 +26,7 @@ from unclip_jax.errors import NonFiniteError, UserError
 from unclip_jax.train import metrics as metrics_lib
 from unclip_jax.train.checkpoint import Checkpointer
 from unclip_jax.train.optim import make_optimizer
-from unclip_jax.train.stages import Stage, get_stage
+from unclip_jax.train.registry import TrainStage, get_stage
 from unclip_jax.train.state import TrainState, create_state, state_shardings
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def ema_update(ema: Any, params: Any, decay: float) -> Any:
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
-def make_step_fn(stage: Stage, model, tx: optax.GradientTransformation, config, extras: dict,
+def make_step_fn(stage: TrainStage, model, tx: optax.GradientTransformation, config, extras: dict,
                  lr_fn):
     """Pure `step(state, batch, key) -> (state, metrics)`.
 
@@ -126,7 +126,7 @@ def _mean_metrics(pending: list[tuple[int, dict]]) -> dict:
     return out
 
 
-def _init_fn(stage: Stage, model, config, key):
+def _init_fn(stage: TrainStage, model, config, key):
     """Zero-argument boxed init (the 'params' collection of `model.init`)."""
     inputs = stage.init_inputs(config)
     pkey, dkey = jax.random.split(key)
@@ -136,7 +136,7 @@ def _init_fn(stage: Stage, model, config, key):
     return init
 
 
-def _fit_extras(stage: Stage, config, workdir: str) -> dict:
+def _fit_extras(stage: TrainStage, config, workdir: str) -> dict:
     if stage.prepare is None:
         return {}
     def make_iter():

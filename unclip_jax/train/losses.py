@@ -1,4 +1,5 @@
-"""Per-stage losses and the built-in stage entries of the registry (`stages.REGISTRY`).
+"""Per-stage training losses (the stage registry, `unclip_jax.train.registry`, pairs each with
+its model).
 
 Every loss has the signature `(params, batch, key, model, config, extras) -> (loss, metrics)`:
 params is the plain 'params' collection, batch a dict of global arrays (keys per stage, see
@@ -10,20 +11,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-from unclip_jax.train.stages import Stage
 
 
 # ----------------------------------------------------------------------------- helpers
-def model_section(config):
-    """`config.model` with `dtype` set to the compute dtype `config.train.dtype`."""
-    mc = config.model.copy_and_resolve_references()
-    with mc.unlocked():
-        mc.dtype = str(config.train.get("dtype", None) or mc.get("dtype", "float32"))
-    return mc
-
-
 def bernoulli(key, p: float, batch: int):
     """[batch] bool, True with probability p (all False when p <= 0)."""
     if p <= 0:
@@ -54,25 +44,6 @@ def quartile_means(values, t, T: int) -> dict:
     return out
 
 
-def _collect(make_iter, keys, n: int) -> dict:
-    """Concatenate `keys` of batches from a fresh iterator until n rows (numpy)."""
-    it, got, rows = make_iter(), {k: [] for k in keys}, 0
-    while rows < n:
-        b = next(it)
-        for k in keys:
-            got[k].append(np.asarray(b[k]))
-        rows += len(b[keys[0]])
-    return {k: np.concatenate(v)[:n] for k, v in got.items()}
-
-
-def _allgather_rows(x: np.ndarray) -> np.ndarray:
-    """Rows from every process (so fitted statistics are identical on all of them)."""
-    if jax.process_count() == 1:
-        return x
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 # -------------------------------------------------------------------------------- CLIP
 def clip_loss(params, batch, key, model, config, extras):
     """Symmetric InfoNCE on the (global) batch of images [B,S,S,3] in [-1,1] and tokens [B,L].
@@ -91,17 +62,6 @@ def clip_loss(params, batch, key, model, config, extras):
                                      negatives=None if neg is None else text[B:])
     metrics = {k: v for k, v in metrics.items() if k != "loss"}
     return loss, metrics
-
-
-def _build_clip(config):
-    from unclip_jax.clip.model import CLIP
-    return CLIP.from_config(model_section(config))
-
-
-def _clip_inputs(config):
-    t, v = config.model.text, config.model.vision
-    return {"tokens": jnp.zeros((2, int(t.context_length)), jnp.int32),
-            "images": jnp.zeros((2, int(v.image_size), int(v.image_size), 3), jnp.float32)}
 
 
 # ------------------------------------------------------------------------ diffusion prior
@@ -128,28 +88,6 @@ def prior_loss(params, batch, key, model, config, extras):
                                 **quartile_means(per_example, t, sched.num_steps)}
 
 
-def _build_prior(config):
-    from unclip_jax.models.prior import from_config
-    return from_config(model_section(config))
-
-
-def _prior_inputs(config):
-    m = config.model
-    D, L, W = int(m.embed_dim), int(m.text_len), int(m.text_width)
-    return {"x_t": jnp.zeros((2, D)), "t": jnp.zeros((2,), jnp.int32), "z_t": jnp.ones((2, D)),
-            "text_states": jnp.zeros((2, L, W)), "text_mask": jnp.ones((2, L), bool)}
-
-
-def fit_prior_stats(config, make_iter) -> dict:
-    """Per-dimension mean/std of training z_i, only for model.normalize == 'meanstd'."""
-    if config.model.get("normalize", "scale") != "meanstd":
-        return {}
-    from unclip_jax.models.prior import embedding_stats
-    n = max(2048, 16 * int(config.model.embed_dim))
-    z = _allgather_rows(_collect(make_iter, ["z_i"], n)["z_i"])
-    return {"stats": embedding_stats(z)}
-
-
 # ------------------------------------------------------------------------------ AR prior
 def ar_prior_loss(params, batch, key, model, config, extras):
     """Cross-entropy of the PCA-quantised z_i tokens (codec fitted before training)."""
@@ -163,29 +101,6 @@ def ar_prior_loss(params, batch, key, model, config, extras):
                          batch["text_mask"], drop, deterministic=False, rngs={"dropout": kd})
     acc = jnp.mean(jnp.argmax(logits, -1) == tokens[:, 1:])
     return ar_loss(logits, tokens), {"token_accuracy": acc}
-
-
-def _build_ar_prior(config):
-    from unclip_jax.models.ar_prior import from_config
-    return from_config(model_section(config))
-
-
-def _ar_inputs(config):
-    m = config.model
-    D, L, W, K = int(m.embed_dim), int(m.text_len), int(m.text_width), int(m.pca_components)
-    return {"tokens": jnp.zeros((2, K + 1), jnp.int32), "z_t": jnp.ones((2, D)),
-            "text_states": jnp.zeros((2, L, W)), "text_mask": jnp.ones((2, L), bool)}
-
-
-def fit_ar_codec(config, make_iter) -> dict:
-    """PCA + per-component quantiser + dot-token quantiser from training (z_i, z_t) pairs."""
-    from unclip_jax.models.ar_prior import fit_codec
-    m = config.model
-    n = max(2048, 8 * int(m.num_buckets), 4 * int(m.embed_dim))
-    got = _collect(make_iter, ["z_i", "z_t"], n)
-    z_i, z_t = _allgather_rows(got["z_i"]), _allgather_rows(got["z_t"])
-    return {"codec": fit_codec(z_i, z_t, int(m.pca_components), int(m.num_buckets),
-                               int(m.dot_buckets))}
 
 
 # ----------------------------------------------------------------------- decoder / upsampler
@@ -226,63 +141,3 @@ def unet_loss(params, batch, key, model, config, extras):
     metrics = {k: v.mean() for k, v in terms.items() if k != "loss"}
     metrics.update(quartile_means(terms["loss"], t, sched.num_steps))
     return terms["loss"].mean(), metrics
-
-
-def _build_unet(config):
-    from unclip_jax.models.unet import UNet
-    return UNet.from_config(model_section(config))
-
-
-def _unet_inputs(config):
-    m, data = config.model, config.data
-    if int(m.get("low_res_channels", 0)):
-        crop = int(data.crop_size) or int(data.image_size)
-        r = int(data.image_size) // int(data.low_res_size)
-        return {"x_t": jnp.zeros((2, crop, crop, 3)), "t": jnp.zeros((2,), jnp.int32),
-                "low_res": jnp.zeros((2, crop // r, crop // r, 3))}
-    S = int(data.image_size)
-    out = {"x_t": jnp.zeros((2, S, S, 3)), "t": jnp.zeros((2,), jnp.int32)}
-    if int(m.get("embed_dim", 0)):
-        out["z_i"] = jnp.zeros((2, int(m.embed_dim)))
-    if int(m.get("text_width", 0)):
-        out["text_states"] = jnp.zeros((2, int(m.text_len), int(m.text_width)))
-        out["text_mask"] = jnp.ones((2, int(m.text_len)), bool)
-    return out
-
-
-SAMPLE_COUNT = 8       # images per sample grid
-SAMPLE_STEPS = 10      # DDIM steps of the preview sampler
-
-
-def unet_sample(params, key, model, config, batch, extras):
-    """A cheap preview: DDIM (η = 0, `SAMPLE_STEPS` steps, no guidance) for the first
-    `SAMPLE_COUNT` examples' conditioning. → images [N, H, W, 3] in [-1, 1]."""
-    from unclip_jax.diffusion.samplers import ddim_sample
-    from unclip_jax.diffusion.schedules import from_config
-    d = config.diffusion
-    n = min(SAMPLE_COUNT, batch["image"].shape[0])
-    sub = {k: v[:n] for k, v in batch.items()}
-    cond = ({"low_res": sub["low_res"]} if "low_res" in sub else
-            {"z_i": sub["z_i"], "text_states": sub["text_states"], "text_mask": sub["text_mask"]})
-    sched = from_config(d, f"ddim{min(SAMPLE_STEPS, int(d.timesteps))}")
-
-    @jax.jit
-    def run(params, cond, key):
-        fn = lambda x, t: model.apply(_variables(params), x, t, **cond)
-        return ddim_sample(fn, sched, sub["image"].shape, key, predict=d.predict,
-                           variance=d.variance, clip_denoised=True)
-    return run(params, cond, key)
-
-
-# ------------------------------------------------------------------------------ registry
-def builtin_stages() -> list[Stage]:
-    unet = dict(build_model=_build_unet, init_inputs=_unet_inputs, loss=unet_loss,
-                sample=unet_sample)
-    return [
-        Stage("clip", _build_clip, _clip_inputs, clip_loss),
-        Stage("prior", _build_prior, _prior_inputs, prior_loss, prepare=fit_prior_stats),
-        Stage("ar_prior", _build_ar_prior, _ar_inputs, ar_prior_loss, prepare=fit_ar_codec),
-        Stage("decoder", **unet),
-        Stage("upsampler1", **unet),
-        Stage("upsampler2", **unet),
-    ]

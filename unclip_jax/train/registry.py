@@ -1,10 +1,12 @@
-"""Stage registry: each training stage is data, not a subclass.
+"""The training-stage registry: each stage is data, not a subclass.
 
-A `Stage` says how to build the Flax module from `config.model`, what dummy inputs its init
+A `TrainStage` says how to build the Flax module from `config.model`, what dummy inputs its init
 needs, its loss `(params, batch, key, model, config, extras) -> (loss, metrics)`, and
 optionally: a data source, extras fitted once before training (e.g. AR-prior PCA), and a
 cheap sampler for PNG grids. `loop.train` looks the stage up by `config.stage`; adding a stage
-means writing a loss and calling `register`.
+means writing a loss and calling `register`. The built-in entries pair the models of
+`unclip_jax.stages` with the losses (`train.losses`), dummy init inputs (`train.init_inputs`),
+fitted extras (`train.extras`) and preview sampler (`train.previews`).
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
-import jax.numpy as jnp
 
+from unclip_jax import stages
 from unclip_jax.errors import UserError
+from unclip_jax.train import extras, init_inputs, losses, previews
 
 LossFn = Callable[..., tuple[Any, dict]]
 
@@ -27,7 +30,7 @@ def default_data(config, split, *, process_index, process_count, seed):
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage:
+class TrainStage:
     """What the generic trainer needs to know about one stage.
 
     build_model(config) -> nn.Module (compute dtype from `config.train.dtype`)
@@ -49,40 +52,58 @@ class Stage:
     sample: Optional[Callable[..., Any]] = None
 
 
-REGISTRY: dict[str, Stage] = {}
+REGISTRY: dict[str, TrainStage] = {}
 
 
-def register(stage: Stage) -> Stage:
+def register(stage: TrainStage) -> TrainStage:
     """Add (or replace) a stage in the registry."""
     REGISTRY[stage.name] = stage
     return stage
 
 
-def get_stage(name: str) -> Stage:
+def get_stage(name: str) -> TrainStage:
     _register_builtin()
     if name not in REGISTRY:
         raise UserError(f"unknown stage {name!r}; set config.stage to one of {sorted(REGISTRY)}")
     return REGISTRY[name]
 
 
-def compute_dtype(config):
-    """jnp dtype named by `config.train.dtype` (falls back to `config.model.dtype`)."""
-    name = config.train.get("dtype", None) or config.model.get("dtype", "float32")
-    try:
-        return jnp.dtype(name)
-    except TypeError:
-        raise UserError(f"train.dtype={name!r}: use 'float32' or 'bfloat16'") from None
+def model_section(config):
+    """`config.model` with `dtype` set to the compute dtype `config.train.dtype`."""
+    mc = config.model.copy_and_resolve_references()
+    with mc.unlocked():
+        mc.dtype = str(config.train.get("dtype", None) or mc.get("dtype", "float32"))
+    return mc
+
+
+def model_builder(name: str) -> Callable[[Any], nn.Module]:
+    """config → the stage's module (`unclip_jax.stages.build_model`) in the compute dtype."""
+    return lambda config: stages.build_model(name, model_section(config))
+
+
+def builtin_stages() -> list[TrainStage]:
+    """The unCLIP stages, in `unclip_jax.stages.STAGES` order."""
+    unet = dict(init_inputs=init_inputs.unet_inputs, loss=losses.unet_loss,
+                sample=previews.unet_sample)
+    builtin = {
+        "clip": dict(init_inputs=init_inputs.clip_inputs, loss=losses.clip_loss),
+        "prior": dict(init_inputs=init_inputs.prior_inputs, loss=losses.prior_loss,
+                      prepare=extras.fit_prior_stats),
+        "ar_prior": dict(init_inputs=init_inputs.ar_prior_inputs, loss=losses.ar_prior_loss,
+                         prepare=extras.fit_ar_codec),
+        "decoder": unet, "upsampler1": unet, "upsampler2": unet,
+    }
+    return [TrainStage(name, model_builder(name), **builtin[name]) for name in stages.STAGES]
 
 
 _BUILTIN_DONE = False
 
 
 def _register_builtin() -> None:
-    """Register the unCLIP stages (imports are lazy: only the chosen stage's modules load)."""
+    """Register the unCLIP stages (model and loss code loads when a stage first uses it)."""
     global _BUILTIN_DONE
     if _BUILTIN_DONE:
         return
     _BUILTIN_DONE = True
-    from unclip_jax.train import losses
-    for stage in losses.builtin_stages():
+    for stage in builtin_stages():
         REGISTRY.setdefault(stage.name, stage)
