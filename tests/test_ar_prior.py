@@ -11,6 +11,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from unclip_jax.configs import paper, shapes
+from sharded_init import init_sharded
 from unclip_jax import parallel
 from unclip_jax.errors import UserError
 from unclip_jax.models import ar_prior as ar
@@ -252,8 +253,8 @@ def test_sharded_init_matches_unsharded(devices8):
     model = tiny(layers=1)
     x = inputs(batch=8)
     mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, devices8)
-    params, _ = parallel.init_sharded(lambda k: model.init(k, *x), mesh, parallel.DEFAULT_RULES,
-                                      jax.random.key(0))
+    params, _ = init_sharded(lambda k: model.init(k, *x), mesh, parallel.DEFAULT_RULES,
+                             jax.random.key(0))
     p = params["params"]
     assert p["head"]["kernel"].sharding.spec == P("fsdp", "tensor")
     assert p["token_embed"]["embedding"].sharding.spec == P("tensor", "fsdp")

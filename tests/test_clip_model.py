@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from unclip_jax.configs.shapes import clip_model
+from sharded_init import init_sharded
 from unclip_jax import parallel
 from unclip_jax.clip.loss import contrastive_loss
 from unclip_jax.clip.model import CLIP, clip_encode_images, clip_encode_text, normalize
@@ -181,8 +182,8 @@ def test_sharded_init_matches_unsharded(devices8):
     tokens = jnp.asarray(random_tokens(np.random.default_rng(4), 4, 8, 40, [3, 4, 6, 8]))
     images = jax.random.normal(jax.random.key(4), (4, 16, 16, 3))
     init_fn = lambda k: model.init(k, tokens, images)  # noqa: E731
-    variables, shardings = parallel.init_sharded(init_fn, mesh, parallel.DEFAULT_RULES,
-                                                 jax.random.key(3))
+    variables, shardings = init_sharded(init_fn, mesh, parallel.DEFAULT_RULES,
+                                        jax.random.key(3))
     sharded = variables["params"]
     kernel = sharded["text_model"]["encoder"]["layers_0"]["mlp"]["fc1"]["kernel"]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")

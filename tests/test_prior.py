@@ -10,6 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from unclip_jax.configs import paper, shapes
+from sharded_init import init_sharded
 from unclip_jax import parallel
 from unclip_jax.diffusion import losses, samplers, schedules
 from unclip_jax.errors import UserError
@@ -221,8 +222,8 @@ def test_sharded_init_matches_unsharded(devices8):
     model = tiny(layers=1)
     x = inputs(batch=8)
     mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, devices8)
-    params, shardings = parallel.init_sharded(lambda k: model.init(k, *x), mesh,
-                                              parallel.DEFAULT_RULES, jax.random.key(0))
+    params, shardings = init_sharded(lambda k: model.init(k, *x), mesh,
+                                     parallel.DEFAULT_RULES, jax.random.key(0))
     fc1 = params["params"]["stack"]["transformer"]["layers_0"]["mlp"]["fc1"]["kernel"]
     assert fc1.sharding.spec == P("fsdp", "tensor")
     assert len({s.device for s in fc1.addressable_shards}) == 8

@@ -11,6 +11,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from unclip_jax.configs import paper, shapes
+from sharded_init import init_sharded
 from unclip_jax import parallel
 from unclip_jax.diffusion import losses, schedules
 from unclip_jax.errors import UserError
@@ -300,8 +301,8 @@ def test_sharded_init_and_forward_match_unsharded(devices8, decoder_setup):
     extra = {k: v for k, v in inp.items() if k not in ("x", "t")}
     mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, devices8)
     init_fn = lambda k: model.init(k, inp["x"], inp["t"], **extra)  # noqa: E731
-    sharded, shardings = parallel.init_sharded(init_fn, mesh, parallel.DEFAULT_RULES,
-                                               jax.random.key(1))
+    sharded, shardings = init_sharded(init_fn, mesh, parallel.DEFAULT_RULES,
+                                      jax.random.key(1))
 
     s = shardings["params"]
     assert s["down_blocks_1"]["resnets_0"]["conv1"]["kernel"].spec == P(None, None, "fsdp", "tensor")

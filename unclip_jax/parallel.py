@@ -182,26 +182,6 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
-def init_sharded(init_fn: Callable[..., Any], mesh: Mesh,
-                 rules: Sequence[tuple[str, Any]] = DEFAULT_RULES, *args) -> tuple[Any, Any]:
-    """Initialise a pytree directly into its shardings.
-
-    `init_fn(*args)` returns a tree built with logical partitioning (e.g. `model.init`). It is
-    traced with `jax.eval_shape` (nothing allocated), its logical specs become NamedShardings,
-    and a jitted init with those `out_shardings` materialises each shard on its device.
-    Returns `(tree, shardings)` with the partitioning boxes removed (plain arrays).
-    """
-    abstract = jax.eval_shape(init_fn, *args)
-    shardings = logical_shardings(abstract, mesh, rules)
-
-    def _init(*a):
-        return init_fn(*a)
-
-    with activate(mesh, rules):
-        tree = jax.jit(_init, out_shardings=shardings)(*args)
-    return nn.meta.unbox(tree), nn.meta.unbox(shardings)
-
-
 def global_batch(local: Any, mesh: Mesh) -> Any:
     """Per-process numpy batch (leading axis = this process's examples) → global jax arrays.
 
