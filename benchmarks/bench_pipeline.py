@@ -2,7 +2,7 @@
 
 Models use the configs/shapes.py sizes with random weights (CLIP text encoding excluded).
 Each stage is timed two ways with the same number of DDIM steps:
-  compiled  the whole sampler loop as ONE jitted program (what unclip_jax.pipeline runs)
+  compiled  the whole sampler loop as ONE jitted program (what unclip_jax.sample runs)
   dispatch  a jitted single step called from Python once per step
 Compile time is excluded (one warm-up call each). Usage:
 
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unclip_jax.configs import shapes
-from unclip_jax import sampling
+from unclip_jax.sample import stage_fns
 from unclip_jax.diffusion import gaussian as G
 from unclip_jax.diffusion import samplers, schedules
 from unclip_jax.models import prior as prior_lib
@@ -52,9 +52,9 @@ def build(stage, batch):
                                  jnp.zeros((1,), jnp.int32), **one)
 
     def fn(p, x, t):
-        return sampling.unet_model_fn(p, model, guidance=3.0 if stage == "decoder" else 1.0,
-                                      learned_variance=cfg.diffusion.variance == "learned_range",
-                                      **kw)(x, t)
+        return stage_fns.unet_model_fn(p, model, guidance=3.0 if stage == "decoder" else 1.0,
+                                       learned_variance=cfg.diffusion.variance == "learned_range",
+                                       **kw)(x, t)
     return fn, params, (batch, S, S, 3), cfg
 
 

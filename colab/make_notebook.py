@@ -51,33 +51,59 @@ This notebook runs on a Colab TPU, GPU or CPU runtime (Runtime → Change runtim
     md("""
 ## 1. Install
 
-Set `UNCLIP_SOURCE` to where the package lives — the repository's git URL
-(`git+https://github.com/OWNER/unclip-jax.git`, optionally `@BRANCH`), a wheel, or a local
-checkout. The cell skips the install when `unclip_jax` already imports (a local Jupyter, or a
-second run). Colab's preinstalled `jax` (with its TPU/GPU backend) is kept.
+`REPO_URL` is the repository. The cell installs unclip-jax from the first of: `UNCLIP_SOURCE`
+(a git URL, a wheel or a checkout path), a wheel `unclip_jax-*.whl` or a checkout folder
+`unclip-jax/` uploaded to the session (Files pane → Upload), or `git+REPO_URL`.
+
+It installs the package without its requirements, then `python -m unclip_jax.colab_setup
+--deps` installs them except TensorFlow when the runtime already has one (Colab preinstalls
+`tensorflow`; `tensorflow` and `tensorflow-cpu` write the same package), and checks the JAX
+backend: on a GPU or TPU runtime where JAX would run on the CPU it installs `jax[cuda12]` or
+`jax[tpu]`, then prints the backend JAX got. When `unclip_jax` already imports (a local
+Jupyter, a second run) only the backend check runs.
 """),
     code("""
+import glob
+import importlib
 import importlib.util
 import os
 import subprocess
 import sys
 
-UNCLIP_SOURCE = os.environ.get("UNCLIP_SOURCE", "git+https://github.com/OWNER/unclip-jax.git")
+REPO_URL = "https://github.com/unclip-jax/unclip-jax"   # the repository (append @BRANCH for a branch)
+UNCLIP_SOURCE = os.environ.get("UNCLIP_SOURCE", "")      # "" = an upload if any, else REPO_URL
 
+
+def install_source() -> str:
+    \"\"\"UNCLIP_SOURCE, else a wheel or checkout uploaded to this folder, else the repository.\"\"\"
+    if UNCLIP_SOURCE:
+        return UNCLIP_SOURCE
+    uploads = sorted(glob.glob("unclip_jax-*.whl")) or [
+        d for d in ("unclip-jax",) if os.path.isfile(os.path.join(d, "setup.py"))]
+    return os.path.abspath(uploads[-1]) if uploads else f"git+{REPO_URL}"
+
+
+setup_args = []
 if importlib.util.find_spec("unclip_jax") is None:
-    if "OWNER" in UNCLIP_SOURCE:
-        raise ValueError("set UNCLIP_SOURCE to the unclip-jax repository URL (or a local path) "
-                         "before running this cell")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    f"unclip-jax @ {UNCLIP_SOURCE}"], check=True)
+    source = install_source()
+    print("installing unclip-jax from", source)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source], check=True)
+    importlib.invalidate_caches()
+    setup_args = ["--deps"]
 else:
     print("unclip_jax is already installed; skipping pip install")
+subprocess.run([sys.executable, "-m", "unclip_jax.colab_setup", *setup_args], check=True)
 """),
     code("""
 import jax
 import numpy as np
 
+from unclip_jax import colab_setup
+
 print("jax", jax.__version__, "| backend:", jax.default_backend())
+warning = colab_setup.backend_warning(colab_setup.detect_hardware(), jax.default_backend())
+if warning:
+    print(warning, file=sys.stderr)
 jax.devices()
 """),
     md("""
@@ -103,18 +129,17 @@ smaller images.
   tower, so the variation / interpolation / text-diff cells are skipped for it.
 """),
     code("""
-from unclip_jax import pipeline_io as io
 from unclip_jax.errors import UserError
-from unclip_jax.pipeline import UnCLIP
-from unclip_jax.pipeline_cli import default_checkpoint
+from unclip_jax.sample.images import make_grid, save_grid, to_uint8
+from unclip_jax.sample.loading import BUNDLED_MODEL
+from unclip_jax.sample.unclip import UnCLIP
 
 CHECKPOINT = os.environ.get("UNCLIP_CHECKPOINT", "")   # "" = bundled shapes model
 
-try:
-    root = CHECKPOINT or default_checkpoint()
-except UserError:
+root = CHECKPOINT or BUNDLED_MODEL
+if not CHECKPOINT and not os.path.isdir(BUNDLED_MODEL):
     raise UserError("this install has no bundled model; set CHECKPOINT to a directory with "
-                    "clip/, tokenizer/, prior/, decoder/, ... (e.g. 'ckpt/karlo')") from None
+                    "clip/, tokenizer/, prior/, decoder/, ... (e.g. 'ckpt/karlo')")
 pipe = UnCLIP.from_directory(root)
 HAS_IMAGE_TOWER = not pipe.stages["clip"].extra.get("text_only", False)
 print("model:", root)
@@ -179,7 +204,7 @@ def tiles(images, px=DISPLAY_PX):
 
 def show(images, ncols=None):
     \"\"\"Show uint8 images [N, H, W, 3] inline as one grid of DISPLAY_PX tiles.\"\"\"
-    display(io.make_grid(tiles(images), ncols))
+    display(make_grid(tiles(images), ncols))
 """),
     md("""
 ## 4. Text → image
@@ -211,7 +236,7 @@ stages = [k for k in ("decoder", "upsampler1", "upsampler2") if k in inter]
 print(" → ".join(f"{k} {inter[k].shape[1]} px" for k in stages))
 z_t, z_i = inter["z_t"][0], inter["z_i"][0]
 print("cos(z_t, z_i) =", float(z_t @ z_i / (np.linalg.norm(z_t) * np.linalg.norm(z_i))))
-show(np.concatenate([tiles(io.to_uint8(inter[k][:1])) for k in stages]), ncols=len(stages))
+show(np.concatenate([tiles(to_uint8(inter[k][:1])) for k in stages]), ncols=len(stages))
 """, tag="stages"),
     md("""
 ## 5. Variations
@@ -297,7 +322,7 @@ if HAS_IMAGE_TOWER:
     grids.update(variations=(np.concatenate([source, variations]), 1 + N_VARIATIONS),
                  interpolation=(frames, N_INTERPOLATION), textdiff=(edits, N_TEXT_DIFF))
 for name, (grid, ncols) in grids.items():
-    print(io.save_grid(os.path.join(OUT_DIR, f"{name}.png"), grid, ncols))
+    print(save_grid(os.path.join(OUT_DIR, f"{name}.png"), grid, ncols))
 """, tag="save"),
 ]
 

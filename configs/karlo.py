@@ -19,7 +19,7 @@ Super-res split: Karlo runs `super_res_first` for every super-res step but the l
 `upsampler2`; both are 64→256 models (`model.image_size` 256, `data.low_res_size` 64), and
 `sampling.super_res_last_steps` = 1 says how many final steps use upsampler2.
 
-What the pipeline (`unclip_jax.pipeline.UnCLIP`) reads from these stage configs, so a
+What the sampler (`unclip_jax.sample.unclip.UnCLIP`) reads from these stage configs, so a
 converted checkpoint samples like diffusers' UnCLIPPipeline with no Karlo special case:
   diffusion.sample_steps / guidance_scale   25 / 25 / 7 steps ("N" = UnCLIPScheduler's
                                             spacing), guidance 4.0 (prior) and 8.0 (decoder)

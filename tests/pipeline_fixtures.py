@@ -69,6 +69,7 @@ def _unet_cfg(cfg, size, channels, mult, attn, *, conditional):
 def build_checkpoints(root: str) -> dict[str, str]:
     from unclip_jax.clip.model import CLIP
     from unclip_jax.clip.tokenizer import build_tokenizer, Tokenizer
+    from unclip_jax.models import ar_codec
     from unclip_jax.models import ar_prior as ar_lib
     from unclip_jax.models import prior as prior_lib
     from unclip_jax.models.unet import UNet
@@ -104,7 +105,7 @@ def build_checkpoints(root: str) -> dict[str, str]:
     params = random_init(model, 3, *ar_lib.dummy_inputs(model))
     rng = np.random.default_rng(0)
     z_i, z_t = rng.normal(size=(64, D)), rng.normal(size=(64, D))
-    codec = ar_lib.fit_codec(z_i, z_t, 4, 8, 4)
+    codec = ar_codec.fit_codec(z_i, z_t, 4, 8, 4)
     from unclip_jax.train.checkpoint import extras_to_json
     # saved as a training export is: the bare parameter tree, no {'params': ...} wrapper
     dirs["ar_prior"] = export.save(os.path.join(root, "ar_only", "ar_prior"), params["params"], cfg,
@@ -163,5 +164,12 @@ def dirs(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def pipe(dirs):
     """The whole tiny chain (`UnCLIP.from_directory` on `dirs["root"]`), without progress bars."""
-    from unclip_jax.pipeline import UnCLIP
+    from unclip_jax.sample.unclip import UnCLIP
     return UnCLIP.from_directory(dirs["root"], progress=False)
+
+
+def read_png(path: str) -> np.ndarray:
+    """A PNG as uint8 [H, W, 3]."""
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), np.uint8)

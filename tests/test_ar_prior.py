@@ -14,6 +14,7 @@ from unclip_jax.configs import paper, shapes
 from sharded_init import init_sharded
 from unclip_jax import parallel
 from unclip_jax.errors import UserError
+from unclip_jax.models import ar_codec
 from unclip_jax.models import ar_prior as ar
 from unclip_jax.models.ar_prior import ARPrior
 
@@ -54,31 +55,31 @@ def test_pca_orthonormal_and_error_falls():
     z = np.random.default_rng(0).normal(size=(300, D)) * np.linspace(3, 0.1, D)
     errs = []
     for k in (1, 4, 8, 12, D):
-        pca = ar.fit_pca(z, k)
+        pca = ar_codec.fit_pca(z, k)
         c = pca["components"]
         np.testing.assert_allclose(c @ c.T, np.eye(k), atol=1e-5)
-        errs.append(ar.pca_relative_mse(pca, z))
+        errs.append(ar_codec.pca_relative_mse(pca, z))
         # relative MSE = unexplained variance fraction
         np.testing.assert_allclose(errs[-1], 1 - pca["explained_variance"].sum()
                                    / pca["total_variance"], atol=1e-4)
     assert all(a > b for a, b in zip(errs, errs[1:]))
     assert errs[-1] < 1e-6
     with pytest.raises(UserError, match="pca_components"):
-        ar.fit_pca(z, D + 1)
+        ar_codec.fit_pca(z, D + 1)
 
 
 def test_num_components_for_low_rank_data():
     z = low_rank(rank=4)
-    assert ar.num_components_for(z, 0.01) == 4
-    assert ar.pca_relative_mse(ar.fit_pca(z, 4), z) < 0.01
-    assert ar.pca_relative_mse(ar.fit_pca(z, 3), z) > 0.01
+    assert ar_codec.num_components_for(z, 0.01) == 4
+    assert ar_codec.pca_relative_mse(ar_codec.fit_pca(z, 4), z) < 0.01
+    assert ar_codec.pca_relative_mse(ar_codec.fit_pca(z, 3), z) > 0.01
 
 
 def test_quantizer_range_equal_mass_and_round_trip():
     r = np.random.default_rng(0)
     x = r.normal(size=(4000, 3)) * np.array([1.0, 5.0, 0.1])
-    q = ar.fit_quantizer(x, 64)
-    tok = np.asarray(ar.quantize(q, x))
+    q = ar_codec.fit_quantizer(x, 64)
+    tok = np.asarray(ar_codec.quantize(q, x))
     assert tok.min() >= 0 and tok.max() <= 63 and tok.dtype == np.int32
     for k in range(3):   # quantile buckets hold equal shares of the training data
         counts = np.bincount(tok[:, k], minlength=64)
@@ -89,47 +90,47 @@ def test_quantizer_range_equal_mass_and_round_trip():
     assert np.all(q["centers"][:, 1:-1] >= e[:, :-1]) and np.all(q["centers"][:, 1:-1] <= e[:, 1:])
 
     def rel_err(nb):
-        qq = ar.fit_quantizer(x, nb)
-        back = np.asarray(ar.dequantize(qq, ar.quantize(qq, x)))
+        qq = ar_codec.fit_quantizer(x, nb)
+        back = np.asarray(ar_codec.dequantize(qq, ar_codec.quantize(qq, x)))
         return np.sqrt(np.mean((back - x) ** 2, 0)) / x.std(0)
 
     rel64, rel512 = rel_err(64), rel_err(512)
     assert np.all(rel64 < 0.1) and np.all(rel512 < rel64 / 2), (rel64, rel512)
     # unseen values beyond the training range land in the end buckets
-    edge = np.asarray(ar.quantize(q, np.array([[-1e3, 1e3, 0.0]])))
+    edge = np.asarray(ar_codec.quantize(q, np.array([[-1e3, 1e3, 0.0]])))
     assert edge[0, 0] == 0 and edge[0, 1] == 63
 
 
 def test_codec_round_trip_and_tokens():
     z_i = low_rank(rank=K, noise=1e-4)
     z_t = z_i + np.random.default_rng(1).normal(size=z_i.shape)
-    codec = ar.fit_codec(z_i, z_t, K, 256, ND)
-    tok = ar.training_tokens(codec, z_i, z_t)
+    codec = ar_codec.fit_codec(z_i, z_t, K, 256, ND)
+    tok = ar_codec.training_tokens(codec, z_i, z_t)
     assert tok.shape == (len(z_i), K + 1)
     assert int(tok[:, 0].max()) < ND and int(tok[:, 1:].max()) < 256
-    rec = np.asarray(ar.decode_tokens(codec, tok[:, 1:]))
+    rec = np.asarray(ar_codec.decode_tokens(codec, tok[:, 1:]))
     rel = np.sum((rec - z_i) ** 2) / np.sum((z_i - z_i.mean(0)) ** 2)
     assert rel < 0.01, rel
     # a codec read back from JSON (nested lists) works the same
     as_lists = jax.tree.map(lambda a: np.asarray(a).tolist(), codec)
-    np.testing.assert_array_equal(ar.training_tokens(as_lists, z_i, z_t), tok)
-    np.testing.assert_allclose(ar.decode_tokens(as_lists, tok[:, 1:]), rec, atol=1e-6)
+    np.testing.assert_array_equal(ar_codec.training_tokens(as_lists, z_i, z_t), tok)
+    np.testing.assert_allclose(ar_codec.decode_tokens(as_lists, tok[:, 1:]), rec, atol=1e-6)
 
 
 def test_dot_token_from_top_half():
     r = np.random.default_rng(0)
     z_i = r.normal(size=(500, D))
     z_t = z_i + 2.0 * r.normal(size=z_i.shape)
-    codec = ar.fit_codec(z_i, z_t, K, NB, 16)
-    dots = np.asarray(ar.cosine(z_i, z_t))
-    drawn = ar.sample_dot_tokens(jax.random.key(0), 2000, 16, 0.5)
+    codec = ar_codec.fit_codec(z_i, z_t, K, NB, 16)
+    dots = np.asarray(ar_codec.cosine(z_i, z_t))
+    drawn = ar_codec.sample_dot_tokens(jax.random.key(0), 2000, 16, 0.5)
     assert int(drawn.min()) == 8 and int(drawn.max()) == 15
-    centres = np.asarray(ar.dequantize(codec["dot"], drawn[:, None]))[:, 0]
+    centres = np.asarray(ar_codec.dequantize(codec["dot"], drawn[:, None]))[:, 0]
     assert centres.min() >= np.median(dots)
     # the training distribution does reach below the median: the draw is a real restriction
-    assert int(ar.dot_tokens(codec, z_i, z_t).min()) < 8
+    assert int(ar_codec.dot_tokens(codec, z_i, z_t).min()) < 8
     with pytest.raises(UserError, match="dot_quantile"):
-        ar.sample_dot_tokens(jax.random.key(0), 2, 16, 1.0)
+        ar_codec.sample_dot_tokens(jax.random.key(0), 2, 16, 1.0)
 
 
 # ----------------------------------------------------------------------------- model
@@ -182,7 +183,7 @@ def test_bad_inputs_name_the_fix():
     tokens, z_t, text, mask = inputs()
     with pytest.raises(UserError, match="pca_components"):
         model.apply(params, tokens[:, :K], z_t, text, mask)
-    codec = ar.fit_codec(low_rank(), low_rank(seed=1), K, NB + 1, ND)
+    codec = ar_codec.fit_codec(low_rank(), low_rank(seed=1), K, NB + 1, ND)
     with pytest.raises(UserError, match="refit"):
         ar.ar_sample(params, model, codec, dict(z_t=z_t, text_states=text, text_mask=mask),
                      jax.random.key(0))
@@ -221,9 +222,9 @@ def test_overfit_then_sample_reproduces_tokens():
     n = 6
     r = np.random.default_rng(2)
     z_i, z_t = r.normal(size=(200, D)), r.normal(size=(200, D))
-    codec = ar.fit_codec(z_i, z_i + z_t, K, NB, ND)
+    codec = ar_codec.fit_codec(z_i, z_i + z_t, K, NB, ND)
     _, zt, text, mask = inputs(seed=3, batch=n)
-    tokens = ar.training_tokens(codec, z_i[:n], np.asarray(zt)).at[:, 0].set(ND - 1)
+    tokens = ar_codec.training_tokens(codec, z_i[:n], np.asarray(zt)).at[:, 0].set(ND - 1)
     params = model.init(jax.random.key(0), tokens, zt, text, mask)
     opt = optax.adam(2e-3)
     opt_state = opt.init(params)
@@ -246,7 +247,7 @@ def test_overfit_then_sample_reproduces_tokens():
     z, got = ar.ar_sample(params, model, codec, cond, jax.random.key(1), temperature=0.0,
                           dot_quantile=0.75)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(tokens))
-    np.testing.assert_allclose(z, ar.decode_tokens(codec, tokens[:, 1:]), atol=1e-5)
+    np.testing.assert_allclose(z, ar_codec.decode_tokens(codec, tokens[:, 1:]), atol=1e-5)
 
 
 def test_sharded_init_matches_unsharded(devices8):
@@ -355,7 +356,7 @@ def test_kv_cache_sampler_matches_full_recompute(temperature, guidance_scale):
     if temperature > 0:   # the keys matter: a real test of the random draws
         assert len({d.tobytes() for d in draws}) == len(draws)
     # ar_sample uses the cache by default and returns the reference's tokens
-    codec = ar.fit_codec(low_rank(), low_rank(seed=1), K, NB, ND)
+    codec = ar_codec.fit_codec(low_rank(), low_rank(seed=1), K, NB, ND)
     z, tok = ar.ar_sample(params, model, codec, cond, jax.random.key(7), temperature,
                           guidance_scale)
     z_ref, tok_ref = ar.ar_sample(params, model, codec, cond, jax.random.key(7), temperature,
@@ -381,10 +382,10 @@ def test_kv_cache_bfloat16_within_rounding():
 
 def test_kv_cache_under_vmap_as_the_pipeline_calls_it():
     """pipeline.per_example vmaps ar_sample over batch-1 examples: cached == reference."""
-    from unclip_jax.pipeline import per_example
+    from unclip_jax.sample.programs import per_example
     model = tiny()
     params = init(model)
-    codec = ar.fit_codec(low_rank(), low_rank(seed=1), K, NB, ND)
+    codec = ar_codec.fit_codec(low_rank(), low_rank(seed=1), K, NB, ND)
     _, z_t, text, mask = inputs()
     keys = jax.random.split(jax.random.key(0), B)
 

@@ -9,20 +9,20 @@ import pytest
 
 from unclip_jax import export
 from unclip_jax.data import render
-from unclip_jax.pipeline import STAGE_ORDER, UnCLIP
-from unclip_jax.pipeline_cli import DEFAULT_MODEL, default_checkpoint
+from unclip_jax.sample.loading import BUNDLED_MODEL, MODEL_DIRS, default_model
+from unclip_jax.sample.unclip import UnCLIP
 
 MAX_BYTES = 30 * 2**20
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    return UnCLIP.from_directory(DEFAULT_MODEL, progress=False)
+    return UnCLIP.from_directory(BUNDLED_MODEL, progress=False)
 
 
 @pytest.fixture(scope="module")
 def manifest():
-    with open(os.path.join(DEFAULT_MODEL, "MANIFEST.json")) as f:
+    with open(os.path.join(BUNDLED_MODEL, "MANIFEST.json")) as f:
         return json.load(f)
 
 
@@ -31,11 +31,11 @@ def _tree_bytes(root):
 
 
 def test_sample_command_defaults_to_the_embedded_model():
-    assert os.path.samefile(default_checkpoint(), DEFAULT_MODEL)
+    assert os.path.samefile(default_model(), BUNDLED_MODEL)
 
 
 def test_manifest_describes_every_shipped_stage(manifest):
-    shipped = sorted(n for n in STAGE_ORDER if os.path.isdir(os.path.join(DEFAULT_MODEL, n)))
+    shipped = sorted(n for n in MODEL_DIRS if os.path.isdir(os.path.join(BUNDLED_MODEL, n)))
     assert {"clip", "tokenizer", "decoder"} <= set(shipped)
     assert "prior" in shipped or "ar_prior" in shipped
     assert len(manifest["commit"]) == 40
@@ -44,15 +44,15 @@ def test_manifest_describes_every_shipped_stage(manifest):
             continue
         entry = manifest["stages"][name]
         assert entry["steps"] > 0 and np.isfinite(entry["final_loss"])
-        _, cfg, extra = export.load(os.path.join(DEFAULT_MODEL, name), expect_stage=name,
+        _, cfg, extra = export.load(os.path.join(BUNDLED_MODEL, name), expect_stage=name,
                                     dtype=None)
         assert extra["step"] == entry["steps"]
-    assert _tree_bytes(DEFAULT_MODEL) < MAX_BYTES
+    assert _tree_bytes(BUNDLED_MODEL) < MAX_BYTES
 
 
 def test_weights_ship_as_float16_and_load_as_float32():
-    raw, _, _ = export.load(os.path.join(DEFAULT_MODEL, "decoder"), dtype=None)
-    loaded, _, _ = export.load(os.path.join(DEFAULT_MODEL, "decoder"))
+    raw, _, _ = export.load(os.path.join(BUNDLED_MODEL, "decoder"), dtype=None)
+    loaded, _, _ = export.load(os.path.join(BUNDLED_MODEL, "decoder"))
     import jax
     assert {a.dtype for a in jax.tree.leaves(raw)} == {np.dtype("float16")}
     assert {a.dtype for a in jax.tree.leaves(loaded)} == {np.dtype("float32")}
@@ -108,7 +108,7 @@ def test_prior_samples_land_near_their_images(pipe):
 def test_ar_prior_samples_land_near_their_images():
     """The shipped AR prior (loaded with prior='ar') is as usable as the diffusion prior: its
     z_i for a caption is close to that caption's image embedding."""
-    ar = UnCLIP.from_directory(DEFAULT_MODEL, prior="ar", progress=False)
+    ar = UnCLIP.from_directory(BUNDLED_MODEL, prior="ar", progress=False)
     scenes = [render.sample_scene(0, "validation", i) for i in range(8, 16)]
     z_i = ar.encode_images(np.stack([render.render(s, render_size()) for s in scenes]))
     z_a = np.asarray(ar.prior_sample(ar.encode_text([s["caption"] for s in scenes]), 0))
@@ -123,15 +123,15 @@ def test_upsamplers_restore_real_images(pipe, stage):
     """On real scenes downsampled to the stage's input size, the shipped upsampler lands far
     nearer the real high-resolution image than an untrained one could (measured on 32
     validation images: 32.9 dB and 31.2 dB; bicubic 33.5 and 39.3 dB)."""
-    from unclip_jax import pipeline_io as io
+    from unclip_jax.sample.images import image_to_float, to_uint8
     from unclip_jax.eval.upsamplers import psnr
     size = pipe.image_size(stage)
     low = pipe.image_size("decoder" if stage == "upsampler1" else "upsampler1")
     scenes = [render.sample_scene(0, "validation", i) for i in range(2)]
     full = [render.render(s, render_size()) for s in scenes]
-    hi = io.to_uint8(np.stack([io.image_to_float(x, size) for x in full]))
-    lo = np.stack([io.image_to_float(x, low) for x in full])
-    out = io.to_uint8(pipe.upsample(stage, lo, 0))
+    hi = to_uint8(np.stack([image_to_float(x, size) for x in full]))
+    lo = np.stack([image_to_float(x, low) for x in full])
+    out = to_uint8(pipe.upsample(stage, lo, 0))
     assert psnr(out, hi).mean() > 26.0, psnr(out, hi)
 
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from unclip_jax.diffusers_style import pick_key, steps_with_count, to_output
+from unclip_jax.sample.diffusers_style import pick_key, steps_with_count, to_output
 from unclip_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +48,7 @@ class Recorder:
         from types import SimpleNamespace
 
         from unclip_jax.configs import shapes
-        from unclip_jax.diffusers_style import DiffusersStyle
+        from unclip_jax.sample.diffusers_style import DiffusersStyle
 
         self.stages = {n: SimpleNamespace(config=shapes.get_config(n))
                        for n in ("prior", "decoder", "upsampler1", "upsampler2")}

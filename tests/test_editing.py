@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline_fixtures import CAPTIONS, dirs, pipe, smooth_image  # noqa: F401 (fixtures)
+from pipeline_fixtures import CAPTIONS, dirs, pipe, read_png, smooth_image  # noqa: F401 (fixtures)
 from unclip_jax import cli
-from unclip_jax import pipeline_io as io
+from unclip_jax.sample.images import to_uint8
+from unclip_jax.sample.sidecars import sidecar_path
 from unclip_jax.diffusion import editing as E
 from unclip_jax.diffusion import samplers, schedules
 from unclip_jax.errors import UserError
 from unclip_jax.eval.upsamplers import psnr
-from unclip_jax.pipeline import UnCLIP
-from unclip_jax.sampling import unet_model_fn
+from unclip_jax.sample.unclip import UnCLIP
+from unclip_jax.sample.stage_fns import unet_model_fn
 
 DEC = dict(prior_steps="2", decoder_steps="6")
 FAST = dict(DEC, upsampler_steps="ddim2")
@@ -31,7 +32,7 @@ def pipe8(dirs):
 
 
 def _image(seed=0, size=32):
-    return io.to_uint8(smooth_image(seed, size))
+    return to_uint8(smooth_image(seed, size))
 
 
 def _mask(size=32):
@@ -169,7 +170,7 @@ def test_inpaint_preserves_the_unmasked_region(pipe8):
     mask reaches a coarser stage with soft edges."""
     _check_inpaint(pipe8, 8, DEC)
     _check_inpaint(pipe8, 8, DEC, jump_length=2, resamplings=2)
-    from unclip_jax.editing import stage_mask
+    from unclip_jax.sample.masks import stage_mask
     m = _mask(32).astype(np.float32) / 255
     for feather in (0.0, 2.0):
         soft = stage_mask(m, 8, feather)[..., 0]     # the decoder's 8 px mask
@@ -213,7 +214,7 @@ def test_mix_one_hot_weights_reproduce_the_single_input(pipe8):
     z_img = pipe8.encode_images(img[None])[0]
     np.testing.assert_allclose(ia["z_i"][0], z_img, rtol=1e-5, atol=1e-5)
     direct = pipe8.decode(np.repeat(z_img[None], 2, 0), 0, decoder_steps=DEC["decoder_steps"])
-    np.testing.assert_array_equal(a, io.to_uint8(direct["decoder"]))
+    np.testing.assert_array_equal(a, to_uint8(direct["decoder"]))
     # a prompt alone: its prior sample
     p = pipe8.mix([CAPTIONS[0], img], [1.0, 0.0], 0, return_intermediates=True, **DEC)[1]
     np.testing.assert_allclose(p["z_i"][0], p["inputs"][0], rtol=1e-5, atol=1e-5)
@@ -266,12 +267,12 @@ def test_edit_commands_write_grids_and_sidecars_that_regenerate(dirs, tmp_path):
                  ["sample", CAPTIONS[0], "--negative", CAPTIONS[1]]):
         out = str(tmp_path / f"{argv[0]}.png")
         assert cli.main(argv + common + ["--out", out]) == 0
-        rec = json.load(open(io.sidecar_path(out)))
+        rec = json.load(open(sidecar_path(out)))
         assert rec["command"] == argv[0]
         regen = str(tmp_path / f"{argv[0]}-again.png")
-        assert cli.main(["sample", "--from-sidecar", io.sidecar_path(out), "--out", regen,
+        assert cli.main(["sample", "--from-sidecar", sidecar_path(out), "--out", regen,
                          "--no-progress"]) == 0
-        np.testing.assert_array_equal(io.read_png(regen), io.read_png(out))
+        np.testing.assert_array_equal(read_png(regen), read_png(out))
     assert rec["settings"]["negative_prompts"] == CAPTIONS[1]
 
 
@@ -320,7 +321,7 @@ def test_bad_edit_inputs_are_one_line_and_write_nothing(dirs, tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert err[-1].startswith("unclip-jax: error:") and msg in err[-1], err
-    assert not out.exists() and not os.path.exists(io.sidecar_path(str(out)))
+    assert not out.exists() and not os.path.exists(sidecar_path(str(out)))
 
 
 def test_mask_arrays_and_api_errors(pipe8):

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline_fixtures import checkpoints
 from unclip_jax import cli
-from unclip_jax import pipeline_io as io
+from unclip_jax.sample.images import to_uint8
 from unclip_jax.errors import UserError
 from unclip_jax.eval import metrics
 from unclip_jax.eval.data import ATTRIBUTES
@@ -92,7 +92,7 @@ def test_frechet_singular_covariances_stay_real_and_finite():
 # --------------------------------------------------------------------------- other metrics
 
 def test_clip_score_is_the_cosine(ckpt):
-    from unclip_jax.pipeline import UnCLIP
+    from unclip_jax.sample.unclip import UnCLIP
     pipe = UnCLIP.from_directory(ckpt["root"], progress=False)
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
@@ -216,7 +216,7 @@ def test_decode_in_chunks_pads_without_changing_rows(ckpt):
     """6 rows in chunks of 4 (the last chunk padded): each chunk's rows equal that chunk
     decoded alone, so padding never leaks into results."""
     from unclip_jax.eval.evaluate import decode_in_chunks
-    from unclip_jax.pipeline import UnCLIP
+    from unclip_jax.sample.unclip import UnCLIP
     pipe = UnCLIP.from_directory(ckpt["root"], progress=False)
     text = pipe.encode_text(["a red circle", "a blue square"] * 3)
     z = np.random.default_rng(8).normal(size=(6, 16)).astype(np.float32)
@@ -227,7 +227,7 @@ def test_decode_in_chunks_pads_without_changing_rows(ckpt):
     rows = [4, 5, 0, 1]                               # other padding than the call's [4, 5, 5, 5]
     out = pipe.decode(z[rows], jax.random.fold_in(key, 1), text={k: v[rows] for k, v in text.items()},
                       **kw)
-    tail = io.to_uint8(out["upsampler2"])[:2]
+    tail = to_uint8(out["upsampler2"])[:2]
     np.testing.assert_array_equal(both[4:], tail)
 
 
@@ -236,7 +236,7 @@ def test_eval_real_clip_score_matches_direct_computation(ckpt, shapes_dir, tmp_p
     captions in the checkpoint's CLIP, computed here independently of evaluate()."""
     from unclip_jax.eval.evaluate import evaluate
     from unclip_jax.eval.data import load_examples
-    from unclip_jax.pipeline import UnCLIP
+    from unclip_jax.sample.unclip import UnCLIP
     res = evaluate(ckpt["root"], shapes_dir, num_prompts=3, images_per_prompt=1,
                    prior_steps="2", decoder_steps="2", upsampler_steps="2",
                    variants=("zeroshot_text",), num_resamples=50)
@@ -342,7 +342,7 @@ def test_bicubic_of_a_constant_image_is_constant():
 
 def test_upsampler_scores_match_an_independent_computation(ckpt, shapes_dir):
     from unclip_jax.eval.data import load_examples
-    from unclip_jax.pipeline import UnCLIP
+    from unclip_jax.sample.unclip import UnCLIP
     pipe = UnCLIP.from_directory(ckpt["root"], progress=False)
     res = upsampler_scores(pipe, shapes_dir, "validation", num_images=3, key=jax.random.key(0),
                            steps="2", chunk=2, num_resamples=20)
@@ -368,7 +368,7 @@ def test_eval_true_z_i_variant_decodes_the_real_images_embeddings(ckpt, shapes_d
     the same images as decoding those embeddings directly."""
     from unclip_jax.eval.evaluate import decode_in_chunks, evaluate
     from unclip_jax.eval.data import load_examples
-    from unclip_jax.pipeline import UnCLIP
+    from unclip_jax.sample.unclip import UnCLIP
     kw = dict(decoder_steps="2", upsampler_steps="2")
     res = evaluate(ckpt["root"], shapes_dir, num_prompts=2, images_per_prompt=2,
                    variants=("true_z_i",), num_resamples=20, **kw)

@@ -10,7 +10,7 @@ import pytest
 from unclip_jax.cli import main
 from unclip_jax.configs import shapes as shapes_cfg
 from unclip_jax.errors import CheckpointError, UserError
-from unclip_jax.pipeline_io import BUNDLED_MODEL
+from unclip_jax.sample.loading import BUNDLED_MODEL
 
 
 def test_embed_finds_the_tokenizer_beside_the_clip():
@@ -51,7 +51,7 @@ def test_package_base_bundled_completes_a_model(tmp_path, capsys):
         assert sorted(os.listdir(out / name)) == sorted(os.listdir(os.path.join(BUNDLED_MODEL,
                                                                               name)))
     assert os.path.isfile(out / "tokenizer" / "tokenizer.json")
-    from unclip_jax.pipeline import UnCLIP
+    from unclip_jax.sample.unclip import UnCLIP
     pipe = UnCLIP.from_directory(str(out), progress=False)        # checksums verified
     assert set(pipe.stages) == {"clip", "prior", "decoder", "upsampler1", "upsampler2"}
     assert main(["package", "--out", str(tmp_path / "x"), "--base", str(tmp_path / "nope")]) == 2
@@ -59,7 +59,7 @@ def test_package_base_bundled_completes_a_model(tmp_path, capsys):
 
 
 def test_model_with_tokenizer_but_no_clip_names_the_fix(tmp_path):
-    from unclip_jax.pipeline import UnCLIP
+    from unclip_jax.sample.unclip import UnCLIP
 
     for name in ("tokenizer", "decoder"):
         shutil.copytree(os.path.join(BUNDLED_MODEL, name), tmp_path / name)
@@ -80,7 +80,7 @@ def test_sidecar_records_the_defaults_used():
     from types import SimpleNamespace
 
     from unclip_jax.export import load_config
-    from unclip_jax.pipeline_cli import settings_used
+    from unclip_jax.sample.records import settings_used
 
     stages = {n: SimpleNamespace(config=load_config(os.path.join(BUNDLED_MODEL, n)))
               for n in ("prior", "decoder", "upsampler1", "upsampler2")}

@@ -19,7 +19,8 @@ from unclip_jax import cli, export
 from unclip_jax.diffusion import gaussian as G
 from unclip_jax.diffusion.schedules import space_timesteps
 from unclip_jax.errors import UserError
-from unclip_jax.karlo import convert_karlo, karlo_schedule, super_res_model_fn
+from unclip_jax.diffusion.final_steps import final_steps_model_fn
+from unclip_jax.karlo import convert_karlo, karlo_schedule
 from unclip_jax.karlo.diffusers_config import from_diffusers, prior_from_diffusers
 from unclip_jax.karlo.sampling import karlo_timesteps
 
@@ -329,7 +330,7 @@ def test_super_res_scheduler_step_and_split(karlo):
                                 7, 2, 3)
     np.testing.assert_allclose(ours, ref, atol=ATOL, rtol=1e-5)
 
-    fn = super_res_model_fn(lambda x, t: x + 1.0, lambda x, t: x - 1.0, last_timestep=0)
+    fn = final_steps_model_fn(lambda x, t: x + 1.0, lambda x, t: x - 1.0, last_timestep=0)
     z = jnp.zeros((2, 4, 4, 3))
     assert float(jax.jit(fn)(z, jnp.array([0, 0]))[0, 0, 0, 0]) == -1.0
     assert float(jax.jit(fn)(z, jnp.array([166, 166]))[0, 0, 0, 0]) == 1.0

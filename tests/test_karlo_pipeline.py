@@ -21,7 +21,8 @@ import torch
 
 from test_karlo import SR, D, converted_karlo
 from unclip_jax import cli
-from unclip_jax.pipeline import KEY_IDS, UnCLIP
+from unclip_jax.sample.programs import KEY_IDS
+from unclip_jax.sample.unclip import UnCLIP
 
 STEPS = 3
 PROMPTS = ["a red square", "a blue circle"]
@@ -160,10 +161,10 @@ def test_empty_caption_uncond_differs_from_drop_path(pipe):
 
 def test_cli_samples_karlo_with_its_own_defaults(karlo, pipe, tmp_path, capsys):
     # the checkpoint's configs carry Karlo's sampling defaults: nothing to pass on the CLI
-    assert pipe._schedule("prior", None)[0] == "25"
-    assert pipe._schedule("decoder", None)[0] == "25"
-    assert pipe._schedule("upsampler1", None)[0] == "7"
-    assert pipe._guidance("prior", None) == 4.0 and pipe._guidance("decoder", None) == 8.0
+    assert pipe.schedule("prior", None)[0] == "25"
+    assert pipe.schedule("decoder", None)[0] == "25"
+    assert pipe.schedule("upsampler1", None)[0] == "7"
+    assert pipe.guidance("prior", None) == 4.0 and pipe.guidance("decoder", None) == 8.0
     assert pipe.stages["prior"].config.model.clamp == 5.0
     assert pipe.stages["prior"].config.model.sample_candidates == 1
     assert pipe.stages["upsampler2"].config.diffusion.final_steps == 1

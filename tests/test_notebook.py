@@ -21,7 +21,7 @@ from pipeline_fixtures import checkpoints
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "colab", "unclip_sampling.ipynb")
 PX = 12                 # UNCLIP_DISPLAY_PX: displayed tile size
-PAD = 2                 # pipeline_io.make_grid's gap
+PAD = 2                 # sample.images.make_grid's gap
 FINAL_PX = 32           # the fixture's last upsampler output size
 # (rows, cols) of each tagged cell's single image output under UNCLIP_NOTEBOOK_FAST=1
 GRIDS = {"sample": (2, 1), "stages": (1, 3), "variation": (1, 3), "interpolation": (1, 3),
@@ -92,25 +92,52 @@ def test_committed_notebook_is_the_generators_output_with_outputs_cleared():
     assert all(not c.outputs and c.execution_count is None for c in code)
 
 
-def test_install_cell_names_the_fix_when_the_source_is_unset(monkeypatch):
+def _run_install_cell(monkeypatch, cwd, source=None):
+    """Execute the install cell as if unclip_jax were not installed; → the commands it ran."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    cell = next(c for c in nb.cells if c.cell_type == "code" and "UNCLIP_SOURCE" in c.source)
-    monkeypatch.delenv("UNCLIP_SOURCE", raising=False)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "REPO_URL" in c.source)
+    assert "OWNER" not in cell.source and cell.source.count("github.com") == 1
+    if source is None:
+        monkeypatch.delenv("UNCLIP_SOURCE", raising=False)
+    else:
+        monkeypatch.setenv("UNCLIP_SOURCE", source)
+    monkeypatch.chdir(cwd)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "unclip_jax" else real(name, *a))
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip must not run"))
-    with pytest.raises(ValueError, match="set UNCLIP_SOURCE to the unclip-jax repository URL"):
-        exec(compile(cell.source, "install-cell", "exec"), {})
+    ran = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **k: ran.append(cmd[1:]))
+    scope = {}
+    exec(compile(cell.source, "install-cell", "exec"), scope)
+    return scope, ran
+
+
+def test_install_cell_installs_from_an_upload_or_the_repository(monkeypatch, tmp_path):
+    scope, ran = _run_install_cell(monkeypatch, tmp_path)
+    repo = scope["REPO_URL"]
+    assert repo.startswith("https://github.com/")
+    # nothing uploaded: the package from the repository without its requirements, then the
+    # setup module installs them (keeping a preinstalled TensorFlow) and checks JAX's backend
+    assert ran == [["-m", "pip", "install", "-q", "--no-deps", f"git+{repo}"],
+                   ["-m", "unclip_jax.colab_setup", "--deps"]]
+    (tmp_path / "unclip-jax").mkdir()
+    (tmp_path / "unclip-jax" / "setup.py").write_text("")
+    _, ran = _run_install_cell(monkeypatch, tmp_path)
+    assert ran[0][-1] == str(tmp_path / "unclip-jax")               # an uploaded checkout
+    (tmp_path / "unclip_jax-0.1.0-py3-none-any.whl").write_text("")
+    _, ran = _run_install_cell(monkeypatch, tmp_path)
+    assert ran[0][-1] == str(tmp_path / "unclip_jax-0.1.0-py3-none-any.whl")   # a wheel first
+    _, ran = _run_install_cell(monkeypatch, tmp_path, source="git+https://example.org/fork@dev")
+    assert ran[0][-1] == "git+https://example.org/fork@dev"
 
 
 def test_model_cell_names_the_fix_when_no_model_is_bundled(monkeypatch, tmp_path):
-    from unclip_jax import pipeline_cli
     from unclip_jax.errors import UserError
+    from unclip_jax.sample import loading
     nb = nbformat.read(NOTEBOOK, as_version=4)
     cell = next(c for c in nb.cells if c.cell_type == "code" and "UNCLIP_CHECKPOINT" in c.source)
     monkeypatch.setenv("UNCLIP_CHECKPOINT", "")
-    monkeypatch.setattr(pipeline_cli, "DEFAULT_MODEL", str(tmp_path / "absent"))
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", str(tmp_path / "absent"))
     with pytest.raises(UserError, match="no bundled model; set CHECKPOINT to a directory"):
         exec(compile(cell.source, "model-cell", "exec"), {"os": os})
 

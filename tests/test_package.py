@@ -18,7 +18,7 @@ from unclip_jax import cli, export
 from unclip_jax.clip.tokenizer import Tokenizer, build_tokenizer
 from unclip_jax.errors import UserError
 from unclip_jax.package import final_loss, human_bytes, package_model, parse_pairs
-from unclip_jax.pipeline import UnCLIP
+from unclip_jax.sample.unclip import UnCLIP
 from unclip_jax.train.loop import restore_for_inference, train
 
 STEPS = 7          # log_every=1: 7 metric rows, so "last 5" differs from "all"

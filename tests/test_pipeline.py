@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from pipeline_fixtures import CAPTIONS, T, dirs, pipe, smooth_image  # noqa: F401 (fixtures)
-from unclip_jax import pipeline_io as io
+from unclip_jax.sample.images import image_to_float, load_image, to_uint8
 from unclip_jax.errors import CheckpointError, UserError
-from unclip_jax.pipeline import UnCLIP
-from unclip_jax.sampling import slerp, slerp_flat
+from unclip_jax.sample.unclip import UnCLIP
+from unclip_jax.sample.manipulations import slerp, slerp_flat
 
 FAST = dict(prior_steps="2", decoder_steps="2", upsampler_steps="ddim1")
 
@@ -68,7 +68,7 @@ def test_generate_end_to_end_seeds(pipe):
     assert imgs.dtype == np.uint8 and imgs.shape == (2, 32, 32, 3)
     assert inter["z_i"].shape == (2, 16) and inter["x_T"].shape == (2, 8, 8, 3)
     assert inter["decoder"].shape == (2, 8, 8, 3) and inter["upsampler1"].shape == (2, 16, 16, 3)
-    np.testing.assert_array_equal(imgs, io.to_uint8(inter["upsampler2"]))
+    np.testing.assert_array_equal(imgs, to_uint8(inter["upsampler2"]))
     assert np.all(np.isfinite(inter["z_i"]))
     again = pipe.generate(prompts, 0, **FAST)
     np.testing.assert_array_equal(imgs, again)
@@ -84,7 +84,7 @@ def test_generate_decode_reproduces_from_intermediates(pipe):
     redo = pipe.decode(inter["z_i"], 5, x_T=inter["x_T"], text=text,
                        decoder_steps=FAST["decoder_steps"],
                        upsampler_steps=FAST["upsampler_steps"])
-    np.testing.assert_array_equal(io.to_uint8(redo["upsampler2"]), imgs)
+    np.testing.assert_array_equal(to_uint8(redo["upsampler2"]), imgs)
 
 
 def test_sharded_equals_single_device(dirs, devices8):
@@ -153,15 +153,15 @@ def test_interpolate_endpoints(pipe64):
     np.testing.assert_allclose(z[-1], inter["endpoints"][1], atol=1e-5)
     # CLIP sees the source image resized to its own input size (16 px here)
     clip_size = pipe64.stages["clip"].model.image_size
-    np.testing.assert_allclose(z[0], pipe64.encode_images(io.image_to_float(a, clip_size)[None])[0],
+    np.testing.assert_allclose(z[0], pipe64.encode_images(image_to_float(a, clip_size)[None])[0],
                                atol=1e-5)
     # ... not the decoder-size picture: a 32 px source gives the embedding of its 16 px resize
     big = smooth_image(5, size=32)
     z_big = pipe64.interpolate(big, b, 2, 0, decoder_steps="ddim2",
                                return_intermediates=True)[1]["endpoints"][0]
-    np.testing.assert_allclose(z_big, pipe64.encode_images(io.image_to_float(big, clip_size)[None])[0],
+    np.testing.assert_allclose(z_big, pipe64.encode_images(image_to_float(big, clip_size)[None])[0],
                                atol=1e-5)
-    small = io.image_to_float(big, pipe64.image_size("decoder"))
+    small = image_to_float(big, pipe64.image_size("decoder"))
     assert np.abs(z_big - pipe64.encode_images(small[None])[0]).max() > 1e-2
     fixed = pipe64.interpolate(a, b, 4, 0, fixed_xT=True, decoder_steps="ddim2",
                                return_intermediates=True)[1]
@@ -174,7 +174,7 @@ def test_text_diff_angle_zero_is_original(pipe64):
                                    decoder_steps="ddim2", return_intermediates=True)
     assert imgs.shape == (3, 8, 8, 3)
     clip_size = pipe64.stages["clip"].model.image_size
-    z0 = pipe64.encode_images(io.image_to_float(img, clip_size)[None])[0]
+    z0 = pipe64.encode_images(image_to_float(img, clip_size)[None])[0]
     np.testing.assert_allclose(inter["z_i"][0], z0, atol=1e-6)
     norms = np.linalg.norm(inter["z_i"], axis=-1)
     np.testing.assert_allclose(norms, np.linalg.norm(z0), rtol=1e-5)
@@ -205,7 +205,7 @@ def test_long_prompt_truncated_with_warning(pipe):
     (dict(prior_steps=str(T + 1)), f"at most {T} steps"),
     (dict(upsampler_steps="ddim999"), f"at most {T} steps"),
     (dict(decoder_steps="fast"), "is not a step count"),
-    (dict(num_images_per_prompt=0), "must be a positive integer"),
+    (dict(num_images_per_prompt=0), "must be an integer ≥ 1"),
     (dict(eta=-1.0), "eta=-1.0 must be >= 0"),
 ])
 def test_bad_settings(pipe, kw, msg):
@@ -240,12 +240,12 @@ def test_image_inputs(pipe64, tmp_path):
     for mode in ("L", "RGBA", "CMYK", "P", "I;16"):
         path = tmp_path / f"img_{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}"
         base.convert(mode).save(path)
-        x = io.load_image(str(path), 8)
+        x = load_image(str(path), 8)
         assert x.shape == (8, 8, 3) and x.dtype == np.float32
         assert -1.0 <= x.min() and x.max() <= 1.0
     # RGBA is composited on white: a fully transparent image becomes white
     Image.new("RGBA", (9, 9), (0, 0, 0, 0)).save(tmp_path / "clear.png")
-    np.testing.assert_allclose(io.load_image(str(tmp_path / "clear.png"), 8), 1.0)
+    np.testing.assert_allclose(load_image(str(tmp_path / "clear.png"), 8), 1.0)
     with pytest.raises(UserError, match="max_angle"):
         pipe64.text_diff(smooth_image(0), "a", "b", n=2, max_angle=2.0)
 
@@ -269,7 +269,7 @@ def test_text_conditioned_decoder_generates_from_z_t_without_prior(dirs, tmp_pat
     text = p.encode_text(CAPTIONS[:2])
     np.testing.assert_array_equal(inter["z_i"], text["embeds"])
     redo = p.decode(text["embeds"], 3, x_T=inter["x_T"], text=text, decoder_steps="2")
-    np.testing.assert_array_equal(io.to_uint8(redo["decoder"]), imgs)
+    np.testing.assert_array_equal(to_uint8(redo["decoder"]), imgs)
     image_decoder = UnCLIP.load(clip=dirs["clip"], decoder=src, tokenizer=dirs["tokenizer"],
                                 progress=False)
     assert not image_decoder.text_conditioned_decoder

@@ -5,9 +5,11 @@ import os
 import numpy as np
 import pytest
 
-from pipeline_fixtures import CAPTIONS, checkpoints, smooth_image
+from pipeline_fixtures import CAPTIONS, checkpoints, read_png, smooth_image
 from unclip_jax import cli
-from unclip_jax import pipeline_io as io
+from unclip_jax.export import checkpoint_identity
+from unclip_jax.sample.images import to_uint8
+from unclip_jax.sample.sidecars import sidecar_path
 
 FAST = ["--prior-steps", "2", "--decoder-steps", "2", "--upsampler-steps", "ddim1",
         "--no-progress"]
@@ -23,45 +25,45 @@ def test_sample_writes_grid_and_sidecar_and_regenerates(dirs, tmp_path):
     rc = cli.main(["sample", CAPTIONS[0], CAPTIONS[1], "--checkpoint", dirs["root"],
                    "--seed", "3", "--out", out, "--cols", "2"] + FAST)
     assert rc == 0 and os.path.isfile(out)
-    side = io.sidecar_path(out)
+    side = sidecar_path(out)
     rec = json.load(open(side))
     assert rec["command"] == "sample" and rec["seed"] == 3
     assert rec["inputs"]["prompts"] == CAPTIONS[:2]
     assert rec["settings"]["decoder_steps"] == "2"
     assert set(rec["checkpoints"]) >= {"clip", "prior", "decoder", "upsampler1", "upsampler2",
                                        "tokenizer"}
-    assert rec["checkpoints"]["decoder"]["identity"] == io.checkpoint_identity(dirs["decoder"])
+    assert rec["checkpoints"]["decoder"]["identity"] == checkpoint_identity(dirs["decoder"])
     assert rec["package_version"]
-    grid = io.read_png(out)
+    grid = read_png(out)
     assert grid.shape == (2 + 34, 2 + 2 * 34, 3)      # one row of two 32 px tiles, 2 px gaps
     regen = str(tmp_path / "regen.png")
     assert cli.main(["sample", "--from-sidecar", side, "--out", regen, "--no-progress"]) == 0
-    np.testing.assert_array_equal(io.read_png(regen), grid)
+    np.testing.assert_array_equal(read_png(regen), grid)
     other = str(tmp_path / "other.png")
     cli.main(["sample", CAPTIONS[0], CAPTIONS[1], "--checkpoint", dirs["root"], "--seed", "4",
               "--out", other, "--cols", "2"] + FAST)
-    assert np.abs(io.read_png(other).astype(int) - grid.astype(int)).max() > 0
+    assert np.abs(read_png(other).astype(int) - grid.astype(int)).max() > 0
 
 
 def test_sample_prior_text_uses_the_text_embedding_and_regenerates(dirs, tmp_path):
     """`--prior text`: no prior is loaded, z_i is the caption's z_t (§5.1 zero-shot); the
     sidecar records it and regenerates the same grid."""
-    from unclip_jax.pipeline import UnCLIP
+    from unclip_jax.sample.unclip import UnCLIP
     out = str(tmp_path / "text.png")
     assert cli.main(["sample", CAPTIONS[0], "--checkpoint", dirs["root"], "--prior", "text",
                      "--seed", "2", "--out", out] + FAST) == 0
-    rec = json.load(open(io.sidecar_path(out)))
+    rec = json.load(open(sidecar_path(out)))
     assert rec["prior"] == "text" and rec["settings"]["text_as_image_embed"] is True
     assert "prior" not in rec["checkpoints"]
     pipe = UnCLIP.from_directory(dirs["root"], prior="none", progress=False)
     text = pipe.encode_text(CAPTIONS[:1])
     want = pipe.decode(text["embeds"], 2, text=text, decoder_steps="2",
                        upsampler_steps="ddim1")["upsampler2"]
-    np.testing.assert_array_equal(io.read_png(out)[2:-2, 2:-2], io.to_uint8(want)[0])
+    np.testing.assert_array_equal(read_png(out)[2:-2, 2:-2], to_uint8(want)[0])
     regen = str(tmp_path / "regen.png")
-    assert cli.main(["sample", "--from-sidecar", io.sidecar_path(out), "--out", regen,
+    assert cli.main(["sample", "--from-sidecar", sidecar_path(out), "--out", regen,
                      "--no-progress"]) == 0
-    np.testing.assert_array_equal(io.read_png(regen), io.read_png(out))
+    np.testing.assert_array_equal(read_png(regen), read_png(out))
 
 
 def test_manipulation_commands(dirs, tmp_path):
@@ -69,7 +71,7 @@ def test_manipulation_commands(dirs, tmp_path):
     paths = []
     for i in range(2):
         p = str(tmp_path / f"in{i}.png")
-        Image.fromarray(io.to_uint8(smooth_image(i, 12))).save(p)
+        Image.fromarray(to_uint8(smooth_image(i, 12))).save(p)
         paths.append(p)
     common = ["--checkpoint", dirs["root"], "--decoder-steps", "ddim2", "--upsampler-steps",
               "ddim1", "--no-progress"]
@@ -79,13 +81,13 @@ def test_manipulation_commands(dirs, tmp_path):
                       "-n", "2"], 2)]:
         out = str(tmp_path / f"{argv[0]}.png")
         assert cli.main(argv + common + ["--out", out, "--cols", "1"]) == 0
-        assert io.read_png(out).shape[0] == 2 + n * 34
+        assert read_png(out).shape[0] == 2 + n * 34
         regen = str(tmp_path / f"{argv[0]}-again.png")
-        assert cli.main(["sample", "--from-sidecar", io.sidecar_path(out), "--out", regen,
+        assert cli.main(["sample", "--from-sidecar", sidecar_path(out), "--out", regen,
                          "--no-progress"]) == 0
-        np.testing.assert_array_equal(io.read_png(regen), io.read_png(out))
+        np.testing.assert_array_equal(read_png(regen), read_png(out))
     # a sidecar naming its inputs relative to its own folder regenerates from anywhere
-    rec = json.load(open(io.sidecar_path(str(tmp_path / "interpolate.png"))))
+    rec = json.load(open(sidecar_path(str(tmp_path / "interpolate.png"))))
     rec["inputs"] = {"image_a": "in0.png", "image_b": "in1.png"}
     with open(tmp_path / "relative.json", "w") as f:
         json.dump(rec, f)
@@ -98,8 +100,8 @@ def test_manipulation_commands(dirs, tmp_path):
                          "--out", "again.png", "--no-progress"]) == 0
     finally:
         os.chdir(cwd)
-    np.testing.assert_array_equal(io.read_png(str(elsewhere / "again.png")),
-                                  io.read_png(str(tmp_path / "interpolate.png")))
+    np.testing.assert_array_equal(read_png(str(elsewhere / "again.png")),
+                                  read_png(str(tmp_path / "interpolate.png")))
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -123,8 +125,8 @@ def test_cli_errors_are_one_line(dirs, tmp_path, capsys, argv, msg):
 def test_missing_default_model_names_the_flag(tmp_path, capsys, monkeypatch):
     """Without --checkpoint the embedded model is used; when a package ships none, the error
     names the flag."""
-    from unclip_jax import pipeline_cli
-    monkeypatch.setattr(pipeline_cli, "DEFAULT_MODEL", str(tmp_path / "no_model"))
+    from unclip_jax.sample import loading
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", str(tmp_path / "no_model"))
     rc = cli.main(["sample", "a red circle", "--out", str(tmp_path / "x.png"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("unclip-jax: error:") and "--checkpoint" in err[-1]

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline_fixtures import CAPTIONS, checkpoints
 from unclip_jax import cli, export
-from unclip_jax import pipeline_io as io
+from unclip_jax.export import checkpoint_identity
 
 FAST = ["--prior-steps", "2", "--decoder-steps", "2", "--upsampler-steps", "ddim1",
         "--no-progress"]
@@ -36,7 +36,7 @@ def listing(root):
 @pytest.fixture
 def no_sampling(monkeypatch):
     """Fail the test if a model is loaded: the refusal must come before any sampling."""
-    from unclip_jax.pipeline import UnCLIP
+    from unclip_jax.sample.unclip import UnCLIP
 
     def boom(*a, **k):
         raise AssertionError("the model was loaded before the output path was checked")
@@ -133,18 +133,18 @@ def test_identity_covers_weights_and_tokenizer(dirs, tmp_path):
     dec = str(tmp_path / "decoder")
     params, config, extra = export.load(dirs["decoder"])
     export.save(dec, params, config, extra=extra)
-    same = io.checkpoint_identity(dec)
+    same = checkpoint_identity(dec)
     import jax
     export.save(dec, jax.tree.map(lambda a: a * 0.9, params), config, extra=extra,
                 overwrite=True)
-    assert io.checkpoint_identity(dec) != same
+    assert checkpoint_identity(dec) != same
     tok = str(tmp_path / "tok")
     shutil.copytree(os.path.join(dirs["root"], "tokenizer"), tok)
-    before = io.checkpoint_identity(tok)
+    before = checkpoint_identity(tok)
     with open(os.path.join(tok, "tokenizer.json"), "a") as f:
         f.write(" ")
-    assert io.checkpoint_identity(tok) != before
-    assert io.checkpoint_identity(tok) != io.checkpoint_identity(dirs["clip"])
+    assert checkpoint_identity(tok) != before
+    assert checkpoint_identity(tok) != checkpoint_identity(dirs["clip"])
 
 
 def test_regenerate_refuses_changed_weights(dirs, tmp_path, capsys):
@@ -157,7 +157,7 @@ def test_regenerate_refuses_changed_weights(dirs, tmp_path, capsys):
         "command": "sample", "seed": 1, "inputs": {"prompts": [CAPTIONS[0]]},
         "settings": {"decoder_steps": "1", "text_as_image_embed": True}, "prior": "text",
         "checkpoint": str(root), "cols": None,
-        "checkpoints": {n: {"dir": str(root / n), "identity": io.checkpoint_identity(str(root / n))}
+        "checkpoints": {n: {"dir": str(root / n), "identity": checkpoint_identity(str(root / n))}
                         for n in ("clip", "tokenizer", "decoder")}}))
     params, config, extra = export.load(str(root / "decoder"))
     import jax
@@ -233,7 +233,7 @@ def test_unknown_tokens_warn(dirs):
 
 
 def test_large_requests_run_in_chunks_with_the_same_images(dirs):
-    from unclip_jax.pipeline import UnCLIP
+    from unclip_jax.sample.unclip import UnCLIP
     pipe = UnCLIP.from_directory(dirs["root"], progress=False)
     kw = dict(num_images_per_prompt=2, decoder_steps="2", upsampler_steps="ddim1",
               text_as_image_embed=True)   # the programs test_existing_output... compiled

@@ -121,7 +121,7 @@ print(json.dumps(len(list(__import__('pathlib').Path(runtime.cache_directory()).
 def test_sampling_path_imports_neither_tensorflow_nor_transformers():
     """Loading the bundled model and encoding a prompt (what `unclip-jax sample` does before
     the diffusion stages) imports no TensorFlow, transformers or torch."""
-    code = ("import json, sys\nfrom unclip_jax import UnCLIP\nimport unclip_jax.pipeline_cli\n"
+    code = ("import json, sys\nfrom unclip_jax import UnCLIP\nimport unclip_jax.cli.sample\n"
             "m = UnCLIP.from_directory(progress=False, compile_cache=False)\n"
             "m.encode_text(['a small red circle on the left'])\n"
             "print(json.dumps(sorted(x for x in ('tensorflow', 'tensorflow_datasets', "

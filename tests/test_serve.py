@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline_fixtures import CAPTIONS, checkpoints, smooth_image
-from unclip_jax import cli, pipeline_cli
-from unclip_jax import pipeline_io as io
-from unclip_jax import serve, serve_session
+from pipeline_fixtures import CAPTIONS, checkpoints, read_png, smooth_image
+from unclip_jax import cli, serve, serve_session
+from unclip_jax.cli import _sampling
 from unclip_jax.errors import UserError
+from unclip_jax.sample.checks import check_prompts
+from unclip_jax.sample.images import load_image, to_uint8
+from unclip_jax.sample.loading import BUNDLED_MODEL
+from unclip_jax.sample.records import regenerate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _cli_settings(argv):
     """The settings `unclip-jax ARGV` records, through the CLI's own parser."""
     args = cli.build_parser(load=argv[0]).parse_args(argv)
-    return pipeline_cli._settings(args, argv[0])
+    return _sampling.settings(args, argv[0])
 
 
 @pytest.mark.parametrize("command, form, argv", [
@@ -52,7 +55,7 @@ def _cli_settings(argv):
 def test_form_values_record_the_settings_the_cli_records(command, form, argv):
     """A form filled like a command line records exactly that command line's settings."""
     ns = serve_session.cli_args(command, **form)
-    assert pipeline_cli._settings(ns, command) == _cli_settings(argv)
+    assert _sampling.settings(ns, command) == _cli_settings(argv)
 
 
 def test_form_field_parsing():
@@ -100,7 +103,7 @@ def test_page_shows_the_cli_error_line(capsys):
     assert cli.main(["sample", "--out", "never.png"]) == 2
     cli_line = capsys.readouterr().err.strip()
     grid, files, status = serve_app.respond(
-        lambda: io.check_prompts(serve_session.prompts_from_text("  \n")))
+        lambda: check_prompts(serve_session.prompts_from_text("  \n")))
     assert (grid, files) == (None, None) and status == cli_line
     assert status.startswith("unclip-jax: error: no prompts given")
     _, _, status = serve_app.respond(lambda: {}["missing"])
@@ -117,7 +120,7 @@ def test_unreadable_upload_shows_the_cli_error_line(tmp_path):
     bad = tmp_path / "copy-on-the-server.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(UserError) as cli_error:
-        io.load_image(str(bad), 8)
+        load_image(str(bad), 8)
     image = serve_app.readable(gr.Image(type="pil", image_mode=None))
     with pytest.raises(gr.Error) as page_error:
         image.preprocess(FileData(path=str(bad), orig_name="mine.png"))
@@ -155,8 +158,8 @@ def test_uploads_regenerate_from_the_downloads(dirs, tmp_path, monkeypatch):
     `unclip-jax sample --from-sidecar` run in the folder they were saved to."""
     session = serve_session.Session(dirs["root"], compile_cache=False)
     try:
-        a = Image.fromarray(io.to_uint8(smooth_image(0, 12)))
-        b = Image.fromarray(io.to_uint8(smooth_image(1, 10))).convert("RGBA")
+        a = Image.fromarray(to_uint8(smooth_image(0, 12)))
+        b = Image.fromarray(to_uint8(smooth_image(1, 10))).convert("RGBA")
         layer = np.zeros((12, 12, 4), np.uint8)
         layer[2:7, 3:9] = (255, 0, 255, 255)                    # a stroke of the brush
         mask = serve_session.drawn_mask([layer], a.size)
@@ -180,11 +183,11 @@ def test_uploads_regenerate_from_the_downloads(dirs, tmp_path, monkeypatch):
             assert all(os.path.isfile(down / f) for f in side["inputs"].get("items", [])
                        if f.endswith(".png"))
             monkeypatch.chdir(down)
-            regen = pipeline_cli.regenerate(os.path.basename(r.files[1]), "regen.png")
-            np.testing.assert_array_equal(io.read_png(regen), io.read_png(r.files[0]))
-            np.testing.assert_array_equal(np.asarray(r.grid), io.read_png(r.files[0]))
+            regen = regenerate(os.path.basename(r.files[1]), "regen.png")
+            np.testing.assert_array_equal(read_png(regen), read_png(r.files[0]))
+            np.testing.assert_array_equal(np.asarray(r.grid), read_png(r.files[0]))
         n, h = results[1].images.shape[:2]
-        assert io.read_png(results[1].files[0]).shape == (h + 4, n * (h + 2) + 2, 3)  # a row
+        assert read_png(results[1].files[0]).shape == (h + 4, n * (h + 2) + 2, 3)  # a row
     finally:
         session.close()
 
@@ -194,7 +197,7 @@ def test_both_priors_share_one_load_and_regenerate(dirs, tmp_path, monkeypatch):
     """A model with prior/ and ar_prior/: both choices are offered, the AR one reuses the
     loaded CLIP/decoder/upsamplers (the same objects), each result regenerates through the
     CLI with its prior, and a repeated request of the same shape compiles nothing new."""
-    from unclip_jax import pipeline
+    from unclip_jax.sample import programs
     root = tmp_path / "model"
     root.mkdir()
     for name in ("clip", "tokenizer", "prior", "decoder", "upsampler1", "upsampler2"):
@@ -209,11 +212,11 @@ def test_both_priors_share_one_load_and_regenerate(dirs, tmp_path, monkeypatch):
         for prior in session.priors:
             r = session.generate(CAPTIONS[0], 1, 4, prior, prior_steps="2", **FAST)
             assert json.load(open(r.files[1]))["prior"] == prior
-            regen = pipeline_cli.regenerate(r.files[1], str(tmp_path / f"{prior}.png"))
-            np.testing.assert_array_equal(io.read_png(regen), io.read_png(r.files[0]))
-        compiled = len(pipeline._PROGRAMS)
+            regen = regenerate(r.files[1], str(tmp_path / f"{prior}.png"))
+            np.testing.assert_array_equal(read_png(regen), read_png(r.files[0]))
+        compiled = len(programs.PROGRAMS)
         session.generate(CAPTIONS[1], 1, 9, "ar", prior_steps="2", **FAST)
-        assert len(pipeline._PROGRAMS) == compiled
+        assert len(programs.PROGRAMS) == compiled
         with pytest.raises(UserError, match="prior 'text' is not in this model"):
             session.generate(CAPTIONS[0], 1, 0, "text")
     finally:
@@ -272,7 +275,7 @@ def test_browser_generate_download_regenerate_and_error(dirs, tmp_path):
     # UNCLIP_JAX_SERVE_CHECKPOINT=bundled (or a model directory) runs it on that model
     model = os.environ.get("UNCLIP_JAX_SERVE_CHECKPOINT") or dirs["root"]
     model_args = [] if model == "bundled" else ["--checkpoint", model]
-    size = _final_size(io.BUNDLED_MODEL if model == "bundled" else model)
+    size = _final_size(BUNDLED_MODEL if model == "bundled" else model)
     env = dict(os.environ, UNCLIP_JAX_CACHE_DIR=str(tmp_path / "xla"),
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     opts = webdriver.ChromeOptions()
@@ -347,7 +350,7 @@ def test_browser_generate_download_regenerate_and_error(dirs, tmp_path):
                 (down / name).write_bytes(_fetch(links[name]))
             side = json.loads((down / "sample-0.json").read_text())
             assert side["inputs"]["prompts"] == [CAPTIONS[0]] and side["output"] == "sample-0.png"
-            np.testing.assert_array_equal(shown, io.read_png(str(down / "sample-0.png")))
+            np.testing.assert_array_equal(shown, read_png(str(down / "sample-0.png")))
             shot = tmp_path / "page.png"
             driver.save_screenshot(str(shot))
             if os.environ.get("UNCLIP_JAX_SERVE_SCREENSHOT"):
@@ -358,7 +361,7 @@ def test_browser_generate_download_regenerate_and_error(dirs, tmp_path):
                                     "--no-progress"], cwd=down, env=env, capture_output=True,
                                    text=True, timeout=600)
             assert regen.returncode == 0, regen.stderr[-2000:]
-            np.testing.assert_array_equal(io.read_png(str(down / "regen.png")), shown)
+            np.testing.assert_array_equal(read_png(str(down / "regen.png")), shown)
 
             error = generate("")
             assert error.startswith("unclip-jax: error: no prompts given"), error

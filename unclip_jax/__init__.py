@@ -16,6 +16,6 @@ _runtime.apply_xla_cpu_defaults()
 
 def __getattr__(name):
     if name == "UnCLIP":
-        from unclip_jax.pipeline import UnCLIP
+        from unclip_jax.sample.unclip import UnCLIP
         return UnCLIP
     raise AttributeError(f"module 'unclip_jax' has no attribute {name!r}")

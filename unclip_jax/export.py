@@ -225,3 +225,60 @@ def load(directory: str, expect_stage: str | tuple[str, ...] | None = None,
     if os.path.isfile(os.path.join(directory, "extra.json")):
         extra = _read_json(os.path.join(directory, "extra.json"))
     return params, config, extra
+
+
+# --------------------------------------------------------------------------- extra.json arrays
+
+def extras_to_json(extras: dict | None) -> dict:
+    """numpy arrays → {'__array__': nested lists, 'dtype': str}; exact for float32/int."""
+    def enc(v):
+        if isinstance(v, (np.ndarray, np.generic, jax.Array)):
+            a = np.asarray(v)
+            return {"__array__": a.tolist(), "dtype": str(a.dtype)}
+        if isinstance(v, dict):
+            return {k: enc(x) for k, x in v.items()}
+        return v
+    return enc(dict(extras or {}))
+
+
+def extras_from_json(blob: dict | None) -> dict:
+    """The inverse of `extras_to_json`: {'__array__', 'dtype'} entries → numpy arrays."""
+    def dec(v):
+        if isinstance(v, dict) and "__array__" in v:
+            return np.asarray(v["__array__"], dtype=v["dtype"])
+        if isinstance(v, dict):
+            return {k: dec(x) for k, x in v.items()}
+        return v
+    return dec(dict(blob or {}))
+
+
+# --------------------------------------------------------------------------- identity
+
+def checkpoint_identity(directory: str) -> str:
+    """sha256 (hex, 16 chars) of what a stage checkpoint or tokenizer directory computes
+    with: config.json, extra.json, the params' tree metadata and the parameter bytes — the
+    per-array checksums in `params.sha256.json` when the export has them (verified against
+    the arrays on load), else every file under params/ — and, for any other directory
+    (a tokenizer), every file in it. Changes whenever a weight or a tokenizer file does."""
+    h = hashlib.sha256()
+    for rel in _identity_files(directory):
+        h.update(rel.encode() + b"\0")
+        with open(os.path.join(directory, rel), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _identity_files(directory: str) -> list[str]:
+    if not os.path.isfile(os.path.join(directory, "config.json")):      # e.g. a tokenizer
+        walk = [os.path.relpath(os.path.join(r, f), directory)
+                for r, _, fs in os.walk(directory) for f in fs]
+        return sorted(walk)
+    rels = ["config.json", "extra.json", os.path.join("params", "_METADATA")]
+    if os.path.isfile(os.path.join(directory, CHECKSUMS)):
+        rels.append(CHECKSUMS)
+    else:
+        pdir = os.path.join(directory, "params")
+        rels += sorted(os.path.relpath(os.path.join(r, f), directory)
+                       for r, _, fs in os.walk(pdir) for f in fs)
+    return [r for r in dict.fromkeys(rels) if os.path.isfile(os.path.join(directory, r))]

@@ -273,7 +273,7 @@ def merge_manifest(old: dict, new_stages: dict[str, dict], out_dir: str, *, comm
 def base_model_dir(base: str) -> str:
     """`--base` → a model directory: 'bundled' is the model shipped in the package."""
     if base == BUNDLED:
-        from unclip_jax.pipeline_io import BUNDLED_MODEL
+        from unclip_jax.sample.loading import BUNDLED_MODEL
         return BUNDLED_MODEL
     if not os.path.isdir(base):
         raise UserError(f"--base {base}: no such model directory; pass a directory with clip/, "

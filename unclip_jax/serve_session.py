@@ -2,9 +2,9 @@
 
 A `Session` loads the model once (the bundled model, or `--checkpoint DIR`) and runs each
 web request as the CLI command it stands for: the form's values become that command's
-arguments (the CLI's own parser supplies the defaults and `pipeline_cli` turns them into the
-recorded settings), `pipeline_cli.execute` runs them on the loaded `UnCLIP`, and the result
-carries the PNG grid and the same JSON sidecar the CLI writes, so
+arguments (the CLI's own parser supplies the defaults and `unclip_jax.cli._sampling` turns
+them into the recorded settings), `unclip_jax.sample.records.execute` runs them on the loaded
+`UnCLIP`, and the result carries the PNG grid and the same JSON sidecar the CLI writes, so
 `unclip-jax sample --from-sidecar NAME.json` redoes it. Nothing here imports Gradio.
 
 Uploaded images (and an inpainting mask drawn in the page) arrive in memory as PIL images;
@@ -29,9 +29,12 @@ import time
 
 import numpy as np
 
-from unclip_jax import pipeline_cli
-from unclip_jax import pipeline_io as io
+from unclip_jax.cli import _sampling, command_module
 from unclip_jax.errors import UserError
+from unclip_jax.sample import records, sidecars
+from unclip_jax.sample.checks import check_prompts, check_seed
+from unclip_jax.sample.images import make_grid, to_rgb
+from unclip_jax.sample.loading import default_model
 
 # which `sample --prior` value loads which prior directory
 PRIORS = {"diffusion": "prior", "ar": "ar_prior"}
@@ -54,7 +57,7 @@ class Result:
 
 def _parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"unclip-jax {command}")
-    getattr(pipeline_cli, f"add_arguments_{command}")(p)
+    command_module(command).add_arguments(p)
     return p
 
 
@@ -143,7 +146,7 @@ def uploaded(label: str, image):
         raise UserError(f"no {label} uploaded; upload a PNG or JPEG image")
     if not isinstance(image, Image.Image):
         image = Image.fromarray(np.asarray(image))
-    return io.to_rgb(image)
+    return to_rgb(image)
 
 
 def pixels(image) -> np.ndarray:
@@ -159,9 +162,9 @@ class Session:
 
     def __init__(self, checkpoint: str | None = None, *, compile_cache: bool = True,
                  keep: int = 32):
-        from unclip_jax.pipeline import UnCLIP
+        from unclip_jax.sample.unclip import UnCLIP
         self.checkpoint = checkpoint
-        root = checkpoint if checkpoint is not None else pipeline_cli.default_checkpoint()
+        root = checkpoint if checkpoint is not None else default_model()
         base = UnCLIP.from_directory(root, prior="auto", progress=True,
                                      compile_cache=compile_cache)
         self.pipes = {}
@@ -173,7 +176,8 @@ class Session:
                                     compile_cache=compile_cache)
                 stages = {k: v for k, v in base.stages.items() if k not in PRIORS.values()}
                 stages[sub] = other.stages[sub]
-                self.pipes[choice] = UnCLIP(stages, base.tokenizer, progress=True,
+                self.pipes[choice] = UnCLIP(stages, base.tokenizer,
+                                            tokenizer_dir=base.tokenizer_dir, progress=True,
                                             compile_cache=compile_cache)
         if not self.pipes:                      # no prior: a decoder on z_t, or manipulations
             self.pipes["auto"] = base
@@ -219,7 +223,7 @@ class Session:
             decoder_guidance=number_or_none(decoder_guidance),
             upsampler_steps=text_or_none(upsampler_steps), eta=number_or_none(eta), prior=prior,
             negative=text_or_none(negative))
-        inputs = {"prompts": io.check_prompts(prompts_from_text(prompts))}
+        inputs = {"prompts": check_prompts(prompts_from_text(prompts))}
         return self._run("sample", args, seed, inputs, inputs, {}, prior)
 
     def variations(self, image, n=4, seed=0, eta=None, decoder_steps=None,
@@ -297,7 +301,7 @@ class Session:
         """`unclip-jax mix` of the uploaded images (None entries skipped) and the prompts (one
         per line), in that order; `weights`: one number per input, separated by spaces or
         commas (empty: equal)."""
-        from unclip_jax.editing import Prompt
+        from unclip_jax.sample.mixing import Prompt
         imgs = [uploaded("image", im) for im in images if im is not None]
         texts = prompts_from_text(prompts)
         if not imgs and not texts:
@@ -327,29 +331,29 @@ class Session:
              input_images: dict, prior: str = "auto", cols=None) -> Result:
         """Run `command` on the loaded model; write its grid, sidecar and inputs.
 
-        run_inputs: what `pipeline_cli.execute` gets (uploads as uint8 arrays);
+        run_inputs: what `records.execute` gets (uploads as uint8 arrays);
         record_inputs: what the sidecar records (uploads by the file names written here).
         """
-        seed = io.check_seed(whole_number("seed", seed, default=0))
-        settings = pipeline_cli._settings(args, command)
+        seed = check_seed(whole_number("seed", seed, default=0))
+        settings = _sampling.settings(args, command)
         pipe = self.pipes.get(prior, self.base)
         with self._lock:
             start = time.perf_counter()
-            images = pipeline_cli.execute(pipe, command, run_inputs, settings, seed)
+            images = records.execute(pipe, command, run_inputs, settings, seed)
             seconds = time.perf_counter() - start
             name = f"{command}-{seed}.png"
-            record = pipeline_cli.command_record(command, seed, record_inputs, settings, prior,
-                                                 self.checkpoint, cols)
-            record = pipeline_cli.result_record(pipe, images, name, record)
+            record = records.command_record(command, seed, record_inputs, settings, prior,
+                                            self.checkpoint, cols)
+            record = records.result_record(pipe, images, name, record)
             self._count += 1
             directory = os.path.join(self.workdir, f"{self._count:06d}")
             os.makedirs(directory)
-            files = list(io.save_outputs(os.path.join(directory, name), images, cols, record))
+            files = list(sidecars.save_outputs(os.path.join(directory, name), images, cols, record))
             for fname, img in input_images.items():
                 files.append(os.path.join(directory, fname))
                 img.save(files[-1], format="PNG")
             self._prune()
-        return Result(images, io.make_grid(images, cols), files, directory, seconds)
+        return Result(images, make_grid(images, cols), files, directory, seconds)
 
     def _prune(self) -> None:
         """Keep the files of the last `keep` results only (disk stays flat)."""

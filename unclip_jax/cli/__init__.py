@@ -16,10 +16,8 @@ traceback instead.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
-from types import SimpleNamespace
 
 from unclip_jax.cli.parser import Parser
 
@@ -45,18 +43,9 @@ COMMANDS: dict[str, str] = {
 }
 
 
-# TRANSITIONAL (#16): the sample commands until their modules exist in this package
-_TRANSITIONAL = ("sample", "vary", "interpolate", "textdiff", "inpaint", "img2img", "mix")
-
-
 def command_module(name: str):
     """The module of command `name` (imported now)."""
-    module = f"{__name__}.{name.replace('-', '_')}"
-    if name in _TRANSITIONAL and importlib.util.find_spec(module) is None:
-        old = importlib.import_module("unclip_jax.pipeline_cli")
-        return SimpleNamespace(add_arguments=getattr(old, f"add_arguments_{name}"),
-                               run=getattr(old, f"run_{name}"))
-    return importlib.import_module(module)
+    return importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
 
 
 def _setup_env() -> None:

@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from unclip_jax.data.embed import embed_dataset
     if args.clip is None:
-        from unclip_jax.pipeline_io import BUNDLED_MODEL
+        from unclip_jax.sample.loading import BUNDLED_MODEL
         args.clip = os.path.join(BUNDLED_MODEL, "clip")
     m = embed_dataset(args.clip, args.data_dir, args.out, dataset=args.dataset, split=args.split,
                       batch_size=args.batch_size, chunk_size=args.chunk_size)

@@ -16,6 +16,8 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
+from unclip_jax.diffusion import steps as steps_grammar
+
 SCHEDULES = ("cosine", "linear")
 
 
@@ -114,8 +116,9 @@ def make_schedule(name: str, T: int) -> Schedule:
 def space_timesteps(T: int, spacing: str | int | Sequence[int]) -> list[int]:
     """Sorted original timesteps to keep out of 0..T-1.
 
-    spacing: "ddimN" → N steps with an even integer stride (DDIM; a stride that gives
-    exactly N steps is used when one exists, else N rounded evenly-spaced steps);
+    spacing, in the steps grammar (`unclip_jax.diffusion.steps`, its one parser): "ddimN" →
+    N steps with an even integer stride (DDIM; a stride that gives exactly N steps is used
+    when one exists, else N rounded evenly-spaced steps);
     "N" or "N1,N2,..." → split 0..T-1 into equal sections and keep Nk evenly spaced steps
     of section k, first and last included (Improved DDPM); an int N is "N"; a list of ints
     is kept as given (sorted, unique).
@@ -134,16 +137,14 @@ def space_timesteps(T: int, spacing: str | int | Sequence[int]) -> list[int]:
     if not isinstance(spacing, str) or not spacing.strip():
         raise ValueError(f"respacing must be a string like '250', 'ddim25', '10,10,5' or a "
                          f"list of timesteps, got {spacing!r}")
-    spacing = spacing.strip()
-    if spacing.startswith("ddim"):
-        n = _parse_count(spacing[4:], spacing)
-        _check_count(n, T)
+    parsed = steps_grammar.parse(spacing, T)
+    if parsed.ddim:
+        n = parsed.total
         for stride in range(1, T + 1):
             if len(range(0, T, stride)) == n:
                 return list(range(0, T, stride))
         return sorted({int(round(x)) for x in np.linspace(0, T - 1, n)})
-    counts = [_parse_count(c, spacing) for c in spacing.split(",")]
-    _check_count(sum(counts), T)
+    counts = parsed.counts
     size, extra = divmod(T, len(counts))
     kept, start = [], 0
     for k, count in enumerate(counts):
@@ -155,23 +156,6 @@ def space_timesteps(T: int, spacing: str | int | Sequence[int]) -> list[int]:
         kept += [start + int(round(stride * j)) for j in range(count)]
         start += sec
     return kept
-
-
-def _parse_count(text: str, spacing: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise ValueError(f"cannot parse respacing {spacing!r}; use e.g. '250', 'ddim25' or "
-                         f"'10,10,5'") from None
-    if n < 1:
-        raise ValueError(f"respacing {spacing!r} asks for {n} steps; use at least 1")
-    return n
-
-
-def _check_count(n: int, T: int) -> None:
-    if n > T:
-        raise ValueError(f"cannot respace to {n} steps: the model was trained with T={T} "
-                         f"steps; use at most {T} sampling steps")
 
 
 def respace(name: str, T: int, spacing: str | int | Sequence[int]) -> Schedule:

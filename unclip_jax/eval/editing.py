@@ -129,7 +129,7 @@ def _add(pipe, clf, res, rng, key, scenes, seed):
     out, inter = pipe.inpaint(srcs, masks, prompts, seed, return_intermediates=True)
     size = out.shape[1]
     keep = inter["mask"][..., 0] == 0
-    from unclip_jax.pipeline_io import to_uint8
+    from unclip_jax.sample.images import to_uint8
     known = to_uint8(inter["known"])      # the input at the final size
     res["inpaint_keep_psnr_db"] = [float(psnr(out[i][keep[i]][None], known[i][keep[i]][None])[0])
                                    for i in range(len(out))]
@@ -198,8 +198,8 @@ def _img2img(pipe, res, scenes, seed, strengths, done):
 
 
 def stage_size(pipe) -> int:
-    from unclip_jax.editing import stage_sizes
-    return list(stage_sizes(pipe).values())[-1]
+    """The final image size of `pipe`'s chain."""
+    return pipe.image_size(pipe.own_stages()[-1])
 
 
 def _mix(pipe, res, seed, weights=(0.0, 0.25, 0.5, 0.75, 1.0), n: int = 8):
@@ -232,11 +232,11 @@ def _resize(images, size: int) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    from unclip_jax import pipeline_io as io
     from unclip_jax.eval.attributes import AttributeClassifier
-    from unclip_jax.pipeline import STAGE_ORDER, UnCLIP
+    from unclip_jax.sample.loading import BUNDLED_MODEL, MODEL_DIRS
+    from unclip_jax.sample.unclip import UnCLIP
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=io.BUNDLED_MODEL)
+    p.add_argument("--checkpoint", default=BUNDLED_MODEL)
     p.add_argument("--classifier", required=True)
     p.add_argument("--final", default="upsampler1", choices=("decoder", "upsampler1",
                                                               "upsampler2"))
@@ -246,8 +246,8 @@ def main(argv=None) -> int:
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    last = STAGE_ORDER.index(a.final)
-    dirs = {n: os.path.join(a.checkpoint, n) for n in STAGE_ORDER[:last + 1]
+    last = MODEL_DIRS.index(a.final)
+    dirs = {n: os.path.join(a.checkpoint, n) for n in MODEL_DIRS[:last + 1]
             if n != "ar_prior" and os.path.isdir(os.path.join(a.checkpoint, n))}
     pipe = UnCLIP.load(**dirs, progress=False)
     settings = {k: getattr(a, k) for k in ("final", "scenes", "negatives", "seed")}

@@ -38,20 +38,16 @@ import time
 import jax
 import numpy as np
 
-from unclip_jax import pipeline_io as io
 from unclip_jax.errors import UserError
 from unclip_jax.eval import metrics
 from unclip_jax.eval.data import ATTRIBUTES, EVAL_SPLITS, load_examples
+from unclip_jax.sample.checks import check_count
+from unclip_jax.sample.images import to_uint8
+from unclip_jax.stages import UPSAMPLERS
 
 VARIANTS = ("unclip", "unclip_ar", "zeroshot_text", "text_decoder", "true_z_i")
 # fold_in ids of the bootstrap keys, one per metric family
 _CI_IDS = {"clip": 11, "fd": 12, "div": 13, "attr": 14, "prior": 15, "upsampler": 16}
-
-
-def _check_count(name: str, n, minimum: int = 1) -> int:
-    if isinstance(n, bool) or int(n) != n or int(n) < minimum:
-        raise UserError(f"{name}={n!r} must be an integer ≥ {minimum}")
-    return int(n)
 
 
 def decode_in_chunks(pipe, z_i, text: dict, key, chunk: int, decode_kw: dict) -> np.ndarray:
@@ -66,7 +62,7 @@ def decode_in_chunks(pipe, z_i, text: dict, key, chunk: int, decode_kw: dict) ->
         sub = {k: np.asarray(v)[rows] for k, v in text.items()}
         res = pipe.decode(z_i[rows], jax.random.fold_in(key, c), text=sub, **decode_kw)
         last = next(res[k] for k in ("upsampler2", "upsampler1", "decoder") if k in res)
-        out.append(io.to_uint8(last)[:min(chunk, n - start)])
+        out.append(to_uint8(last)[:min(chunk, n - start)])
     return np.concatenate(out)
 
 
@@ -147,14 +143,14 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
     {'settings', 'variants': {name: metrics}, 'real': metrics of the real images,
     'prior': {...}, 'classifier': {...}} (see the module docstring).
     """
-    from unclip_jax.pipeline import UnCLIP
     from unclip_jax.eval.attributes import AttributeClassifier
+    from unclip_jax.sample.unclip import UnCLIP
 
     if split not in EVAL_SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {list(EVAL_SPLITS)}")
-    num_prompts = _check_count("num_prompts", num_prompts)
-    chunk = _check_count("chunk", chunk)
-    images_per_prompt = _check_count("images_per_prompt", images_per_prompt)
+    num_prompts = check_count("num_prompts", num_prompts)
+    chunk = check_count("chunk", chunk)
+    images_per_prompt = check_count("images_per_prompt", images_per_prompt)
     variants = tuple(variants) + (("text_decoder",) if text_decoder and
                                   "text_decoder" not in variants else ())
     for v in variants:
@@ -165,9 +161,9 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
                         "directory with clip/, tokenizer/, prior/, decoder/ ...")
     start = time.time()
     pipe = UnCLIP.from_directory(checkpoint_dir, progress=progress)
-    pipe._need("clip", "tokenizer", "decoder")
+    pipe.require("clip", "tokenizer", "decoder")
     if "unclip" in variants:
-        pipe._need("prior")
+        pipe.require("prior")
     pipe_ar = (UnCLIP.from_directory(checkpoint_dir, prior="ar", progress=progress)
                if "unclip_ar" in variants else None)
     clf = AttributeClassifier.load(classifier) if classifier else None
@@ -269,7 +265,7 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
 def _text_decoder_images(checkpoint_dir, text_decoder, text, key, progress, chunk, decode_kw):
     """Ablation (a): the chain with `text_decoder` in place of decoder/, fed z_t as its
     embedding."""
-    from unclip_jax.pipeline import UnCLIP, UPSAMPLERS
+    from unclip_jax.sample.unclip import UnCLIP
     if not text_decoder:
         raise UserError("the 'text_decoder' variant needs text_decoder=DIR (a decoder trained "
                         "on CLIP text embeddings)")

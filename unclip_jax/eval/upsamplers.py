@@ -17,9 +17,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from unclip_jax import pipeline_io as io
 from unclip_jax.eval import metrics
 from unclip_jax.eval.data import load_examples
+from unclip_jax.sample.images import from_uint8, to_uint8
+from unclip_jax.stages import UPSAMPLERS
 
 MSE_FLOOR = 0.01      # (0.1 grey level)²
 
@@ -36,9 +37,9 @@ def psnr(images, reference) -> np.ndarray:
 
 def bicubic(low_res, size: int) -> np.ndarray:
     """uint8 [B, s, s, 3] → uint8 [B, size, size, 3] by bicubic interpolation (float32)."""
-    x = io.from_uint8(low_res)
+    x = from_uint8(low_res)
     up = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), "bicubic")
-    return io.to_uint8(np.asarray(up))
+    return to_uint8(np.asarray(up))
 
 
 def upsampler_scores(pipe, data_dir: str, split: str, *, num_images: int, key,
@@ -47,10 +48,9 @@ def upsampler_scores(pipe, data_dir: str, split: str, *, num_images: int, key,
     """{stage: {'input_size', 'output_size', 'psnr', 'psnr_bicubic'}} with bootstrap intervals
     (`metrics.bootstrap_ci`) for every upsampler in `pipe` (see the module docstring).
     steps: respacing for every upsampler (None: each stage's config)."""
-    from unclip_jax.pipeline import UPSAMPLERS
     out = {}
     for i, stage in enumerate(UPSAMPLERS):
-        if stage not in pipe.stages or pipe._is_final_only(stage):
+        if stage not in pipe.stages or pipe.is_final_only(stage):
             continue
         size = pipe.image_size(stage)
         low = pipe.image_size(UPSAMPLERS[i - 1] if i else "decoder")   # the chain's input
@@ -61,9 +61,9 @@ def upsampler_scores(pipe, data_dir: str, split: str, *, num_images: int, key,
         k = jax.random.fold_in(key, 100 + i)
         ups = []
         for c, start in enumerate(range(0, len(lo), chunk)):
-            x = pipe.upsample(stage, io.from_uint8(lo[start:start + chunk]),
+            x = pipe.upsample(stage, from_uint8(lo[start:start + chunk]),
                               jax.random.fold_in(k, c), steps=steps)
-            ups.append(io.to_uint8(x))
+            ups.append(to_uint8(x))
         model = np.concatenate(ups)
         ck = jax.random.fold_in(k, 999)
         out[stage] = {

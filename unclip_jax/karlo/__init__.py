@@ -4,8 +4,8 @@
 `unclip_jax.karlo.diffusers_config` reads a diffusers directory's config.json files into stage
 configs, starting from the `karlo` preset (configs/karlo.py: architecture, sampling defaults);
 `unclip_jax.karlo.sampling` has the pieces of diffusers' UnCLIPPipeline semantics that are
-Karlo-specific (its timesteps, the super-res model switch).
+Karlo-specific (its timesteps).
 CLI: `unclip-jax convert-karlo SRC DST`.
 """
 from unclip_jax.karlo.convert import convert_karlo  # noqa: F401
-from unclip_jax.karlo.sampling import karlo_schedule, super_res_model_fn  # noqa: F401
+from unclip_jax.karlo.sampling import karlo_schedule  # noqa: F401

@@ -3,7 +3,7 @@
 SRC holds prior/, text_proj/, decoder/, super_res_first/, super_res_last/ (diffusers models),
 text_encoder/ (transformers CLIPTextModelWithProjection), tokenizer/ and optionally
 prior_scheduler/, decoder_scheduler/, super_res_scheduler/ (UnCLIPScheduler configs). DST gets
-the layout `unclip_jax.pipeline.UnCLIP.from_directory` reads:
+the layout `unclip_jax.sample.unclip.UnCLIP.from_directory` reads:
 
   DST/clip        stage 'clip' (text tower only: Karlo ships no image encoder)
   DST/tokenizer   the CLIP tokenizer files

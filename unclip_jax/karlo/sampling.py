@@ -5,16 +5,12 @@
   and posterior variance are exactly UnCLIPScheduler's per-step β and variance, so
   `samplers.ddpm_sample` with variance 'fixed_small' (its 'fixed_small_log') or
   'learned_range' reproduces `UnCLIPScheduler.step`.
-- `super_res_model_fn(first_fn, last_fn, last_timestep)`: one model_fn that runs
-  super_res_last at the final step (t ≤ last_timestep) and super_res_first everywhere else.
-  The pipeline uses it when upsampler2's config has `diffusion.final_steps` > 0.
+- super_res_last runs the final step of super_res_first's loop through the generic
+  `unclip_jax.diffusion.final_steps.final_steps_model_fn`; the sampling engine uses it when
+  upsampler2's config has `diffusion.final_steps` > 0.
 """
 from __future__ import annotations
 
-from typing import Callable
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from unclip_jax.diffusion import schedules
@@ -44,16 +40,3 @@ def karlo_schedule(diffusion_cfg, num_steps: int | None = None) -> schedules.Sch
         return schedules.from_config(diffusion_cfg, sampling=True)
     return schedules.respace(diffusion_cfg.schedule, diffusion_cfg.timesteps,
                              karlo_timesteps(num_steps, diffusion_cfg.timesteps))
-
-
-def super_res_model_fn(first_fn: Callable, last_fn: Callable, last_timestep: int = 0) -> Callable:
-    """model_fn(x_t [B,H,W,C], t [B]) → last_fn at t ≤ last_timestep, else first_fn.
-
-    t and last_timestep are original (training) timesteps; last_timestep may be traced. The
-    choice is one `lax.cond` on t[0] (every example of a sampler step shares t), so each
-    step runs only one of the two UNets.
-    """
-    def fn(x_t, t):
-        t = jnp.asarray(t)
-        return jax.lax.cond(t.reshape(-1)[0] <= last_timestep, last_fn, first_fn, x_t, t)
-    return fn

@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from unclip_jax import paths
+from unclip_jax.export import extras_from_json, extras_to_json
 from unclip_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -34,28 +35,6 @@ COMMIT_FILE = "_CHECKPOINT_METADATA"   # Orbax writes it when a step is finalise
 # On gs:// Orbax writes steps in place (no atomic rename) and marks a finished one with this
 # file (its CommitFileTemporaryPath); a step without it is unfinished and Orbax removes it.
 GCS_COMMIT_FILE = "commit_success.txt"
-
-
-def extras_to_json(extras: dict | None) -> dict:
-    """numpy arrays → {'__array__': nested lists, 'dtype': str}; exact for float32/int."""
-    def enc(v):
-        if isinstance(v, (np.ndarray, np.generic, jax.Array)):
-            a = np.asarray(v)
-            return {"__array__": a.tolist(), "dtype": str(a.dtype)}
-        if isinstance(v, dict):
-            return {k: enc(x) for k, x in v.items()}
-        return v
-    return enc(dict(extras or {}))
-
-
-def extras_from_json(blob: dict | None) -> dict:
-    def dec(v):
-        if isinstance(v, dict) and "__array__" in v:
-            return np.asarray(v["__array__"], dtype=v["dtype"])
-        if isinstance(v, dict):
-            return {k: dec(x) for k, x in v.items()}
-        return v
-    return dec(dict(blob or {}))
 
 
 class Checkpointer:

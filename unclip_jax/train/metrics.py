@@ -128,17 +128,10 @@ class MetricWriter:
 
 
 def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
-    """[N, H, W, C] floats in [-1, 1] → one uint8 [rows·H, cols·W, C] grid."""
-    images = np.asarray(images, np.float32)
-    n, h, w, c = images.shape
-    cols = cols or int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    grid = np.zeros((rows * h, cols * w, c), np.uint8)
-    u8 = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = u8[i]
-    return grid
+    """[N, H, W, C] floats in [-1, 1] → one uint8 [rows·H, cols·W, C] grid (the sampling
+    engine's `grid_array` without gaps)."""
+    from unclip_jax.sample.images import grid_array, to_uint8
+    return grid_array(to_uint8(images), cols, pad=0, fill=0)
 
 
 def save_png_grid(images: np.ndarray, path: str) -> str:

@@ -1,16 +1,15 @@
-"""Pure per-stage sampling functions of the unCLIP hierarchy, and slerp.
+"""Pure per-stage sampling functions of the unCLIP hierarchy.
 
 Each stage function is a pure function of (params, inputs, key) plus static settings
-(module, schedule, guidance scale, sampler choice); `unclip_jax.pipeline` jits each one once
-per (stage, shape, settings) with the batch sharded over all devices. Classifier-free
-guidance is one batched model call over [cond; uncond].
+(module, schedule, guidance scale, sampler choice); `unclip_jax.sample.unclip.UnCLIP` jits
+each one once per (stage, shape, settings) (`unclip_jax.sample.programs`) with the batch
+sharded over all devices. Classifier-free guidance is one batched model call over
+[cond; uncond].
 
 Shapes: B batch, D CLIP embedding size, L text tokens, W text width, images NHWC in [-1, 1].
 Timesteps passed to models are original (training) timesteps.
 """
 from __future__ import annotations
-
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,53 +17,15 @@ import jax.numpy as jnp
 from unclip_jax.diffusion import editing
 from unclip_jax.diffusion import guidance as guidance_lib
 from unclip_jax.diffusion import samplers
+from unclip_jax.diffusion.final_steps import final_steps_model_fn
 from unclip_jax.diffusion.schedules import Schedule
 from unclip_jax.models import prior as prior_lib
 
 
-# --------------------------------------------------------------------------- slerp
-
-def slerp(a, b, t, eps: float = 1e-4):
-    """Spherical interpolation between vectors `a` and `b` along their great circle.
-
-    a, b: [..., D]; t: scalar or array broadcastable against a[..., :1] (t of shape [N, 1]
-    with a, b of shape [D] gives [N, D]). With θ the angle between a and b,
-        slerp = sin((1−t)θ)/sin θ · a + sin(tθ)/sin θ · b,
-    so t=0 gives a, t=1 gives b, and unit vectors stay unit vectors. When a and b are
-    (nearly) parallel (sin θ < eps) it uses linear interpolation, which agrees with the
-    formula to first order there. Float32.
-    """
-    a = jnp.asarray(a, jnp.float32)
-    b = jnp.asarray(b, jnp.float32)
-    t = jnp.asarray(t, jnp.float32)
-    na = jnp.linalg.norm(a, axis=-1, keepdims=True)
-    nb = jnp.linalg.norm(b, axis=-1, keepdims=True)
-    cos = jnp.sum(a * b, axis=-1, keepdims=True) / jnp.maximum(na * nb, 1e-12)
-    theta = jnp.arccos(jnp.clip(cos, -1.0, 1.0))
-    sin = jnp.sin(theta)
-    parallel = sin < eps
-    safe_sin = jnp.where(parallel, 1.0, sin)
-    wa = jnp.where(parallel, 1.0 - t, jnp.sin((1.0 - t) * theta) / safe_sin)
-    wb = jnp.where(parallel, t, jnp.sin(t * theta) / safe_sin)
-    return wa * a + wb * b
-
-
-def l2_normalize(x, axis: int = -1):
-    """x / ‖x‖ along `axis`, float32."""
-    x = jnp.asarray(x, jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
-
-
-def slerp_flat(a, b, t):
-    """slerp of whole arrays a, b [...] (e.g. noise images) at fractions t [N] → [N, ...]."""
-    shape = a.shape
-    out = slerp(a.reshape(-1), b.reshape(-1), jnp.asarray(t, jnp.float32)[:, None])
-    return out.reshape((-1,) + shape)
-
-
 # --------------------------------------------------------------------------- model functions
 
-def _variables(params):
+def as_variables(params):
+    """Flax variables of `params` (a bare parameter tree gets its 'params' collection)."""
     return params if "params" in params else {"params": params}
 
 
@@ -85,7 +46,7 @@ def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, 
         unconditional half keeps that image embedding instead of dropping it.
     Upsampler: conditioned on `low_res` (its input resolution) only; no guidance.
     """
-    variables = _variables(params)
+    variables = as_variables(params)
     conditional = z_i is not None
     if conditional and getattr(model, "text_width", 0) and text_states is None:
         # no caption: one masked-out zero token, dropped for every example
@@ -162,7 +123,7 @@ def prior_uncond_model_fn(params, model, z_t, text_states, text_mask, uncond: di
     z2 = jnp.concatenate([jnp.asarray(z_t, jnp.float32), u["embeds"]])
     s2 = jnp.concatenate([jnp.asarray(text_states, jnp.float32), u["states"]])
     m2 = jnp.concatenate([jnp.asarray(text_mask, bool), u["mask"]])
-    variables = _variables(params)
+    variables = as_variables(params)
 
     def model_fn2(x2, t2):
         return model.apply(variables, x2, t2, z2, s2, m2, None)
@@ -196,7 +157,7 @@ def prior_sample(params, model, model_cfg, diffusion_cfg, stats, z_t, text_state
         fn = prior_uncond_model_fn(params, model, rep(z_t), rep(text_states), rep(text_mask),
                                    uncond, guidance=guidance, clamp=clamp)
     else:
-        fn = prior_lib.prior_model_fn(_variables(params), model, rep(z_t), rep(text_states),
+        fn = prior_lib.prior_model_fn(as_variables(params), model, rep(z_t), rep(text_states),
                                       rep(text_mask), guidance_scale=guidance, clamp=clamp)
     x = samplers.ddpm_sample(fn, sched, (best_of * B, D), key, predict="x0",
                              variance=diffusion_cfg.variance,
@@ -278,14 +239,12 @@ def upsample(params, model, diffusion_cfg, low_res, key, *, sched: Schedule, siz
     `final` = (params, model, last_timestep): a second UNet of the same resolution that runs
     the steps at timesteps ≤ last_timestep instead of this one (Karlo's super_res_last).
     """
-    from unclip_jax.karlo.sampling import super_res_model_fn
-
     low_res = upscale_low_res(low_res, size, diffusion_cfg.get("low_res_upscale", None))
     fn = unet_model_fn(params, model, low_res=low_res)
     if final is not None:
         last_params, last_model, last_t = final
-        fn = super_res_model_fn(fn, unet_model_fn(last_params, last_model, low_res=low_res),
-                                last_t)
+        fn = final_steps_model_fn(fn, unet_model_fn(last_params, last_model, low_res=low_res),
+                                  last_t)
     if edit is not None:
         return image_edit(fn, diffusion_cfg, sched, key, edit, ddim=ddim, eta=eta, x_T=x_T)
     shape = (low_res.shape[0], size, size, low_res.shape[-1])

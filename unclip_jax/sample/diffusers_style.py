@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from unclip_jax.diffusion import steps as steps_grammar
 from unclip_jax.errors import UserError
 
 OUTPUT_TYPES = ("pil", "np")
@@ -21,13 +22,13 @@ OUTPUT_TYPES = ("pil", "np")
 
 def steps_with_count(config_steps: str, count) -> str | None:
     """`num_inference_steps`-style count → a respacing string for a stage whose config samples
-    with `config_steps`: the same sampler ('ddim50' → 'ddimN', '50' → 'N'). None keeps the
-    config's steps."""
+    with `config_steps`: the same sampler ('ddim50' → 'ddimN', '50' → 'N';
+    `unclip_jax.diffusion.steps.with_count`). None keeps the config's steps."""
     if count is None:
         return None
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise UserError(f"num_inference_steps must be a positive int, got {count!r}")
-    return f"ddim{int(count)}" if str(config_steps).startswith("ddim") else str(int(count))
+    return steps_grammar.with_count(config_steps, count)
 
 
 def pick_key(seed=None, generator=None, key=None):

@@ -1,0 +1,97 @@
+"""Where a model's stages live on disk and how one is loaded for sampling.
+
+A model directory ROOT holds one `unclip_jax.export` directory per stage:
+
+    ROOT/clip/         CLIP (stage 'clip')                        needed by every entry point
+    ROOT/tokenizer/    Hugging Face tokenizer files                generate, text_diff
+    ROOT/prior/        diffusion prior (stage 'prior')  — or —
+    ROOT/ar_prior/     autoregressive prior (stage 'ar_prior')     generate
+    ROOT/decoder/      64 px decoder (stage 'decoder')             every image
+    ROOT/upsampler1/   first upsampler (optional)
+    ROOT/upsampler2/   second upsampler (optional; needs upsampler1)
+
+A missing tail (no upsamplers, or only the first) gives smaller images. Loading reads JSON
+and array files only; it never executes code from the directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from unclip_jax import export
+from unclip_jax.errors import CheckpointError, UserError
+from unclip_jax.stages import STAGES, UPSAMPLERS, build_model
+
+MODEL_DIRS = STAGES[:1] + ("tokenizer",) + STAGES[1:]   # subdirectories of a model directory
+PRIOR_CHOICES = ("auto", "diffusion", "ar", "none")   # from_directory(prior=...)
+BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "shapes")
+
+
+@dataclasses.dataclass
+class Stage:
+    """One loaded stage: host params (placed replicated on the mesh by `UnCLIP`), its config
+    and module, and where it came from (directory, `export.checkpoint_identity`)."""
+    name: str
+    directory: str
+    identity: str
+    params: Any
+    config: Any
+    extra: dict
+    model: Any
+
+
+def load_stage(name: str, directory: str) -> Stage:
+    """Read the export at `directory`; CheckpointError when it holds another stage."""
+    params, config, extra = export.load(directory, expect_stage=name)
+    return Stage(name, os.path.abspath(directory), export.checkpoint_identity(directory),
+                 params, config, export.extras_from_json(extra), build_model(name, config.model))
+
+
+def default_model() -> str:
+    """The bundled model's directory; UserError while none ships with the package."""
+    if os.path.isdir(BUNDLED_MODEL):
+        return BUNDLED_MODEL
+    raise UserError("no --checkpoint given and no default model is installed; pass "
+                    "--checkpoint DIR (a directory with clip/, tokenizer/, prior/, decoder/, ...)")
+
+
+def stage_directories(root: str | None, prior: str = "auto") -> dict[str, str]:
+    """{stage: ROOT/stage} of the subdirectories present (ROOT None: the bundled model),
+    keeping one prior: 'diffusion' (prior/), 'ar' (ar_prior/), 'auto' (prior/ if present,
+    else ar_prior/) or 'none'."""
+    if prior not in PRIOR_CHOICES:
+        raise UserError(f"prior={prior!r}; choose one of {', '.join(PRIOR_CHOICES)}")
+    if root is None:
+        root = BUNDLED_MODEL
+    if not os.path.isdir(root):
+        raise CheckpointError(f"checkpoint directory {root} does not exist; pass a directory "
+                              "with clip/, prior/, decoder/, ... subdirectories")
+    found = {n: os.path.join(root, n) for n in MODEL_DIRS
+             if os.path.isdir(os.path.join(root, n))}
+    if not found:
+        raise CheckpointError(f"{root} has none of the stage subdirectories "
+                              f"{', '.join(MODEL_DIRS)}; see `unclip-jax sample --help`")
+    keep = {"diffusion": "prior", "ar": "ar_prior", "none": None,
+            "auto": "prior" if "prior" in found else "ar_prior"}[prior]
+    if prior in ("diffusion", "ar") and keep not in found:
+        raise CheckpointError(f"prior={prior!r} needs {os.path.join(root, keep)}, which does "
+                              f"not exist; this model has "
+                              f"{[n for n in ('prior', 'ar_prior') if n in found] or 'no prior'}")
+    for name in {"prior", "ar_prior"} - {keep}:
+        found.pop(name, None)
+    if "tokenizer" in found and "clip" not in found:
+        raise CheckpointError(f"{root} has tokenizer/ but no clip/ (the CLIP that reads "
+                              "captions); add one, e.g. `unclip-jax package --out "
+                              f"{root} --base bundled` copies the missing stages")
+    return found
+
+
+def check_stages(stages: dict[str, Stage]) -> None:
+    """UserError for a set of stages that cannot be chained."""
+    if "prior" in stages and "ar_prior" in stages:
+        raise UserError("give either prior= or ar_prior=, not both")
+    if "upsampler2" in stages and "upsampler1" not in stages:
+        raise UserError("upsampler2 needs upsampler1 (the 64→256 stage); pass both")
+    if any(u in stages for u in UPSAMPLERS) and "decoder" not in stages:
+        raise UserError("upsamplers need a decoder; pass decoder=DIR")

@@ -1,0 +1,151 @@
+"""What the sampling commands record, and redoing a record.
+
+A command (`sample`, `vary`, `interpolate`, `textdiff`, `inpaint`, `img2img`, `mix`) is
+data: its name, inputs, settings and seed. `execute` runs one on a loaded `UnCLIP`;
+`command_record` / `result_record` are the sidecar it leaves next to its grid
+(`unclip_jax.sample.sidecars` has the file format); `regenerate` redoes a sidecar bit for bit,
+refusing when a checkpoint's identity changed. The CLI (`unclip_jax.cli`) and the web demo
+(`unclip_jax.serve_session`) both run commands through here.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from unclip_jax import paths
+from unclip_jax.errors import CheckpointError, UserError
+from unclip_jax.sample import sidecars
+from unclip_jax.sample.checks import check_cols
+from unclip_jax.sample.loading import default_model
+
+# a setting left unset (None) → (stage, config keys) of the default the pipeline uses instead
+CONFIG_DEFAULTS = {"decoder_steps": ("decoder", ("diffusion", "sample_steps")),
+                   "decoder_guidance": ("decoder", ("diffusion", "guidance_scale")),
+                   "prior_steps": ("prior", ("diffusion", "sample_steps")),
+                   "prior_guidance": ("prior", ("diffusion", "guidance_scale")),
+                   "prior_best_of": ("prior", ("model", "sample_candidates"))}
+
+
+def load_model(checkpoint: str | None, progress: bool, prior: str = "auto",
+               compile_cache: bool = True):
+    """The `UnCLIP` of a model directory (None: the bundled model); `prior` as
+    `sample --prior` takes it ('text' loads no prior)."""
+    from unclip_jax.sample.unclip import UnCLIP
+    root = checkpoint if checkpoint is not None else default_model()
+    return UnCLIP.from_directory(root, prior="none" if prior == "text" else prior,
+                                 progress=progress, compile_cache=compile_cache)
+
+
+def execute(pipe, command: str, inputs: dict, settings: dict, seed: int) -> np.ndarray:
+    """Run one recorded command on a loaded `UnCLIP` → uint8 images [N, H, W, 3]."""
+    if command == "sample":
+        return pipe.generate(inputs["prompts"], seed, **settings)
+    if command == "vary":
+        return pipe.variations(inputs["images"], seed, **settings)
+    if command == "interpolate":
+        return pipe.interpolate(inputs["image_a"], inputs["image_b"], key=seed, **settings)
+    if command == "textdiff":
+        return pipe.text_diff(inputs["image"], inputs["caption_from"], inputs["caption_to"],
+                              key=seed, **settings)
+    if command == "inpaint":
+        return pipe.inpaint(inputs["image"], inputs["mask"], inputs["prompt"], seed, **settings)
+    if command == "img2img":
+        return pipe.img2img(inputs["image"], inputs["prompt"], seed, **settings)
+    if command == "mix":
+        settings = dict(settings)
+        return pipe.mix(mix_items(inputs), settings.pop("weights", None), seed, **settings)
+    raise UserError(f"unknown command {command!r} in the sidecar")
+
+
+def mix_items(inputs: dict) -> list:
+    """A mix sidecar's items with their recorded kinds: prompts that look like file names
+    stay prompts (wrapped as `Prompt`)."""
+    from unclip_jax.sample.mixing import Prompt
+    return [Prompt(i) if k == "prompt" else i for i, k in zip(inputs["items"], inputs["kinds"])]
+
+
+def command_record(command: str, seed: int, inputs: dict, settings: dict, prior: str,
+                   checkpoint: str | None, cols) -> dict:
+    """What a sidecar records about a command before it runs (`checkpoint` None: the
+    bundled model; a directory is recorded as an absolute path)."""
+    return dict(command=command, seed=seed, inputs=inputs, settings=settings, prior=prior,
+                checkpoint=None if checkpoint is None else os.path.abspath(checkpoint),
+                cols=cols)
+
+
+def settings_used(pipe, settings: dict) -> dict:
+    """`settings` with each unset (None) step count, guidance scale or best-of replaced by the
+    loaded stage's config value that the command ran with; `upsampler_steps` unset becomes
+    the list of each upsampler's own. A setting whose stage is not loaded stays None."""
+    used = dict(settings)
+    for key, (stage, path) in CONFIG_DEFAULTS.items():
+        if key in used and used[key] is None and stage in pipe.stages:
+            node = pipe.stages[stage].config
+            for part in path:
+                node = node.get(part) if node is not None else None
+            used[key] = node
+    if "upsampler_steps" in used and used["upsampler_steps"] is None:
+        used["upsampler_steps"] = [
+            st.config.diffusion.sample_steps for name, st in pipe.stages.items()
+            if name.startswith("upsampler") and not st.config.diffusion.get("final_steps", 0)]
+    return used
+
+
+def result_record(pipe, images, output: str, record: dict) -> dict:
+    """The sidecar of a finished command: `record` plus the output's name, the images'
+    shape, the settings with the defaults that were used (`settings_used`; `settings` keeps
+    what was asked, which `--from-sidecar` replays) and the identities of the loaded stages
+    (checked by `--from-sidecar`)."""
+    return dict(record, output=output, image_shape=list(images.shape),
+                settings_used=settings_used(pipe, record["settings"]),
+                checkpoints=pipe.directories())
+
+
+def write_result(pipe, images, out: str, cols, record: dict,
+                 overwrite: bool = False) -> tuple[str, str]:
+    """Write the grid `out` and its sidecar (`result_record`) together → (grid, sidecar)."""
+    record = result_record(pipe, images, os.path.abspath(out), record)
+    return sidecars.save_outputs(out, images, cols, record, overwrite=overwrite)
+
+
+def inputs_beside(inputs: dict, folder: str) -> dict:
+    """A sidecar's `inputs` with relative image / mask paths taken from the sidecar's own
+    folder (`folder`), not the current directory: the web demo's downloads and the docs'
+    sidecars name their input files that way. Absolute paths and gs:// URIs stay as they are."""
+    def beside(p):
+        if not isinstance(p, str) or os.path.isabs(p) or paths.is_remote(p):
+            return p
+        return os.path.join(folder, p)
+    out = dict(inputs)
+    for key in ("image", "image_a", "image_b", "mask"):
+        if key in out:
+            out[key] = beside(out[key])
+    if "images" in out:
+        out["images"] = [beside(p) for p in out["images"]]
+    if "items" in out:
+        out["items"] = [beside(i) if k == "image" else i
+                        for i, k in zip(out["items"], out.get("kinds", ()))]
+    return out
+
+
+def regenerate(sidecar: str, out: str | None = None, progress: bool = False,
+               compile_cache: bool = True, overwrite: bool = False) -> str:
+    """Redo the command recorded in `sidecar`; writes `out` (default: <name>-regen.png) and
+    its sidecar, and returns `out`."""
+    rec = sidecars.read_sidecar(sidecar)
+    out = out or os.path.splitext(sidecar)[0] + "-regen.png"
+    sidecars.check_output(out, overwrite)                    # before loading or sampling
+    check_cols(rec.get("cols"))
+    pipe = load_model(rec.get("checkpoint"), progress, rec.get("prior", "auto"), compile_cache)
+    now = pipe.directories()
+    for stage, info in rec.get("checkpoints", {}).items():
+        if stage not in now or now[stage]["identity"] != info["identity"]:
+            raise CheckpointError(f"the {stage} checkpoint differs from the one recorded in "
+                                  f"{sidecar}; restore {info['dir']} to regenerate")
+    inputs = inputs_beside(rec["inputs"], os.path.dirname(os.path.abspath(sidecar)))
+    images = execute(pipe, rec["command"], inputs, rec["settings"], int(rec["seed"]))
+    rec = {k: v for k, v in rec.items() if k not in ("output", "image_shape", "checkpoints")}
+    write_result(pipe, images, out, rec.get("cols"),
+                 dict(rec, regenerated_from=os.path.abspath(sidecar)), overwrite)
+    return out
