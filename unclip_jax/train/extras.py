@@ -39,7 +39,7 @@ def fit_prior_stats(config, make_iter) -> dict:
 
 def fit_ar_codec(config, make_iter) -> dict:
     """PCA + per-component quantiser + dot-token quantiser from training (z_i, z_t) pairs."""
-    from unclip_jax.models.ar_prior import fit_codec
+    from unclip_jax.models.ar_codec import fit_codec
     m = config.model
     n = max(2048, 8 * int(m.num_buckets), 4 * int(m.embed_dim))
     got = _collect(make_iter, ["z_i", "z_t"], n)

@@ -91,7 +91,8 @@ def prior_loss(params, batch, key, model, config, extras):
 # ------------------------------------------------------------------------------ AR prior
 def ar_prior_loss(params, batch, key, model, config, extras):
     """Cross-entropy of the PCA-quantised z_i tokens (codec fitted before training)."""
-    from unclip_jax.models.ar_prior import ar_loss, training_tokens
+    from unclip_jax.models.ar_codec import training_tokens
+    from unclip_jax.models.ar_prior import ar_loss
     codec = extras["codec"]
     B = batch["z_i"].shape[0]
     kdrop, kd = jax.random.split(key)
