@@ -230,7 +230,7 @@ def test_user_mistakes_name_the_fix_and_write_nothing(runs, packaged, tmp_path, 
     with pytest.raises(UserError, match=r"cannot export .*holds no checkpoint steps"):
         package_model({"prior": str(empty)}, out, tokenizer=None)
     (empty / "checkpoints" / "5").mkdir()          # a step directory with nothing in it
-    with pytest.raises(UserError, match=r"stage prior: cannot export .*config/metadata.*; pass "
+    with pytest.raises(UserError, match=r"stage prior: cannot export .*step 5 .*half-written.*; pass "
                                         r"--stage prior=WORKDIR"):
         package_model({"prior": str(empty)}, out, tokenizer=None)
     fresh = tmp_path / "fresh_model"

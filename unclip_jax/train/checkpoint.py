@@ -149,7 +149,7 @@ class Checkpointer:
         config_parts, tree_parts = [], []
         if config is not None:
             try:
-                config_parts = config_differences(self._saved_config(step),
+                config_parts = config_differences(self.saved_config(step),
                                                   json.loads(config.to_json_best_effort()))
             except Exception:   # unreadable config item: name what else can be read
                 pass
@@ -187,9 +187,15 @@ class Checkpointer:
         return {path_name(p): tuple(getattr(m, "shape", ()) or ())
                 for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
-    def _saved_config(self, step: int) -> dict:
-        with paths.open(paths.join(self.directory, str(step), "config", "metadata")) as f:
-            return json.load(f)
+    def saved_config(self, step: int) -> dict:
+        """The config saved with `step` (its JSON item, read through Orbax); CheckpointError
+        for a half-written step."""
+        if not self._finalized(step):
+            raise CheckpointError(f"checkpoint step {step} in {self.directory} is half-written "
+                                  "(no commit metadata or missing items)")
+        out = self.manager.restore(int(step), args=ocp.args.Composite(
+            config=ocp.args.JsonRestore()))
+        return dict(out["config"])
 
     def _discard(self, step: int) -> None:
         """Remove an unusable step so that a later save of the same step can succeed."""
@@ -199,11 +205,6 @@ class Checkpointer:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"discard_checkpoint_{step}")
         self.manager.reload()
-
-    def read_extras(self, step: int) -> dict:
-        out = self.manager.restore(int(step), args=ocp.args.Composite(
-            extras=ocp.args.JsonRestore()))
-        return extras_from_json(out["extras"])
 
 
 # ------------------------------------------------------------------ naming a mismatch

@@ -7,8 +7,6 @@ CPU devices, several processes (`jax.distributed`) and TPU pods.
 """
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
 import signal
@@ -319,11 +317,14 @@ def restore_for_inference(workdir: str, config=None, step: int | None = None):
         if not paths.isdir(ckpt_dir):
             raise CheckpointError(f"{workdir} has no checkpoints/; train first or pass the "
                                   "workdir used by `unclip-jax train`")
-        steps = sorted(int(d) for d in paths.listdir(ckpt_dir) if d.isdigit())
-        if not steps:
-            raise CheckpointError(f"{ckpt_dir} holds no checkpoint steps")
-        with paths.open(paths.join(ckpt_dir, str(step or steps[-1]), "config", "metadata")) as f:
-            config = mlc.ConfigDict(json.load(f))
+        reader = Checkpointer(workdir, mlc.ConfigDict(), async_save=False)
+        try:
+            steps = reader.steps()
+            if not steps:
+                raise CheckpointError(f"{ckpt_dir} holds no checkpoint steps")
+            config = mlc.ConfigDict(reader.saved_config(step or steps[-1]))
+        finally:
+            reader.close()
     stage, mesh, rules, model, tx, _ = build(config)
     boxed_init = _init_fn(stage, model, config, jax.random.key(0))
     abstract, _ = state_shardings(boxed_init, tx, mesh, rules)
