@@ -106,7 +106,7 @@ def build_checkpoints(root: str) -> dict[str, str]:
     rng = np.random.default_rng(0)
     z_i, z_t = rng.normal(size=(64, D)), rng.normal(size=(64, D))
     codec = ar_codec.fit_codec(z_i, z_t, 4, 8, 4)
-    from unclip_jax.train.checkpoint import extras_to_json
+    from unclip_jax.export import extras_to_json
     # saved as a training export is: the bare parameter tree, no {'params': ...} wrapper
     dirs["ar_prior"] = export.save(os.path.join(root, "ar_only", "ar_prior"), params["params"], cfg,
                                    extra=extras_to_json({"codec": codec}))

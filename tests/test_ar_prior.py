@@ -404,7 +404,7 @@ def test_bundled_model_samples_the_same_tokens_with_the_cache():
     from pathlib import Path
 
     from unclip_jax import export
-    from unclip_jax.train.checkpoint import extras_from_json
+    from unclip_jax.export import extras_from_json
     d = Path(ar.__file__).resolve().parent.parent / "assets" / "shapes" / "ar_prior"
     params, cfg, extra = export.load(str(d), expect_stage="ar_prior")
     model = ar.from_config(cfg.model)

@@ -116,7 +116,7 @@ def _t(a):
 
 def test_prior_matches_diffusers(karlo):
     from unclip_jax.models import prior as prior_lib
-    from unclip_jax.train.checkpoint import extras_from_json
+    from unclip_jax.export import extras_from_json
 
     params, cfg, extra = _load(karlo["dst"], "prior")
     rng = np.random.default_rng(1)

@@ -1,21 +1,30 @@
-"""Inference checkpoints: one directory per stage, read by the pipeline and the converters.
+"""Inference checkpoints, end to end: one directory per stage, written by training's export
+(`unclip_jax.train.loop.export_from_workdir`), the converters and packaging, read by sampling
+(`unclip_jax.sample`) and evaluation. Only JSON and Orbax array files are read; nothing in a
+directory is executed.
 
 Layout of `DIR`:
   config.json   the stage's full config (`ConfigDict.to_json_best_effort()`), with `stage`
   params/       Orbax PyTree checkpoint of the parameters (plain arrays, no optimizer state)
-  extra.json    optional small metadata (e.g. normalisation statistics, source, commit)
+  extra.json    optional: where the weights came from (source, step, component) and the
+                stage's fitted extras — the prior's embedding statistics, the AR prior's codec —
+                with their arrays encoded by `extras_to_json` (`extras_from_json` decodes them)
   params.sha256.json
                 the sha256 of every parameter array's bytes as stored (C order, stored dtype),
                 with its dtype and shape; `load` verifies each array against it (a directory
                 without it loads with a warning that its weights are unverified). A packaged
                 model's MANIFEST records the sha256 of this file per stage, checked too.
 
+`checkpoint_identity(DIR)` is a short hash of everything a stage computes with (config,
+extras, parameter checksums); sidecars record it.
+
 Writes are atomic and do not clobber: the export is built in a temporary sibling directory
 and moved into place; an existing export is replaced only with `overwrite=True`. Other
 entries of `DIR` (e.g. a tokenizer/ copied there) are kept.
 
 Training checkpoints (train state, iterator state) live under a workdir and are handled by
-`unclip_jax.train.checkpoint`; `export_params` turns one of those into this format.
+`unclip_jax.train.checkpoint`; `unclip_jax.train.loop.export_from_workdir` turns one of those
+into this format.
 """
 from __future__ import annotations
 

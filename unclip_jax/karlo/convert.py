@@ -181,7 +181,6 @@ def convert_karlo(src: str, dst: str, overwrite: bool = False) -> dict[str, str]
     """
     from unclip_jax import export
     from unclip_jax.clip.convert import copy_tokenizer
-    from unclip_jax.train.checkpoint import extras_to_json
 
     _check_components(src)
     for name in ("clip", "prior", "decoder", "upsampler1", "upsampler2"):
@@ -226,7 +225,7 @@ def convert_karlo(src: str, dst: str, overwrite: bool = False) -> dict[str, str]
             cfg.clip.model = clip_cfg
         extra = dict(source, component=components[name])
         if name == "prior":
-            extra.update(extras_to_json({"stats": stats}))
+            extra.update(export.extras_to_json({"stats": stats}))
         out[name] = export.save(os.path.join(dst, name), {"params": p}, cfg, extra=extra,
                                 overwrite=overwrite)
     return out

@@ -143,7 +143,7 @@ def _fit_extras(stage: TrainStage, config, workdir: str) -> dict:
     extras = stage.prepare(config, make_iter)
     if jax.process_index() == 0:
         from unclip_jax import atomic
-        from unclip_jax.train.checkpoint import extras_to_json
+        from unclip_jax.export import extras_to_json
         paths.makedirs(workdir)
         atomic.write_json(paths.join(workdir, "extras.json"), extras_to_json(extras),
                           indent=None)
@@ -349,7 +349,7 @@ def export_from_workdir(workdir: str, out_dir: str, step: int | None = None,
     from unclip_jax import export
     export.check_destination(out_dir, overwrite)
     params, config, extras, step = restore_for_inference(workdir, step=step)
-    from unclip_jax.train.checkpoint import extras_to_json
+    from unclip_jax.export import extras_to_json
     host = jax.tree.map(lambda a: np.asarray(jax.device_get(a)), params)
     extra = {"source": paths.resolve(workdir, "workdir"), "step": int(step),
              **extras_to_json(extras)}
