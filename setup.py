@@ -22,12 +22,12 @@ RUNTIME = [
     "numpy>=1.26",
 ]
 
+# The default suite needs no torch: parity with transformers / diffusers is checked against
+# stored references (tests/golden/, made by tests/golden/make_golden.py).
 TEST = [
     "pytest>=8.0",
     "pytest-timeout>=2.3",
     "pytest-xdist>=3.5",
-    "torch>=2.3",
-    "diffusers>=0.30",
     "scipy>=1.11",
     "nbclient>=0.10",
     "nbformat>=5.10",
@@ -35,6 +35,11 @@ TEST = [
     "gcp-storage-emulator>=2026.7.19",  # tests/test_gcs.py: a local Cloud Storage
     "cryptography>=42",                 # ... and the TLS certificate its proxy serves
 ]
+
+# The live comparisons (`pytest -m parity`), tests/golden/make_golden.py and `unclip-jax bench`'s
+# PyTorch side. On a machine without a GPU take torch's CPU build first (.ci/run does):
+#   pip install torch --index-url https://download.pytorch.org/whl/cpu
+PARITY = ["torch>=2.3", "diffusers>=0.30"]
 
 # `unclip-jax serve`: the web demo (pip install -e ".[demo]")
 DEMO = ["gradio>=6.31"]              # the version the demo and its browser test ran on
@@ -57,6 +62,7 @@ setup(
     install_requires=RUNTIME,
     extras_require={
         "test": TEST,
+        "parity": PARITY,
         "demo": DEMO,
         "tpu": ["jax[tpu]>=0.4.30"],
         "cuda": ["jax[cuda12]>=0.4.30"],

@@ -1,5 +1,7 @@
 """`unclip-jax bench`: the three parallel modes agree, FSDP shards state, FLOP accounting, and
 the diffusers twins match our configurations."""
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -89,6 +91,7 @@ def _our_params(model, inputs):
                            **inputs)["params"])))
 
 
+@pytest.mark.parity        # the benchmark's PyTorch twins need torch and diffusers
 @pytest.mark.parametrize("make", [tiny_prior, tiny_decoder, tiny_upsampler])
 def test_torch_twins_have_matching_parameter_counts(make):
     from unclip_jax.bench import torch_ref
@@ -112,7 +115,6 @@ def test_torch_decoder_blocks_follow_our_attention_levels():
 
 
 def test_bad_inputs_name_the_fix(devices8):
-    from unclip_jax.bench import torch_ref
     with pytest.raises(UserError, match="shapes:prior or shapes:decoder"):
         build_workload(shapes.get_config("clip"), 8)
     w = build_workload(tiny_prior(), batch_size=12)
@@ -120,11 +122,23 @@ def test_bad_inputs_name_the_fix(devices8):
         modes_lib.setup(w, devices8, "fsdp")
     with pytest.raises(ValueError, match="choose from"):
         modes_lib.setup(w, devices8, "tp")
+
+
+@pytest.mark.parity
+def test_torch_twin_rejects_a_mismatched_prior():
+    from unclip_jax.bench import torch_ref
     cfg = tiny_prior()
     with cfg.unlocked():
         cfg.model.text_width = 8
     with pytest.raises(UserError, match="text_width=16"):
         torch_ref.torch_prior(cfg.model)
+
+
+def test_torch_comparison_without_torch_names_the_extra(devices8, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)    # as if not installed
+    w = build_workload(tiny_prior(), batch_size=8)
+    with pytest.raises(UserError, match=r"needs torch and diffusers.*\[parity\].*--no-torch"):
+        run.torch_comparison(w, devices8[0], None, warmup=1, iters=1, loop_steps=1)
 
 
 def test_cli_rejects_unknown_mode(capsys):
@@ -148,6 +162,7 @@ def test_upsampler_modes_agree_and_sample_the_whole_image(devices8):
 
 
 @pytest.mark.slow       # ~45 s of interleaved timing
+@pytest.mark.parity
 def test_torch_comparison_interleaves_both_thread_counts(devices8):
     """Every runner (JAX, PyTorch with all cores, PyTorch with one thread) is timed the same
     number of times for every program; ratios are the medians' quotients; the load average

@@ -3,8 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
+import references as R
 from unclip_jax import diffusion as D
 
 LIN = D.make_schedule("linear", 200)
@@ -17,14 +17,16 @@ def eps_star(x_t, t):
     return (x_t - jnp.sqrt(a) * MU) * jnp.sqrt(1 - a) / (a * SIGMA**2 + 1 - a)
 
 
-def test_normal_kl_matches_torch():
-    k = jax.random.split(jax.random.key(0), 4)
-    m1, m2 = jax.random.normal(k[0], (50,)), jax.random.normal(k[1], (50,))
-    lv1, lv2 = jax.random.normal(k[2], (50,)), jax.random.normal(k[3], (50,))
-    want = torch.distributions.kl_divergence(
-        torch.distributions.Normal(torch.tensor(np.asarray(m1)), torch.tensor(np.exp(0.5 * np.asarray(lv1)))),
-        torch.distributions.Normal(torch.tensor(np.asarray(m2)), torch.tensor(np.exp(0.5 * np.asarray(lv2)))))
-    np.testing.assert_allclose(D.normal_kl(m1, lv1, m2, lv2), want.numpy(), rtol=1e-4, atol=1e-6)
+@pytest.mark.parametrize("source", R.SOURCES)
+def test_normal_kl_matches_torch(source):
+    if source == "golden":
+        g = R.load_golden("diffusion")
+        x, want = {k: g["kl/" + k] for k in ("m1", "m2", "lv1", "lv2")}, g["kl/out"]
+    else:
+        x = R.normal_kl_inputs()
+        want = R.normal_kl_outputs(x)
+    np.testing.assert_allclose(D.normal_kl(x["m1"], x["lv1"], x["m2"], x["lv2"]), want,
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_discretized_likelihood_is_a_distribution_over_256_bins():

@@ -5,6 +5,7 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 
+import references as R
 from unclip_jax.diffusion import schedules as S
 
 
@@ -57,15 +58,16 @@ def test_linear_scaled_by_T():
     assert b4[0] == pytest.approx(2.5e-5) and b4[-1] == pytest.approx(0.005)
 
 
-def test_cosine_parity_with_diffusers():
-    from diffusers import DDPMScheduler
-
-    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    np.testing.assert_allclose(S.make_betas("cosine", 1000), ref.betas.numpy(), rtol=1e-5,
-                               atol=1e-7)
-    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
-                        beta_end=0.02)
-    np.testing.assert_allclose(S.make_betas("linear", 1000), ref.betas.numpy(), rtol=1e-5)
+@pytest.mark.parametrize("source", R.SOURCES)
+def test_cosine_parity_with_diffusers(source):
+    """β of diffusers' DDPMScheduler: squaredcos_cap_v2 and linear (1e-4 → 0.02), 1000 steps."""
+    if source == "golden":
+        g = R.load_golden("diffusion")
+        ref = {k: g["betas/" + k] for k in ("cosine", "linear")}
+    else:
+        ref = R.ddpm_betas()
+    np.testing.assert_allclose(S.make_betas("cosine", 1000), ref["cosine"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(S.make_betas("linear", 1000), ref["linear"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("spacing", ["200", [*range(200)], "ddim200", 200])

@@ -21,6 +21,7 @@ import numpy as np
 from unclip_jax.bench import measure
 from unclip_jax.bench import modes as modes_lib
 from unclip_jax.bench.workload import Workload, count_params
+from unclip_jax.errors import UserError
 
 RTOL, ATOL = 1e-4, 1e-5        # loss / parameter / sample agreement between modes
 
@@ -136,7 +137,12 @@ def torch_comparison(w: Workload, device: jax.Device, peak: float | None, *, war
     max seconds; ratios are JAX median / PyTorch median; the 1-minute load average before and
     after the run says whether the machine was idle.
     """
-    import torch
+    try:
+        import diffusers  # noqa: F401  (the twins are diffusers models)
+        import torch
+    except ImportError as e:
+        raise UserError(f"the PyTorch comparison needs torch and diffusers ({e.name} is not "
+                        "installed): pip install -e \".[parity]\", or pass --no-torch") from None
 
     from unclip_jax.bench.torch_ref import TorchWorkload
     cores = os.cpu_count() or 1
