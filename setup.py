@@ -14,12 +14,15 @@ RUNTIME = [
     "tokenizers>=0.19",
     "safetensors>=0.4",
     "tensorflow-datasets>=4.9.6",
+    # tensorflow-cpu and tensorflow write the same package: where a tensorflow is installed
+    # already (Colab), `python -m unclip_jax.colab_setup --deps` installs the rest and keeps it
     "tensorflow-cpu>=2.16; platform_machine=='x86_64'",
     "tensorflow>=2.16; platform_machine!='x86_64'",
     "importlib_resources>=6.0",
     "pillow>=10.0",
     "tqdm>=4.66",
     "numpy>=1.26",
+    "tensorboard>=2.16",                # `tensorboard --logdir WORKDIR`: the trainer's event files
 ]
 
 # The default suite needs no torch: parity with transformers / diffusers is checked against

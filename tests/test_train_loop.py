@@ -136,3 +136,14 @@ def test_export_writes_ema_params(tmp_path, devices8):
     assert config.stage == "toy" and extra["step"] == 5
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(ema)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_first_step_says_it_is_compiling(tmp_path, devices8, capsys):
+    """The progress bar names the compile before the first step (tens of seconds with no step
+    to show on a CPU), then goes back to counting steps."""
+    train(train_toy.toy_config(steps=3), str(tmp_path / "run"), devices=devices8[:1])
+    err = capsys.readouterr().err
+    notice = err.find("train toy (compiling the training step…)")
+    assert notice >= 0, err
+    first = err.find("1/3")
+    assert first > notice and "compiling" not in err[err.rfind("3/3") - 40:]

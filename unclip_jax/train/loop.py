@@ -257,6 +257,7 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
                 local = next(data)
                 batch = parallel.global_batch(local, mesh)
                 if compiled is None:
+                    _compiling_notice(pbar, f"train {config.stage}")
                     batch_sh = jax.tree.map(lambda x: x.sharding, batch)
                     jitted = jax.jit(step_py, in_shardings=(shardings, batch_sh,
                                                             parallel.replicated(mesh)),
@@ -265,6 +266,8 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
                     compiled = jitted.lower(state, batch, step_key).compile()
                     flops = metrics_lib.compiled_flops(compiled, mesh.devices.size)
                     t_last = time.perf_counter()
+                    if pbar is not None:
+                        pbar.set_description_str(f"train {config.stage}")
                 state, m = compiled(state, batch, step_key)
                 done = step + 1
                 pending.append((done, m))
@@ -293,6 +296,16 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
         ckpt.close()
     return {"state": state, "step": step_now, "metrics": last_metrics, "mesh": mesh,
             "extras": extras, "flops_per_step": flops, "preempted": preempted}
+
+
+def _compiling_notice(pbar, desc: str) -> None:
+    """Say that the first step is compiling (tens of seconds on a CPU, with no step to show):
+    on the progress bar when there is one, else in the log."""
+    if pbar is None:
+        log.info("%s: compiling the training step…", desc)
+        return
+    pbar.set_description_str(f"{desc} (compiling the training step…)")
+    pbar.refresh()
 
 
 def _write_samples(stage, state, model, config, batch, extras, step, workdir, writer, key):
