@@ -6,7 +6,8 @@ context 256 / width 2048. Batch sizes are global. Compute in bfloat16, FSDP over
 """
 import ml_collections as mlc
 
-from unclip_jax.configs import common, shapes
+from unclip_jax import config_schema as common
+from unclip_jax.configs import shapes
 
 EMBED_DIM = 1024
 TEXT_WIDTH = 1024      # CLIP text transformer width (ViT-H/16 CLIP)

@@ -19,7 +19,7 @@ from unclip_jax.errors import UserError
 DEFAULT_CONFIGS = ("shapes:prior", "shapes:decoder")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser) -> None:
     config_args.add_arguments(parser, required=False, repeat=True,
                               help="stage config NAME:ARG or FILE.py:ARG (repeatable; default: "
                                    "the shapes prior and decoder)")

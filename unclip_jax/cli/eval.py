@@ -19,7 +19,6 @@ accuracy, exact object count, binding and relative position with bootstrap inter
 """
 from __future__ import annotations
 
-import json
 import os
 
 from unclip_jax.errors import UserError

@@ -7,7 +7,7 @@ import os
 from unclip_jax.package import BUNDLED, DTYPES, MANIFEST, STAGES
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, metavar="OUT",
                         help="model directory to write (stages already there are kept)")
     parser.add_argument("--stage", action="append", default=[], metavar="STAGE=WORKDIR",

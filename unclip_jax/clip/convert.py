@@ -50,10 +50,10 @@ def read_hf_config(src: str) -> dict:
 
 
 def model_config_from_hf(hf: dict) -> mlc.ConfigDict:
-    """HF CLIPConfig dict → our `model` section (the schema of preset shapes:clip's model)."""
+    """HF CLIPConfig dict → our `model` section (`unclip_jax.config_schema.clip_model`)."""
     from transformers import CLIPConfig
 
-    from unclip_jax.configs import shapes
+    from unclip_jax import config_schema
 
     c = CLIPConfig.from_dict(hf)
     t, v = c.text_config, c.vision_config
@@ -68,21 +68,20 @@ def model_config_from_hf(hf: dict) -> mlc.ConfigDict:
         r = hidden / width
         return r if int(width * r) == hidden else (hidden + 0.5) / width
 
-    cfg = shapes.get_config("clip").model
-    cfg.embed_dim = int(c.projection_dim)
-    cfg.text.update(dict(
-        vocab_size=int(t.vocab_size), context_length=int(t.max_position_embeddings),
-        width=int(t.hidden_size), layers=int(t.num_hidden_layers),
-        heads=int(t.num_attention_heads), mlp_ratio=ratio(t.hidden_size, t.intermediate_size),
-        activation=str(t.hidden_act), eos_token_id=int(t.eos_token_id),
-        pad_token_id=int(t.pad_token_id if t.pad_token_id is not None else 0)))
-    cfg.vision.update(dict(
-        image_size=int(v.image_size), patch_size=int(v.patch_size), width=int(v.hidden_size),
-        layers=int(v.num_hidden_layers), heads=int(v.num_attention_heads),
-        mlp_ratio=ratio(v.hidden_size, v.intermediate_size), activation=str(v.hidden_act)))
-    cfg.layer_norm_eps = float(t.layer_norm_eps)
-    cfg.logit_scale_init = float(c.logit_scale_init_value)
-    return cfg
+    return config_schema.clip_model(
+        embed_dim=int(c.projection_dim),
+        text=dict(vocab_size=int(t.vocab_size), context_length=int(t.max_position_embeddings),
+                  width=int(t.hidden_size), layers=int(t.num_hidden_layers),
+                  heads=int(t.num_attention_heads),
+                  mlp_ratio=ratio(t.hidden_size, t.intermediate_size),
+                  activation=str(t.hidden_act), eos_token_id=int(t.eos_token_id),
+                  pad_token_id=int(t.pad_token_id if t.pad_token_id is not None else 0)),
+        vision=dict(image_size=int(v.image_size), patch_size=int(v.patch_size),
+                    width=int(v.hidden_size), layers=int(v.num_hidden_layers),
+                    heads=int(v.num_attention_heads),
+                    mlp_ratio=ratio(v.hidden_size, v.intermediate_size),
+                    activation=str(v.hidden_act)),
+        layer_norm_eps=float(t.layer_norm_eps), logit_scale_init=float(c.logit_scale_init_value))
 
 
 def read_hf_weights(src: str) -> dict[str, np.ndarray]:
@@ -191,8 +190,7 @@ def copy_tokenizer(src: str, dst: str) -> str | None:
 def convert(src: str, dst: str, overwrite: bool = False) -> str:
     """Import `src` and write an inference checkpoint (stage 'clip') to `dst` (an existing
     one is replaced only with `overwrite`)."""
-    from unclip_jax import export
-    from unclip_jax.configs import shapes
+    from unclip_jax import config_schema, export
 
     export.check_destination(dst, overwrite)
     model_cfg, params = load_hf_clip(src)
@@ -200,10 +198,8 @@ def convert(src: str, dst: str, overwrite: bool = False) -> str:
     tok_dir = copy_tokenizer(src, os.path.join(dst, "tokenizer"))
     if tok_dir:
         model_cfg.tokenizer = tok_dir
-    config = shapes.get_config("clip")
-    with config.unlocked():
-        config.model = model_cfg
-        config.data.image_size = model_cfg.vision.image_size
+    config = config_schema.stage_config(
+        "clip", model_cfg, data=config_schema.data(model_cfg.vision.image_size))
     return export.save(dst, params, config, extra=dict(source=os.path.abspath(src),
                                                        format="transformers CLIPModel"),
                        overwrite=overwrite)

@@ -2,7 +2,8 @@
 
 `convert_karlo(src, dst)` imports the weights (`unclip_jax.karlo.convert`);
 `unclip_jax.karlo.diffusers_config` reads a diffusers directory's config.json files into stage
-configs, starting from the `karlo` preset (configs/karlo.py: architecture, sampling defaults);
+configs, starting from Karlo's stages (`unclip_jax.karlo.stages`: architecture, sampling
+defaults; the `karlo` preset serves them);
 `unclip_jax.karlo.sampling` has the pieces of diffusers' UnCLIPPipeline semantics that are
 Karlo-specific (its timesteps).
 CLI: `unclip-jax convert-karlo SRC DST`.

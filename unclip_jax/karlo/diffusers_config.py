@@ -2,7 +2,7 @@
 
 `from_diffusers(src)` reads prior/, text_proj/, decoder/, super_res_first/, super_res_last/
 and the optional *_scheduler/ configs and returns {'prior', 'decoder', 'upsampler1',
-'upsampler2'} stage configs: the `karlo` preset's stages (configs/karlo.py) with the
+'upsampler2'} stage configs: Karlo's stages (`unclip_jax.karlo.stages`) with the
 architecture read from the source. Unsupported options raise UserError naming the file, the
 key and both values; `unclip-jax convert-karlo` uses it.
 """
@@ -22,9 +22,9 @@ DOWNLOAD = "hf download kakaobrain/karlo-v1-alpha --local-dir DIR"
 
 
 def preset_stage(stage: str) -> mlc.ConfigDict:
-    """The Karlo preset's stage config (architecture defaults the source's configs refine)."""
-    from unclip_jax.configs import karlo      # the preset imports this package: not at the top
-    return karlo.get_config(stage)
+    """Karlo's stage config (architecture defaults the source's configs refine)."""
+    from unclip_jax.karlo.stages import get_stage
+    return get_stage(stage)
 
 
 def read_json(src: str, component: str, name: str = "config.json", required: bool = True):
