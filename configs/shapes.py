@@ -7,7 +7,7 @@ sincos-started position table, 32 px base), see docs/results.md; clip2 is its fi
 """
 import ml_collections as mlc
 
-from unclip_jax.configs import common
+from unclip_jax import config_schema as common
 
 EMBED_DIM = 64         # CLIP joint embedding size
 TEXT_WIDTH = 64        # CLIP text transformer width
@@ -22,46 +22,26 @@ DATASET = "unclip_shapes/medium"   # what the embedded default model was trained
 
 
 def clip_model():
-    return mlc.ConfigDict(dict(
-        kind="clip",
+    return common.clip_model(
         embed_dim=EMBED_DIM,
         text=dict(vocab_size=256, context_length=TEXT_LEN, width=TEXT_WIDTH, layers=3,
                   heads=2, mlp_ratio=4.0, activation="quick_gelu", eos_token_id=2,
                   pad_token_id=0),
         vision=dict(image_size=64, patch_size=8, width=64, layers=3, heads=2, mlp_ratio=4.0,
-                    activation="quick_gelu"),
-        layer_norm_eps=1e-5,
-        logit_scale_init=2.6592,
-        tokenizer="",           # HF tokenizer directory ('' = build from the dataset captions)
-        dtype="float32",
-        remat=False,
-    ))
+                    activation="quick_gelu"))
 
 
 def clip_ref():
-    return mlc.ConfigDict(dict(model=clip_model(), checkpoint=""))
+    return common.clip_ref(clip_model())
 
 
 def data(image_size, **kw):
-    d = dict(name=DATASET, data_dir="", image_size=image_size, low_res_size=0,
-             crop_size=0, degradation="none", embeddings_dir="", shuffle_buffer=2048,
-             decoder_embedding="image")   # decoder: condition on z_i ('image') or z_t ('text')
-    d.update(kw)
-    return mlc.ConfigDict(d)
+    return common.data(image_size, name=DATASET, **kw)
 
 
 def prior():
-    model = mlc.ConfigDict(dict(
-        kind="diffusion_prior", width=128, layers=4, heads=4, mlp_ratio=4.0,
-        embed_dim=EMBED_DIM, text_width=TEXT_WIDTH, text_len=TEXT_LEN,
-        normalize="scale", embed_scale=17.2,   # 'scale' (×17.2 of L2-normalised) | 'meanstd'
-        clamp=10.0,                             # clip sampled x0 to ±clamp (normalised space)
-        sample_candidates=2,                    # best-of-N by z_i·z_t at sampling (paper: 2)
-        normalize_z_t=True,                     # L2-normalise z_t before projecting it
-        time_mlp_ratio=4.0,                     # timestep MLP hidden width / width
-        time_embed_dim=0,                       # ... or that width itself (> 0 wins)
-        norm_in=False,                          # LayerNorm on the sequence before the blocks
-        dropout=0.0, remat=False, dtype="float32"))
+    model = common.diffusion_prior(width=128, layers=4, heads=4, embed_dim=EMBED_DIM,
+                                   text_width=TEXT_WIDTH, text_len=TEXT_LEN)
     cfg = common.stage_config(
         "prior", model,
         diffusion_cfg=common.diffusion(predict="x0", variance="fixed_small", sample_steps="64",
@@ -96,39 +76,11 @@ def ar_prior():
 
 def unet(image_size, model_channels, channel_mult, num_res_blocks, attention_resolutions,
          *, out_channels, low_res=False, conditional=True, context_dim=None):
-    """`model` section of an ADM UNet (unclip_jax.models.unet.UNet.from_config).
-
-    conditional: decoder (z_i + CLIP text tokens as attention context); otherwise only the
-    timestep (and, with low_res, the low-resolution image) condition it. context_dim defaults
-    to 2 × model_channels.
-    """
-    context_dim = 2 * model_channels if context_dim is None else context_dim
-    return mlc.ConfigDict(dict(
-        kind="unet",
-        image_size=image_size,
-        in_channels=3,
-        out_channels=out_channels,              # 6 = ε and learned-range variance
-        model_channels=model_channels,
-        channel_mult=tuple(channel_mult),
-        num_res_blocks=num_res_blocks,
-        attention_resolutions=tuple(attention_resolutions),  # resolutions with attention
-        num_head_channels=32,
-        dropout=0.1,
-        resblock_updown=True,
-        use_scale_shift_norm=True,
-        low_res_channels=3 if low_res else 0,   # upsampler: low-res image concatenated
-        embed_dim=EMBED_DIM if conditional else 0,   # z_i conditioning (decoder)
-        # GroupNorm groups: 4 channels per group. With one channel per group every norm
-        # removes each channel's spatial mean, and a 32-channel 16 px decoder could not carry
-        # the background colour through (its first 3200-step run got it wrong).
-        norm_groups=max(1, model_channels // 4),
-        clip_tokens=4 if conditional else 0,         # extra context tokens from z_i
-        text_width=TEXT_WIDTH if conditional else 0,  # width of the CLIP token states (input)
-        text_len=TEXT_LEN if conditional else 0,
-        context_dim=context_dim if conditional else 0,  # context width after projection
-        remat=False,
-        dtype="float32",
-    ))
+    """`model` section of an ADM UNet reading this preset's CLIP (`config_schema.unet`)."""
+    return common.unet(image_size, model_channels, channel_mult, num_res_blocks,
+                       attention_resolutions, out_channels=out_channels, embed_dim=EMBED_DIM,
+                       text_width=TEXT_WIDTH, text_len=TEXT_LEN, low_res=low_res,
+                       conditional=conditional, context_dim=context_dim)
 
 
 def decoder():

@@ -86,4 +86,5 @@ def test_wheel_ships_presets_inside_the_package_only(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"unclip_jax"}, tops
     shipped = {os.path.basename(n) for n in names if n.startswith("unclip_jax/configs/")}
-    assert {"__init__.py", "common.py", "shapes.py", "paper.py", "karlo.py"} <= shipped
+    assert {"__init__.py", "shapes.py", "paper.py", "karlo.py"} <= shipped
+    assert "unclip_jax/config_schema.py" in names          # the schema the presets use

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from unclip_jax.configs import common
+from unclip_jax import config_schema as common
 from unclip_jax.models.layers import LayerNorm, dense
 from unclip_jax.train import registry
 

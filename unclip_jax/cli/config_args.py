@@ -33,14 +33,12 @@ from unclip_jax.errors import UserError
 
 OVERRIDE_PREFIX = "--config."
 PACKAGE = "unclip_jax.configs"
-NOT_PRESETS = ("common",)          # shared pieces of the presets, no get_config
 
 
 def preset_names() -> list[str]:
     """Names `load_config('NAME[:ARG]')` accepts (modules of unclip_jax.configs)."""
     package = importlib.import_module(PACKAGE)
-    return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
-                  if m.name not in NOT_PRESETS)
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__))
 
 
 def _module_from_file(path: str):
