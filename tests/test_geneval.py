@@ -280,6 +280,57 @@ def test_eval_prompts_prior_choice_reaches_the_pipeline(prior, loaded, text, mon
     assert json.loads(out.read_text())["settings"]["prior"] == prior
 
 
+def test_true_scenes_are_the_prompts_scenes():
+    entries = [e for v in geneval_prompts.load_prompt_sets("geneval").values() for e in v]
+    scenes = geneval.true_scenes(entries, 3, seed=7)
+    assert len(scenes) == 3 * len(entries)
+    for j, sc in enumerate(scenes):
+        e = entries[j // 3]
+        assert render.caption(sc["objects"], sc["background"], 0) == e["prompt"]
+        assert sc["background"] in render.BACKGROUNDS
+        # drawn where the prompt says: the detector's per-cell targets are the prompt's objects
+        t = sd.cell_targets(sc)
+        assert int(t["object"].sum()) == len(e["objects"])
+    again = geneval.true_scenes(entries, 3, seed=7)
+    assert [s["background"] for s in again] == [s["background"] for s in scenes]
+    assert len({s["background"] for s in scenes}) > 1
+
+
+def test_eval_prompts_true_prior_decodes_renders_of_the_prompts(monkeypatch, tmp_path):
+    from unclip_jax.sample import unclip
+    seen = {}
+
+    class _Decoder:
+        def image_size(self, stage):
+            return 24
+
+        def encode_images(self, images):
+            seen["images"] = np.asarray(images)
+            return np.zeros((len(images), 4), np.float32)
+
+        def encode_text(self, captions):
+            seen["captions"] = list(captions)
+            return {"embeds": np.zeros((len(captions), 4), np.float32)}
+
+        def decode(self, z_i, key, *, text, **kw):
+            assert len(z_i) == len(text["embeds"])
+            return {"decoder": np.zeros((len(z_i), 8, 8, 3), np.float32)}
+
+    entries = geneval_prompts.load_prompt_sets("single_seen")["single_seen"]
+    monkeypatch.setattr(unclip.UnCLIP, "from_directory", classmethod(
+        lambda cls, root=None, **kw: seen.setdefault("prior", kw["prior"]) and _Decoder()))
+    monkeypatch.setattr(geneval.SceneDetector, "load", classmethod(lambda cls, d: _Oracle()))
+    _Drawer.scenes = geneval.true_scenes(entries, 2, seed=0)   # what the oracle reads back
+    res = geneval.evaluate_prompts(None, prompts="single_seen", images_per_prompt=2,
+                                   prior="true", num_resamples=10, progress=False)
+    assert seen["prior"] == "none"
+    assert seen["captions"] == [e["prompt"] for e in entries for _ in range(2)]
+    assert seen["images"].shape == (48, 24, 24, 3) and seen["images"].dtype == np.uint8
+    assert all(len(np.unique(im.reshape(-1, 3), axis=0)) > 1 for im in seen["images"])
+    assert res["settings"]["prior"] == "true"
+    assert res["sets"]["single_seen"]["metrics"]["shape"]["mean"] == 1.0
+
+
 @pytest.mark.slow
 def test_scene_detector_trains_to_its_reported_accuracy(tmp_path):
     res = sd.train_scene_detector(out_dir=str(tmp_path / "det"), steps=2000, batch_size=32)

@@ -51,9 +51,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--prior-guidance", type=float, default=None)
     parser.add_argument("--decoder-guidance", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--prior", choices=("auto", "diffusion", "ar", "text"), default="auto",
+    parser.add_argument("--prior", choices=("auto", "diffusion", "ar", "text", "true"),
+                        default="auto",
                         help="--prompts only: where z_i comes from (as `sample --prior`; text = "
-                             "the caption's CLIP text embedding, the zero-shot baseline)")
+                             "the caption's CLIP text embedding, the zero-shot baseline; true = "
+                             "the CLIP image embedding of a real render of the prompt's scene, "
+                             "the decoder's ceiling)")
     parser.add_argument("--variants", default="unclip,zeroshot_text",
                         help="comma list of unclip, unclip_ar (the model's ar_prior/), zeroshot_text, "
                              "text_decoder, true_z_i (the decoder on the real image's z_i)")

@@ -16,13 +16,14 @@ import time
 import jax
 import numpy as np
 
+from unclip_jax.data import render
 from unclip_jax.errors import UserError
 from unclip_jax.eval import geneval_prompts, geneval_scores, metrics
 from unclip_jax.eval.scene_detector import BUNDLED_DETECTOR, CELL_NAMES, HEADS, SceneDetector
 
 SINGLE_METRICS = ("colour", "shape", "position", "size", "count")
 TWO_METRICS = ("count", "binding", "relative_position")
-PRIORS = ("auto", "diffusion", "ar", "text")
+PRIORS = ("auto", "diffusion", "ar", "text", "true")
 METRIC_NAMES = {"colour": "colour", "shape": "shape", "position": "position", "size": "size",
                 "count": "exact count", "binding": "colour–shape binding",
                 "relative_position": "relative position"}
@@ -49,6 +50,37 @@ def score_set(pred: dict, entries: list[dict], images_per_prompt: int) -> dict[s
     raise UserError("a prompt set mixes one- and two-object prompts; split it into two files")
 
 
+def true_scenes(entries: list[dict], images_per_prompt: int, seed: int) -> list[dict]:
+    """Each prompt's scene `images_per_prompt` times, prompt-major, as `render.render` takes
+    it: the prompt's objects centred in their cells, with a background and each object's
+    angle drawn from a generator seeded by (seed, prompt index, image index)."""
+    backgrounds = list(render.BACKGROUNDS)
+    scenes = []
+    for p, e in enumerate(entries):
+        for i in range(images_per_prompt):
+            rng = np.random.default_rng([seed, p, i])
+            scenes.append(dict(
+                background=backgrounds[int(rng.integers(len(backgrounds)))],
+                objects=[dict(o, jitter=(0.0, 0.0), angle=float(rng.uniform(-0.25, 0.25)))
+                         for o in e["objects"]]))
+    return scenes
+
+
+def decode_true_scenes(pipe, entries: list[dict], images_per_prompt: int, key, *,
+                       decoder_steps=None, upsampler_steps=None, decoder_guidance=None):
+    """The decoder (and upsamplers) on the true z_i: the CLIP image embedding of each
+    `true_scenes` render at CLIP's input size, with the prompt's caption. → uint8 [B, H, W, 3]."""
+    from unclip_jax.sample import chain
+    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+    scenes = true_scenes(entries, images_per_prompt, seed)
+    size = pipe.image_size("clip")
+    z_i = pipe.encode_images(np.stack([render.render(sc, size) for sc in scenes]))
+    text = pipe.encode_text([e["prompt"] for e in entries for _ in range(images_per_prompt)])
+    out = pipe.decode(z_i, key, text=text, decoder_steps=decoder_steps,
+                      upsampler_steps=upsampler_steps, decoder_guidance=decoder_guidance)
+    return chain.finish(out, return_intermediates=False)
+
+
 def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
                      images_per_prompt: int = 4, detector: str | None = None,
                      prior_steps=None, decoder_steps=None, upsampler_steps=None,
@@ -60,7 +92,8 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
 
     prior: where z_i comes from, as `unclip-jax sample --prior`: 'auto' (the diffusion prior if
     the model has one), 'diffusion', 'ar', or 'text' (the caption's CLIP text embedding z_t,
-    the paper's §5.1 zero-shot baseline).
+    the paper's §5.1 zero-shot baseline), or 'true' (no prior: the CLIP image embedding of a
+    real render of the prompt's scene, `true_scenes`; the decoder's ceiling).
 
     Returns {'settings', 'sets': {set: {'num_prompts', 'metrics': {metric: {'mean', 'lo', 'hi',
     'n'}}}}, 'detector': {'image_size', 'validation_accuracy'}, 'timings_s'}.
@@ -75,7 +108,7 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
     det = SceneDetector.load(detector or BUNDLED_DETECTOR)
     from unclip_jax.sample.unclip import UnCLIP
     pipe = UnCLIP.from_directory(checkpoint, progress=progress,
-                                 prior="none" if prior == "text" else prior)
+                                 prior="none" if prior in ("text", "true") else prior)
     root = jax.random.key(int(seed))
     out = {"settings": {"model": checkpoint or "bundled", "prompts": prompts,
                         "images_per_prompt": k, "seed": int(seed),
@@ -87,11 +120,18 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
                         "validation_accuracy": det.extra.get("validation_accuracy")}}
     for s, (name, entries) in enumerate(sets.items()):
         start = time.time()
-        images = pipe.generate([e["prompt"] for e in entries], jax.random.fold_in(root, s),
-                               num_images_per_prompt=k, prior_steps=prior_steps,
-                               decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
-                               prior_guidance=prior_guidance, decoder_guidance=decoder_guidance,
-                               text_as_image_embed=prior == "text")
+        if prior == "true":
+            images = decode_true_scenes(pipe, entries, k, jax.random.fold_in(root, s),
+                                        decoder_steps=decoder_steps,
+                                        upsampler_steps=upsampler_steps,
+                                        decoder_guidance=decoder_guidance)
+        else:
+            images = pipe.generate([e["prompt"] for e in entries], jax.random.fold_in(root, s),
+                                   num_images_per_prompt=k, prior_steps=prior_steps,
+                                   decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
+                                   prior_guidance=prior_guidance,
+                                   decoder_guidance=decoder_guidance,
+                                   text_as_image_embed=prior == "text")
         scores = score_set(det.predict(np.asarray(images)), entries, k)
         ci_key = jax.random.fold_in(jax.random.fold_in(root, 1000), s)
         out["sets"][name] = {
