@@ -7,7 +7,9 @@ import pytest
 
 from pipeline_fixtures import CAPTIONS, checkpoints, read_png, smooth_image
 from unclip_jax import cli
+from unclip_jax.errors import UserError
 from unclip_jax.export import checkpoint_identity
+from unclip_jax.sample import records
 from unclip_jax.sample.images import to_uint8
 from unclip_jax.sample.sidecars import sidecar_path
 
@@ -75,7 +77,7 @@ def test_manipulation_commands(dirs, tmp_path):
         paths.append(p)
     common = ["--checkpoint", dirs["root"], "--decoder-steps", "ddim2", "--upsampler-steps",
               "ddim1", "--no-progress"]
-    for argv, n in [(["vary", paths[0], "-n", "2"], 2),
+    for argv, n in [(["vary", paths[0], "-n", "2"], 3),       # the source, then 2 variations
                     (["interpolate", paths[0], paths[1], "-n", "3"], 3),
                     (["textdiff", paths[0], "--from", CAPTIONS[0], "--to", CAPTIONS[1],
                       "-n", "2"], 2)]:
@@ -102,6 +104,36 @@ def test_manipulation_commands(dirs, tmp_path):
         os.chdir(cwd)
     np.testing.assert_array_equal(read_png(str(elsewhere / "again.png")),
                                   read_png(str(tmp_path / "interpolate.png")))
+
+
+def test_vary_grid_starts_each_row_with_its_source_and_records_input_hashes(dirs, tmp_path):
+    import hashlib
+
+    from PIL import Image
+
+    from unclip_jax.sample.images import load_images
+    paths = []
+    for i in range(2):
+        p = str(tmp_path / f"in{i}.png")
+        Image.fromarray(to_uint8(smooth_image(i, 12))).save(p)
+        paths.append(p)
+    out = str(tmp_path / "vary.png")
+    assert cli.main(["vary", *paths, "-n", "2", "--checkpoint", dirs["root"], "--decoder-steps",
+                     "ddim2", "--upsampler-steps", "ddim1", "--no-progress", "--out", out]) == 0
+    grid = read_png(out)
+    assert grid.shape == (2 + 2 * 34, 2 + 3 * 34, 3)       # a row per source: it + 2 variations
+    sources = to_uint8(load_images(paths, 32))
+    for r in range(2):
+        np.testing.assert_array_equal(grid[2 + r * 34:34 + r * 34, 2:34], sources[r])
+    rec = json.load(open(sidecar_path(out)))
+    assert rec["image_shape"] == [4, 32, 32, 3]             # the variations themselves
+    assert rec["input_sha256"] == {p: hashlib.sha256(open(p, "rb").read()).hexdigest()
+                                   for p in paths}
+    # an input changed since: --from-sidecar names it instead of drawing different pixels
+    Image.fromarray(to_uint8(smooth_image(5, 12))).save(paths[1])
+    with pytest.raises(UserError, match=r"input image .*in1.png differs from the one .* recorded"):
+        records.regenerate(sidecar_path(out), str(tmp_path / "again.png"))
+    assert not os.path.exists(tmp_path / "again.png")
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -141,15 +141,22 @@ def one_image(image):
 
 # --------------------------------------------------------------------------- grids
 
+def default_columns(n: int) -> int:
+    """Columns for n tiles with no empty cell: the smallest divisor of n that is ≥ √n (rows ≤
+    columns, as square as n allows: 4 → 2×2, 6 → 2×3, 12 → 3×4; a prime n is one row)."""
+    return next(c for c in range(max(1, int(np.ceil(np.sqrt(n)))), n + 1) if n % c == 0) if n else 1
+
+
 def grid_array(images: np.ndarray, ncols: int | None = None, pad: int = 2,
                fill: int = 255) -> np.ndarray:
     """uint8 [N, H, W, C] → uint8 [rows·(H+pad)+pad, cols·(W+pad)+pad, C]: the N tiles in
-    rows of `ncols` (default ⌈√N⌉, at most N), `pad` pixels of value `fill` around each."""
+    rows of `ncols` (default `default_columns(N)`: no empty cell; at most N), `pad` pixels of
+    value `fill` around each."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"a grid needs uint8 [N, H, W, C], got {images.dtype} {images.shape}")
     n, h, w, c = images.shape
-    ncols = max(1, min(ncols or int(np.ceil(np.sqrt(n))), n))
+    ncols = max(1, min(ncols or default_columns(n), n))
     nrows = int(np.ceil(n / ncols))
     canvas = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), fill, np.uint8)
     for i in range(n):

@@ -92,21 +92,41 @@ def settings_used(pipe, settings: dict) -> dict:
     return used
 
 
-def result_record(pipe, images, output: str, record: dict) -> dict:
+def result_record(pipe, images, output: str, record: dict, inputs: dict | None = None) -> dict:
     """The sidecar of a finished command: `record` plus the output's name, the images'
     shape, the settings with the defaults that were used (`settings_used`; `settings` keeps
-    what was asked, which `--from-sidecar` replays) and the identities of the loaded stages
-    (checked by `--from-sidecar`)."""
+    what was asked, which `--from-sidecar` replays), the identities of the loaded stages
+    (checked by `--from-sidecar`) and the sha256 of each input image file (read from
+    `inputs`, the record's inputs as resolved; default: the record's own)."""
     return dict(record, output=output, image_shape=list(images.shape),
                 settings_used=settings_used(pipe, record["settings"]),
-                checkpoints=pipe.directories())
+                checkpoints=pipe.directories(),
+                input_sha256=sidecars.input_hashes(record["command"], record["inputs"],
+                                                   inputs or record["inputs"]))
 
 
-def write_result(pipe, images, out: str, cols, record: dict,
-                 overwrite: bool = False) -> tuple[str, str]:
-    """Write the grid `out` and its sidecar (`result_record`) together → (grid, sidecar)."""
-    record = result_record(pipe, images, os.path.abspath(out), record)
-    return sidecars.save_outputs(out, images, cols, record, overwrite=overwrite)
+def grid_tiles(command: str, inputs: dict, images: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """The tiles of a command's grid and its default column count (None: the grid's own).
+    `vary` shows each source image (cropped and resized to the output size) before its n
+    variations, one row per source; the other commands show their images as they are."""
+    if command != "vary":
+        return images, None
+    from unclip_jax.sample.images import load_images, to_uint8
+    sources = to_uint8(load_images(inputs["images"], images.shape[1]))
+    n = len(images) // len(sources)
+    rows = [np.concatenate([sources[b:b + 1], images[b * n:(b + 1) * n]])
+            for b in range(len(sources))]
+    return np.concatenate(rows), n + 1
+
+
+def write_result(pipe, images, out: str, cols, record: dict, overwrite: bool = False,
+                 inputs: dict | None = None) -> tuple[str, str]:
+    """Write the grid `out` (`grid_tiles`) and its sidecar (`result_record`) together →
+    (grid, sidecar). inputs: the record's inputs as resolved (default: the record's own)."""
+    inputs = inputs or record["inputs"]
+    record = result_record(pipe, images, os.path.abspath(out), record, inputs)
+    tiles, default_cols = grid_tiles(record["command"], inputs, images)
+    return sidecars.save_outputs(out, tiles, cols or default_cols, record, overwrite=overwrite)
 
 
 def inputs_beside(inputs: dict, folder: str) -> dict:
@@ -144,8 +164,10 @@ def regenerate(sidecar: str, out: str | None = None, progress: bool = False,
             raise CheckpointError(f"the {stage} checkpoint differs from the one recorded in "
                                   f"{sidecar}; restore {info['dir']} to regenerate")
     inputs = inputs_beside(rec["inputs"], os.path.dirname(os.path.abspath(sidecar)))
+    sidecars.check_input_hashes(rec, inputs, sidecar)
     images = execute(pipe, rec["command"], inputs, rec["settings"], int(rec["seed"]))
-    rec = {k: v for k, v in rec.items() if k not in ("output", "image_shape", "checkpoints")}
+    rec = {k: v for k, v in rec.items()
+           if k not in ("output", "image_shape", "checkpoints", "input_sha256")}
     write_result(pipe, images, out, rec.get("cols"),
-                 dict(rec, regenerated_from=os.path.abspath(sidecar)), overwrite)
+                 dict(rec, regenerated_from=os.path.abspath(sidecar)), overwrite, inputs)
     return out

@@ -33,6 +33,52 @@ _SIDECAR_SETTINGS = {"decoder_steps", "decoder_guidance", "upsampler_steps",
                      "weights"}
 
 
+def input_files(command: str, inputs: dict) -> list[str]:
+    """The image (and mask) files among a command's inputs, in a fixed order."""
+    if command == "vary":
+        return list(inputs["images"])
+    if command == "interpolate":
+        return [inputs["image_a"], inputs["image_b"]]
+    if command == "mix":
+        return [i for i, k in zip(inputs["items"], inputs["kinds"]) if k == "image"]
+    return [inputs[k] for k in ("image", "mask") if k in inputs]
+
+
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file's bytes (local or gs://)."""
+    import hashlib
+
+    from unclip_jax import paths
+    h = hashlib.sha256()
+    with paths.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def input_hashes(command: str, recorded: dict, resolved: dict) -> dict[str, str]:
+    """{path as recorded: sha256 of the file it resolved to} for each input image file."""
+    return {r: file_sha256(p) for r, p in zip(input_files(command, recorded),
+                                              input_files(command, resolved))}
+
+
+def check_input_hashes(record: dict, resolved: dict, path: str = "sidecar") -> None:
+    """UserError when an input image differs from the one the sidecar recorded (sidecars
+    written before hashes were recorded are not checked)."""
+    want = record.get("input_sha256")
+    if not want:
+        return
+    for name, file in zip(input_files(record["command"], record["inputs"]),
+                          input_files(record["command"], resolved)):
+        try:
+            digest = file_sha256(file)
+        except FileNotFoundError:
+            return          # reading the inputs names the missing file
+        if name in want and digest != want[name]:
+            raise UserError(f"input image {name} differs from the one {path} recorded (sha256 "
+                            f"{want[name][:12]}…, now {digest[:12]}…); restore it to regenerate")
+
+
 def sidecar_path(png_path: str) -> str:
     """`out/grid.png` → `out/grid.json`."""
     root, _ = os.path.splitext(png_path)
@@ -127,6 +173,10 @@ def check_sidecar(record: dict, path: str = "sidecar") -> None:
         if field in record and (not isinstance(record[field], kinds) or
                                 isinstance(record[field], bool)):
             raise bad(field, want)
+    hashes = record.get("input_sha256", {})
+    if not isinstance(hashes, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()):
+        raise bad("input_sha256", "an object of {path: sha256}")
     ckpts = record.get("checkpoints", {})
     if not isinstance(ckpts, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("identity"), str) and
