@@ -138,3 +138,16 @@ def test_no_file_is_longer_than_the_limit():
         if lines > MAX_LINES:
             long.append(f"{os.path.relpath(path, REPO)}: {lines} lines")
     assert not long, f"split along their seams (limit {MAX_LINES}):\n" + "\n".join(long)
+
+
+def test_every_command_is_one_cli_module():
+    """One registration convention: command NAME ↔ module unclip_jax/cli/NAME.py (dashes as
+    underscores) with add_arguments(parser) and run(args); other cli modules are helpers
+    (parser, config_args, private _NAME)."""
+    from unclip_jax import cli
+    modules = {n[:-3] for n in os.listdir(os.path.join(PACKAGE, "cli"))
+               if n.endswith(".py") and not n.startswith("_")}
+    assert modules - {"parser", "config_args"} == {c.replace("-", "_") for c in cli.COMMANDS}
+    for name in cli.COMMANDS:
+        module = cli.command_module(name)
+        assert callable(module.add_arguments) and callable(module.run), name
