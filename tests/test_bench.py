@@ -1,5 +1,7 @@
 """`unclip-jax bench`: the three parallel modes agree, FSDP shards state, FLOP accounting, and
 the diffusers twins match our configurations."""
+import os
+import subprocess
 import sys
 
 import flax.linen as nn
@@ -181,3 +183,20 @@ def test_torch_comparison_interleaves_both_thread_counts(devices8):
     table = report.torch_table(t)
     assert "PyTorch 1 thread(s) ms" in table and "JAX / PyTorch 2t" in table
     assert table.count("\n| sample_loop (2 steps) |") == 1
+
+
+def test_device_count_is_set_before_the_backend_starts_and_checked_after():
+    """A fresh process gets the CPU devices asked for; asking again for another count, once
+    the backend runs, is a UserError naming the fix."""
+    code = ("import jax\nfrom unclip_jax.bench import set_device_count\n"
+            "from unclip_jax.errors import UserError\n"
+            "set_device_count(3)\nprint(jax.device_count())\n"
+            "try:\n    set_device_count(2)\nexcept UserError as e:\n    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "3"
+    assert "JAX already started with 3 CPU devices; run `unclip-jax bench --devices 2`" in lines[1]
