@@ -192,7 +192,7 @@ class CLIP(nn.Module):
     """CLIP: text and vision towers with bias-free projections into a joint D-dim space.
 
     Build with `CLIP.from_config(model_cfg)` (the `model` section of
-    `configs/shapes.py:clip_model()`). Methods (use `model.apply(params, ..., method=...)`):
+    `unclip_jax.config_schema.clip_model`). Methods (use `model.apply(params, ..., method=...)`):
       encode_text(tokens [B, L] int32) → dict(embeds [B, D] f32 unnormalised, states [B, L, W],
                                                mask [B, L] bool, pooled [B, W])
       encode_image(images [B, S, S, 3] CLIP-normalised) → dict(embeds [B, D] f32,
@@ -225,7 +225,7 @@ class CLIP(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> "CLIP":
-        """A CLIP from a `model` ConfigDict (see `configs/shapes.py:clip_model`)."""
+        """A CLIP from a `model` ConfigDict (`unclip_jax.config_schema.clip_model`)."""
         cfg = model_config(cfg)
         t, v = cfg.text, cfg.vision
         if v.image_size % v.patch_size:
@@ -297,7 +297,7 @@ def model_config(config):
     if "clip" in config and "model" in config.clip:
         return config.clip.model
     raise UserError("config has no CLIP model section (expected keys text/vision, model.text "
-                    "or clip.model); pass configs/shapes.py:clip_model() or a stage config")
+                    "or clip.model); pass a config_schema.clip_model() section or a stage config")
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

@@ -287,7 +287,7 @@ def time_hidden_width(width: int, time_mlp_ratio: float = 4.0, time_embed_dim: i
 
 
 def from_config(model_cfg) -> DiffusionPrior:
-    """`DiffusionPrior` from a `model` config section (preset shapes:prior)."""
+    """`DiffusionPrior` from a `model` config section (`config_schema.diffusion_prior`)."""
     if model_cfg.kind != "diffusion_prior":
         raise UserError(f"model.kind={model_cfg.kind!r}; a diffusion prior needs "
                         "'diffusion_prior' (use e.g. --config shapes:prior)")

@@ -99,7 +99,7 @@ class UNet(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "UNet":
-        """Build from a config `model` section (configs/shapes.py:unet). Unknown keys are errors."""
+        """Build from a config `model` section (`config_schema.unet`). Unknown keys are errors."""
         cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
         if cfg.get("kind", "unet") != "unet":
             raise UserError(f"model.kind is {cfg['kind']!r}, not 'unet'; pass a decoder or "
