@@ -33,7 +33,8 @@ UNCOND = "empty_caption"  # guidance's unconditional branch: the CLIP encoding o
 
 
 def clip_model(text_layers=12, text_heads=12):
-    """CLIP ViT-L/14 `model` section. Karlo ships only the text tower (CLIPTextModelWithProjection)."""
+    """CLIP ViT-L/14 `model` section (Karlo ships only the text tower,
+    CLIPTextModelWithProjection)."""
     return schema.clip_model(
         embed_dim=EMBED_DIM,
         text=dict(vocab_size=49408, context_length=TEXT_LEN, width=TEXT_WIDTH,
