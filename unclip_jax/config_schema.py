@@ -131,7 +131,7 @@ def diffusion_prior(*, width, layers, heads, embed_dim, text_width, text_len, ml
     return mlc.ConfigDict(dict(
         kind="diffusion_prior", width=width, layers=layers, heads=heads, mlp_ratio=mlp_ratio,
         embed_dim=embed_dim, text_width=text_width, text_len=text_len,
-        normalize=normalize,                    # 'scale' (× embed_scale, L2-normalised) | 'meanstd'
+        normalize=normalize,            # 'scale' (× embed_scale, L2-normalised) | 'meanstd'
         embed_scale=embed_scale,
         clamp=clamp,                            # clip sampled x0 to ±clamp (normalised space)
         sample_candidates=sample_candidates,    # best-of-N by z_i·z_t at sampling (paper: 2)
