@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from unclip_jax import stages
 from unclip_jax.configs import shapes as shapes_cfg
 from unclip_jax.data import embedding_files as ef, shapes
 from unclip_jax.data.pipeline import make_pipeline
@@ -36,8 +37,7 @@ def config(stage, data_dir, batch_size=16, **data):
     return cfg
 
 
-@pytest.mark.parametrize("stage", ["clip", "prior", "ar_prior", "decoder", "upsampler1",
-                                   "upsampler2"])
+@pytest.mark.parametrize("stage", stages.STAGES)
 def test_synthetic_shapes_and_determinism(stage):
     cfg = shapes_cfg.get_config(stage)
     with cfg.unlocked():
@@ -58,6 +58,7 @@ def test_synthetic_shapes_and_determinism(stage):
         c, r = d.crop_size, d.image_size // d.low_res_size
         expect = {"image": (2, c, c, 3), "low_res": (2, c // r, c // r, 3)}
     assert {k: v.shape for k, v in b.items()} == expect
+    assert set(stages.CONDITIONED_ON[stage]) <= set(b)     # what the stage is conditioned on
     assert b.get("image", np.zeros(1)).max() <= 1
     it2 = make_pipeline(cfg, process_index=0, process_count=2)
     it2.set_state(json.loads(json.dumps(it.get_state())))
