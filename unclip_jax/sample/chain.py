@@ -21,7 +21,7 @@ from unclip_jax.sample.progress import advance
 MAX_BATCH_PER_DEVICE = 64      # `generate` samples at most this many images per device at once
 
 
-def upsampler_steps(value) -> dict:
+def steps_per_upsampler(value) -> dict:
     """One steps value for every upsampler, or two (one each) → {upsampler: steps}."""
     if value is None or isinstance(value, (str, int)):
         return {u: value for u in UPSAMPLERS}
@@ -80,7 +80,7 @@ def decode(pipe, z_i, key, *, x_T=None, text: dict | None = None, decoder_steps=
     Returns {'x_T', 'decoder', 'upsampler1'?, 'upsampler2'?} float arrays in [-1, 1].
     """
     z_i = np.asarray(z_i, np.float32)
-    ups = _upsampler_steps(upsampler_steps)
+    ups = steps_per_upsampler(upsampler_steps)
     validate_steps(pipe, decoder_steps, ups)
     x_T = pipe.initial_noise(len(z_i), key) if x_T is None else np.asarray(x_T, np.float32)
     out = {"x_T": x_T}
@@ -94,9 +94,6 @@ def decode(pipe, z_i, key, *, x_T=None, text: dict | None = None, decoder_steps=
         out[u] = x = pipe.finite(u, x)
     advance(bar, None)
     return out
-
-
-_upsampler_steps = upsampler_steps     # `decode`'s argument of that name hides the function
 
 
 def generate(pipe, prompts: Sequence[str], key, *, num_images_per_prompt: int = 1,
@@ -133,7 +130,7 @@ def generate(pipe, prompts: Sequence[str], key, *, num_images_per_prompt: int = 
         pipe.schedule("prior", prior_steps)
         pipe.guidance("prior", prior_guidance)
     pipe.guidance("decoder", decoder_guidance)
-    validate_steps(pipe, decoder_steps, _upsampler_steps(upsampler_steps))
+    validate_steps(pipe, decoder_steps, steps_per_upsampler(upsampler_steps))
     check_eta(eta)
     expanded = [p for p in prompts for _ in range(n)]
     negatives = prompts_lib.expand_negatives(negative_prompts, prompts, n)

@@ -107,7 +107,7 @@ def edit_decode(pipe, z_i, key, *, known: dict, masks: dict | None, strength: fl
     """Decoder + upsamplers around known images: known = {stage: [B, S, S, 3]}, masks =
     {stage: [B, S, S, 1]} (RePaint) or None, strength (SDEdit) or None (start from noise).
     The decoder starts from `pipe.initial_noise` like `decode`. → {'x_T', stage: float}."""
-    ups = chain.upsampler_steps(upsampler_steps)
+    ups = chain.steps_per_upsampler(upsampler_steps)
     chain.validate_steps(pipe, decoder_steps, ups)
     x_T = pipe.initial_noise(len(z_i), key)
     out = {"x_T": x_T}
@@ -162,7 +162,7 @@ def _edit(pipe, command: str, images, prompts, key, *, n: int, masks=None, feath
     expanded = [p for p in prompts for _ in range(n)]
     chain.check_fits(pipe, len(expanded), copies=1 + int(return_intermediates))
     # every setting is checked before the first program runs
-    chain.validate_steps(pipe, decoder_steps, chain.upsampler_steps(upsampler_steps))
+    chain.validate_steps(pipe, decoder_steps, chain.steps_per_upsampler(upsampler_steps))
     pipe.guidance("decoder", decoder_guidance)
     if not pipe.text_conditioned_decoder and pipe.prior_stage.name == "prior":
         pipe.schedule("prior", prior_steps)

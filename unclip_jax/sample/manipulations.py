@@ -78,7 +78,7 @@ def ddim_steps(pipe, steps) -> str:
 
 def _prepare(pipe, decoder_steps, upsampler_steps) -> str:
     steps = ddim_steps(pipe, decoder_steps)
-    chain.validate_steps(pipe, steps, chain.upsampler_steps(upsampler_steps))
+    chain.validate_steps(pipe, steps, chain.steps_per_upsampler(upsampler_steps))
     return steps
 
 

@@ -101,12 +101,13 @@ def mix(pipe, items, weights=None, key=0, *, n: int = 1, prior_steps=None, prior
     n = check_count("n", n)
     check_eta(eta)
     key = as_key(key)
-    chain.validate_steps(pipe, decoder_steps, chain.upsampler_steps(upsampler_steps))
+    chain.validate_steps(pipe, decoder_steps, chain.steps_per_upsampler(upsampler_steps))
     pipe.guidance("decoder", decoder_guidance)
     z_mix, z_in = mix_embedding(pipe, items, weights, key, prior_steps=prior_steps,
                                 prior_guidance=prior_guidance, prior_best_of=prior_best_of)
     z_rep = np.repeat(z_mix[None], n, axis=0)
-    out = chain.decode(pipe, z_rep, key, decoder_steps=decoder_steps, decoder_guidance=decoder_guidance,
-                      upsampler_steps=upsampler_steps, eta=eta, upsampler_eta=eta)
+    out = chain.decode(pipe, z_rep, key, decoder_steps=decoder_steps,
+                       decoder_guidance=decoder_guidance, upsampler_steps=upsampler_steps,
+                       eta=eta, upsampler_eta=eta)
     return chain.finish(out, return_intermediates, z_i=z_rep, inputs=z_in)
 

@@ -199,7 +199,7 @@ def upsample(pipe, stage: str, low_res, key, *, steps=None, eta: float = 0.0,
                            example_keys(key, idx), lr, ed)
     settings = (steps, ddim, eta, size, None if fin is None else (fin.directory, fin.identity),
                 edit is None)
-    out = pipe.run_program(stage, st, settings, fn, (st.params, sched, final_args, edit_static(edit),
-                                              key, idx, lr,
-                                              pipe.programs.pad_dict(edit, ("x0", "mask"))))
+    args = (st.params, sched, final_args, edit_static(edit), key, idx, lr,
+            pipe.programs.pad_dict(edit, ("x0", "mask")))
+    out = pipe.run_program(stage, st, settings, fn, args)
     return np.asarray(out)[:n]
