@@ -112,12 +112,16 @@ class Programs:
         """The cache-key part naming a checkpoint (directory, identity) on these devices."""
         return checkpoint + (tuple(d.id for d in self.mesh.devices.flat),)
 
+    def cache_key(self, name: str, checkpoint: tuple, settings: tuple, args: tuple) -> tuple:
+        """The key of `fn(*args)`'s program in `PROGRAMS`: (name, shapes, settings, where)."""
+        shapes = tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(args)
+                       if hasattr(a, "shape"))
+        return (name, shapes, settings, self.where(checkpoint))
+
     def run(self, name: str, checkpoint: tuple, settings: tuple, fn: Callable, args: tuple):
         """`fn(*args)` through the program cached per (name, shapes, settings, checkpoint,
         devices); `checkpoint` = (directory, identity) of the stage it runs."""
-        shapes = tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(args)
-                       if hasattr(a, "shape"))
-        key = (name, shapes, settings, self.where(checkpoint))
+        key = self.cache_key(name, checkpoint, settings, args)
         prog = PROGRAMS.get(key)
         if prog is None:
             prog = PROGRAMS[key] = jax.jit(fn)

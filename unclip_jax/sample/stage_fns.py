@@ -7,7 +7,8 @@ sharded over all devices. Classifier-free guidance is one batched model call ove
 [cond; uncond].
 
 Shapes: B batch, D CLIP embedding size, L text tokens, W text width, images NHWC in [-1, 1].
-Timesteps passed to models are original (training) timesteps.
+Timesteps passed to models are original (training) timesteps. Every model function goes
+through `progress.reporting_steps` (a no-op unless the program is traced for a shown bar).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from unclip_jax.diffusion import samplers
 from unclip_jax.diffusion.final_steps import final_steps_model_fn
 from unclip_jax.diffusion.schedules import Schedule
 from unclip_jax.models import prior as prior_lib
+from unclip_jax.sample.progress import reporting_steps
 
 
 # --------------------------------------------------------------------------- model functions
@@ -159,7 +161,7 @@ def prior_sample(params, model, model_cfg, diffusion_cfg, stats, z_t, text_state
     else:
         fn = prior_lib.prior_model_fn(as_variables(params), model, rep(z_t), rep(text_states),
                                       rep(text_mask), guidance_scale=guidance, clamp=clamp)
-    x = samplers.ddpm_sample(fn, sched, (best_of * B, D), key, predict="x0",
+    x = samplers.ddpm_sample(reporting_steps(fn), sched, (best_of * B, D), key, predict="x0",
                              variance=diffusion_cfg.variance,
                              clip_denoised=False, clip_range=diffusion_cfg.clip_range)
     cands = prior_lib.denormalize_embed(x, model_cfg, stats).reshape(best_of, B, D)
@@ -169,6 +171,7 @@ def prior_sample(params, model, model_cfg, diffusion_cfg, stats, z_t, text_state
 def image_sample(model_fn, diffusion_cfg, sched: Schedule, shape, key, *, ddim: bool,
                  eta: float, x_T=None):
     """Run the decoder / upsampler sampler: DDIM(η) when `ddim`, else ancestral DDPM."""
+    model_fn = reporting_steps(model_fn)
     if ddim:   # a learned-variance half is ignored by DDIM
         return samplers.ddim_sample(model_fn, sched, shape, key, predict=diffusion_cfg.predict,
                                     eta=eta, clip_denoised=diffusion_cfg.clip_denoised,
@@ -185,7 +188,8 @@ def image_edit(model_fn, diffusion_cfg, sched: Schedule, key, edit: dict, *, ddi
     """`editing.edit_sample` with a stage's settings. edit = {'x0' [B, S, S, 3] (the known
     image at this stage's size), 'mask' [B, S, S, 1] or None (1 = repaint), 'start' (level,
     int32 scalar), 'ops' (`editing.repaint_ops` rows)}."""
-    return editing.edit_sample(model_fn, sched, edit["x0"], key, predict=diffusion_cfg.predict,
+    return editing.edit_sample(reporting_steps(model_fn), sched, edit["x0"], key,
+                               predict=diffusion_cfg.predict,
                                variance=diffusion_cfg.variance, ddim=ddim, eta=eta,
                                clip_denoised=diffusion_cfg.clip_denoised,
                                clip_range=diffusion_cfg.clip_range, start=edit["start"],
@@ -214,7 +218,7 @@ def decoder_invert(params, model, diffusion_cfg, z_i, text_states, text_mask, x0
     fn = unet_model_fn(params, model, z_i=z_i, text_states=text_states, text_mask=text_mask,
                        guidance=guidance, use_text=use_text, learned_variance=learned,
                        predict=diffusion_cfg.predict)
-    return samplers.ddim_invert(fn, sched, x0, predict=diffusion_cfg.predict,
+    return samplers.ddim_invert(reporting_steps(fn), sched, x0, predict=diffusion_cfg.predict,
                                 variance=diffusion_cfg.variance)
 
 

@@ -23,11 +23,11 @@ from unclip_jax.diffusion import schedules
 from unclip_jax.diffusion import steps as steps_grammar
 from unclip_jax.errors import CheckpointError, UserError
 from unclip_jax.sample import chain, editing, manipulations, mixing, stage_fns, stage_runs
+from unclip_jax.sample import progress as progress_lib
 from unclip_jax.sample.checks import check_guidance, check_prompts
 from unclip_jax.sample.diffusers_style import DiffusersStyle
 from unclip_jax.sample.loading import Stage, check_stages, load_stage, stage_directories
 from unclip_jax.sample.programs import PROGRAMS, Programs
-from unclip_jax.sample.progress import StageBar
 from unclip_jax.stages import UPSAMPLERS
 
 class UnCLIP(DiffusersStyle):
@@ -194,14 +194,31 @@ class UnCLIP(DiffusersStyle):
                 "steps/guidance); nothing was written")
         return x
 
-    def bar(self, total: int, desc: str) -> StageBar:
+    def bar(self, total: int, desc: str) -> progress_lib.StageBar:
         """A progress bar over `total` stages (hidden unless `progress`)."""
-        return StageBar(total, desc, self.progress)
+        return progress_lib.StageBar(total, desc, self.progress)
 
     def run_program(self, name: str, stage: Stage, settings: tuple, fn, args: tuple):
         """`fn(*args)` as the cached program `name` of `stage` for these `settings` (static
-        values that change the program) on this model's devices."""
-        return self.programs.run(name, (stage.directory, stage.identity), settings, fn, args)
+        values that change the program) on this model's devices.
+
+        Inside a request whose progress bar is shown, the bar says when the program is
+        compiling and counts its diffusion steps (a program traced with step reports: see
+        `unclip_jax.sample.progress`)."""
+        checkpoint = (stage.directory, stage.identity)
+        bar = progress_lib.active() if self.progress else None
+        settings = settings + (bar is not None,)
+        if bar is None:
+            return self.programs.run(name, checkpoint, settings, fn, args)
+        sched = next((a for a in args if isinstance(a, schedules.Schedule)), None)
+        if sched is not None:
+            bar.begin_steps(name, sched.num_steps)
+        fresh = self.programs.cache_key(name, checkpoint, settings, args) not in PROGRAMS
+        bar.compiling(name, fresh)
+        with progress_lib.tracing_step_reports(True):
+            out = self.programs.run(name, checkpoint, settings, fn, args)
+        bar.compiling(name, False)
+        return out
 
     # ------------------------------------------------------------------ CLIP
     def encode_text(self, captions: Sequence[str]) -> dict[str, np.ndarray]:
