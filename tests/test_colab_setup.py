@@ -49,12 +49,15 @@ def test_jax_backend_asks_a_fresh_interpreter():
     assert C.jax_backend("/nonexistent/python") is None
 
 
+def names(reqs) -> set[str]:
+    return {r.split(";")[0].split(">")[0].split("=")[0].strip() for r in reqs}
+
+
 def test_requirements_keep_an_installed_tensorflow():
     """tensorflow and tensorflow-cpu write the same package: with either installed, neither is
     asked for; without, the declared one is; the test extras are never included."""
     with_tf = C.requirements(installed=lambda n: n == "tensorflow")
     without = C.requirements(installed=lambda n: False)
-    names = lambda reqs: {r.split(";")[0].split(">")[0].split("=")[0].strip() for r in reqs}  # noqa: E731
     assert not names(with_tf) & {"tensorflow", "tensorflow-cpu"}
     assert names(without) >= {"tensorflow-cpu", "tensorflow"}       # per-platform markers
     assert names(without) - names(with_tf) == {"tensorflow-cpu", "tensorflow"}

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import references as R
+import references_karlo as K
 from unclip_jax.configs import karlo as karlo_cfg
 from unclip_jax import cli, export
 from unclip_jax.diffusion import gaussian as G
@@ -27,7 +28,7 @@ from unclip_jax.karlo import convert_karlo, karlo_schedule
 from unclip_jax.karlo.diffusers_config import from_diffusers, prior_from_diffusers
 from unclip_jax.karlo.sampling import karlo_timesteps
 
-D, TW, L, DEC, SR = R.D, R.TW, R.L, R.DEC, R.SR
+D, TW, L, DEC, SR = K.D, K.TW, K.L, K.DEC, K.SR
 ATOL = 1e-4
 
 
@@ -40,9 +41,9 @@ def converted_karlo(root, source: str = "golden") -> dict:
         R.copy_golden("karlo", src)
         models, ref = None, R.load_golden("karlo")
     else:
-        models = R.build_karlo(src)
-        x = R.karlo_inputs(src)
-        ref = {**x, **R.karlo_outputs(models, x)}
+        models = K.build_karlo(src)
+        x = K.karlo_inputs(src)
+        ref = {**x, **K.karlo_outputs(models, x)}
     assert cli.main(["convert-karlo", src, dst]) == 0
     return dict(src=src, dst=dst, models=models, ref=ref, root=root)
 
@@ -88,8 +89,8 @@ def test_prior_time_embed_dim_not_a_multiple_of_width(tmp_path, source):
         R.copy_golden("karlo_prior_te30", str(tmp_path / "src"))
         r = R.load_golden("karlo_prior_te30")
     else:
-        x = R.prior_te30_inputs()
-        r = {**x, **R.prior_te30_outputs(R.build_prior_te30(str(tmp_path / "src")), x)}
+        x = K.prior_te30_inputs()
+        r = {**x, **K.prior_te30_outputs(K.build_prior_te30(str(tmp_path / "src")), x)}
     with open(tmp_path / "src" / "prior" / "config.json") as f:
         cfg = prior_from_diffusers(json.load(f), None)
     assert (cfg.model.width, cfg.model.time_embed_dim) == (22, 30)
@@ -143,7 +144,7 @@ def test_clip_text_encoder_matches_transformers(karlo):
     assert extra["text_only"] is True
     r = karlo["ref"]
     tok = Tokenizer(os.path.join(karlo["dst"], "tokenizer"), L)
-    ids, mask = tok(R.KARLO_CAPTIONS)      # the converted tokenizer gives the stored tokens
+    ids, mask = tok(K.KARLO_CAPTIONS)      # the converted tokenizer gives the stored tokens
     np.testing.assert_array_equal(ids, r["clip/ids"])
     np.testing.assert_array_equal(mask, r["clip/mask"])
     out = clip_encode_text(params, cfg, ids)
@@ -157,7 +158,7 @@ def test_clip_text_encoder_matches_transformers(karlo):
 # ----------------------------------------------------------------------------- schedulers
 
 def test_timesteps_match_unclip_scheduler(karlo):
-    for n in R.TIMESTEP_COUNTS:
+    for n in K.TIMESTEP_COUNTS:
         assert karlo_timesteps(n) == karlo["ref"][f"timesteps/{n}"].tolist(), n
         # so a plain step count ("25") on the sampling CLI visits the same timesteps
         assert space_timesteps(1000, str(n)) == karlo_timesteps(n), n
@@ -169,7 +170,7 @@ def test_timesteps_match_unclip_scheduler(karlo):
     assert len(cfg.super_res_timesteps) == 7 and cfg.super_res_last_steps == 1
 
 
-@pytest.mark.parametrize("stage", list(R.STEP_CASES))
+@pytest.mark.parametrize("stage", list(K.STEP_CASES))
 def test_scheduler_step_matches(karlo, stage):
     """x_{t-1} of diffusers' UnCLIPScheduler.step equals our p_mean_variance + the same noise."""
     _, cfg, _ = _load(karlo["dst"], stage)
@@ -178,7 +179,7 @@ def test_scheduler_step_matches(karlo, stage):
         assert d.predict == "x0" and d.clip_range == 5.0
     if stage == "decoder":
         assert d.variance == "learned_range"
-    _, n, steps, _ = R.STEP_CASES[stage]
+    _, n, steps, _ = K.STEP_CASES[stage]
     sched = karlo_schedule(d, n)
     for i in steps:
         c = {k: karlo["ref"][f"step/{stage}/{i}/{k}"] for k in ("t", "x", "out", "noise", "prev")}

@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 
 import references as R
+import references_karlo as K
 from test_karlo import converted_karlo
 from unclip_jax import cli
 from unclip_jax.sample.unclip import UnCLIP
 
-STEPS, PROMPTS, SEED = R.PIPE_STEPS, R.PIPE_PROMPTS, R.PIPE_SEED
-D, SR = R.D, R.SR
+STEPS, PROMPTS, SEED = K.PIPE_STEPS, K.PIPE_PROMPTS, K.PIPE_SEED
+D, SR = K.D, K.SR
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +55,11 @@ def test_generate_matches_diffusers_unclip_pipeline(source, request, tmp_path):
     if source == "golden":
         x = ref = R.load_golden("karlo_pipeline")
         # the stored latents and step noise are our samplers' draws (the key contract)
-        for k, v in R.pipeline_inputs().items():
+        for k, v in K.pipeline_inputs().items():
             np.testing.assert_array_equal(v, x[k], err_msg=k)
     else:
-        x = R.pipeline_inputs()
-        ref = R.pipeline_outputs(karlo["models"], karlo["src"], x)
+        x = K.pipeline_inputs()
+        ref = K.pipeline_outputs(karlo["models"], karlo["src"], x)
     np.testing.assert_array_equal(inter["x_T"], x["decoder_xT"])
 
     # prior: guided (scale 4 on the empty caption), clamped x0, de-normalised

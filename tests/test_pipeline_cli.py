@@ -68,13 +68,19 @@ def test_sample_prior_text_uses_the_text_embedding_and_regenerates(dirs, tmp_pat
     np.testing.assert_array_equal(read_png(regen), read_png(out))
 
 
-def test_manipulation_commands(dirs, tmp_path):
+def _input_pngs(folder, seeds=(0, 1)) -> list[str]:
+    """Smooth 12 px test images written as FOLDER/in{i}.png."""
     from PIL import Image
     paths = []
-    for i in range(2):
-        p = str(tmp_path / f"in{i}.png")
-        Image.fromarray(to_uint8(smooth_image(i, 12))).save(p)
+    for i, seed in enumerate(seeds):
+        p = str(folder / f"in{i}.png")
+        Image.fromarray(to_uint8(smooth_image(seed, 12))).save(p)
         paths.append(p)
+    return paths
+
+
+def test_manipulation_commands(dirs, tmp_path):
+    paths = _input_pngs(tmp_path)
     common = ["--checkpoint", dirs["root"], "--decoder-steps", "ddim2", "--upsampler-steps",
               "ddim1", "--no-progress"]
     for argv, n in [(["vary", paths[0], "-n", "2"], 3),       # the source, then 2 variations
@@ -109,14 +115,8 @@ def test_manipulation_commands(dirs, tmp_path):
 def test_vary_grid_starts_each_row_with_its_source_and_records_input_hashes(dirs, tmp_path):
     import hashlib
 
-    from PIL import Image
-
     from unclip_jax.sample.images import load_images
-    paths = []
-    for i in range(2):
-        p = str(tmp_path / f"in{i}.png")
-        Image.fromarray(to_uint8(smooth_image(i, 12))).save(p)
-        paths.append(p)
+    paths = _input_pngs(tmp_path)
     out = str(tmp_path / "vary.png")
     assert cli.main(["vary", *paths, "-n", "2", "--checkpoint", dirs["root"], "--decoder-steps",
                      "ddim2", "--upsampler-steps", "ddim1", "--no-progress", "--out", out]) == 0
@@ -130,7 +130,7 @@ def test_vary_grid_starts_each_row_with_its_source_and_records_input_hashes(dirs
     assert rec["input_sha256"] == {p: hashlib.sha256(open(p, "rb").read()).hexdigest()
                                    for p in paths}
     # an input changed since: --from-sidecar names it instead of drawing different pixels
-    Image.fromarray(to_uint8(smooth_image(5, 12))).save(paths[1])
+    _input_pngs(tmp_path, seeds=(0, 5))
     with pytest.raises(UserError, match=r"input image .*in1.png differs from the one .* recorded"):
         records.regenerate(sidecar_path(out), str(tmp_path / "again.png"))
     assert not os.path.exists(tmp_path / "again.png")

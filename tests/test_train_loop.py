@@ -138,12 +138,28 @@ def test_export_writes_ema_params(tmp_path, devices8):
         np.testing.assert_array_equal(a, b)
 
 
-def test_first_step_says_it_is_compiling(tmp_path, devices8, capsys):
+def test_first_step_says_it_is_compiling_and_tensorboard_reads_the_events(tmp_path, devices8,
+                                                                           capsys):
     """The progress bar names the compile before the first step (tens of seconds with no step
-    to show on a CPU), then goes back to counting steps."""
-    train(train_toy.toy_config(steps=3), str(tmp_path / "run"), devices=devices8[:1])
+    to show on a CPU), then goes back to counting steps; the installed TensorBoard reads the
+    loss the trainer wrote (`tensorboard --logdir WORKDIR`)."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    out = train(train_toy.toy_config(steps=3), str(tmp_path / "run"), devices=devices8[:1])
+    events = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "run"))
+    events.Reload()
+    (run, _), = events.Runs().items()
+    loss = events.Tensors(run, "loss")
+    assert [e.step for e in loss][-1] == 3
+    np.testing.assert_allclose(float(tf_value(loss[-1])), out["metrics"]["loss"], rtol=1e-6)
     err = capsys.readouterr().err
     notice = err.find("train toy (compiling the training step…)")
     assert notice >= 0, err
     first = err.find("1/3")
     assert first > notice and "compiling" not in err[err.rfind("3/3") - 40:]
+
+
+def tf_value(event) -> float:
+    """The scalar of a TensorBoard tensor event (its TensorProto), without TensorFlow."""
+    from tensorboard.util import tensor_util
+    return tensor_util.make_ndarray(event.tensor_proto)

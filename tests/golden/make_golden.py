@@ -21,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))          # tests/: references.py
 
 import references as R  # noqa: E402
+import references_karlo as K  # noqa: E402
 
 
 def _save(out: str, name: str, arrays: dict) -> None:
@@ -43,16 +44,16 @@ def main(out: str = HERE) -> None:
     print("writing", out)
 
     src = _fresh(out, "karlo")
-    models = R.build_karlo(src, bin_text_proj=False)
-    x = R.karlo_inputs(src)
-    _save(out, "karlo", {**x, **R.karlo_outputs(models, x)})
-    px = R.pipeline_inputs()
-    _save(out, "karlo_pipeline", {**px, **R.pipeline_outputs(models, src, px)})
+    models = K.build_karlo(src, bin_text_proj=False)
+    x = K.karlo_inputs(src)
+    _save(out, "karlo", {**x, **K.karlo_outputs(models, x)})
+    px = K.pipeline_inputs()
+    _save(out, "karlo_pipeline", {**px, **K.pipeline_outputs(models, src, px)})
 
     d = _fresh(out, "karlo_prior_te30")
-    m = R.build_prior_te30(d)
-    x = R.prior_te30_inputs()
-    _save(out, "karlo_prior_te30", {**x, **R.prior_te30_outputs(m, x)})
+    m = K.build_prior_te30(d)
+    x = K.prior_te30_inputs()
+    _save(out, "karlo_prior_te30", {**x, **K.prior_te30_outputs(m, x)})
 
     arrays = {}
     for act, eos in R.CLIP_CASES:
