@@ -69,3 +69,12 @@ class Parser(argparse.ArgumentParser):
             return arg
         fixed = dashed(arg)
         return fixed if fixed.partition("=")[0] in self._option_string_actions else arg
+
+
+def whole_numbers(text: str) -> list[int]:
+    """argparse type of a comma list of whole numbers ≥ 1 ('16,24,32' → [16, 24, 32])."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items or not all(t.isdigit() and int(t) >= 1 for t in items):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of whole numbers ≥ 1, "
+                                         "e.g. 16,24,32")
+    return [int(t) for t in items]

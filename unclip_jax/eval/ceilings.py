@@ -5,16 +5,14 @@ and scored on real validation images at S: the attribute classifier (colour, sha
 size of single-object scenes, `eval.attributes`) and an object-count classifier (1–3 objects,
 every scene). A decoder sampling at S cannot be read more accurately than this.
 
-    python -m unclip_jax.eval.ceilings --data_dir DATA --sizes 16,24,32,48,64 --out DIR
+    unclip-jax eval-ceilings --data-dir DATA --sizes 16,24,32,48,64 --out DIR
 
-writes DIR/ceiling_S.json per size ({'attributes': {...}, 'count': acc, 'seconds': ...}) and
-the attribute classifier of each size to DIR/classifier_S.
+writes DIR/ceiling_S.json per size (`resolution_ceiling`: {'attributes': {...}, 'count': acc,
+'seconds': ...}) and the attribute classifier of each size to DIR/classifier_S
+(`unclip_jax.cli.eval_ceilings`).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
 from typing import Sequence
 
@@ -109,28 +107,3 @@ def resolution_ceiling(data_dir: str, image_size: int, *, dataset: str | None = 
             "num_validation_single": att["num_validation"], "count": cnt["accuracy"],
             "num_validation_all": cnt["num_validation"], "seconds": time.time() - start}
 
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--sizes", default="16,24,32,48,64")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--out", required=True, help="directory for ceiling_SIZE.json")
-    a = p.parse_args(argv)
-    os.makedirs(a.out, exist_ok=True)
-    for s in (int(x) for x in a.sizes.split(",")):
-        path = os.path.join(a.out, f"ceiling_{s}.json")
-        if os.path.exists(path):           # a rerun continues where it stopped
-            continue
-        res = resolution_ceiling(a.data_dir, s, dataset=a.dataset, steps=a.steps,
-                                 classifier_dir=os.path.join(a.out, f"classifier_{s}"))
-        print(json.dumps(res), flush=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(res, f, indent=1)
-        os.replace(path + ".tmp", path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,14 +16,10 @@ embedding is nearest (cosine) to the true caption's text embedding:
     acc = zero_shot(clip_dir, data_dir, split='validation', limit=1000)
     acc['position']   # fraction correct
 
-CLI: `python -m unclip_jax.eval.clip_zeroshot --clip CLIP_DIR --data_dir DATA [--tokenizer DIR]`
-prints the table as JSON.
+CLI: `unclip-jax eval-clip --clip CLIP_DIR --data-dir DATA [--tokenizer DIR]` prints the
+table as JSON (`unclip_jax.cli.eval_clip`).
 """
 from __future__ import annotations
-
-import argparse
-import json
-import os
 
 import numpy as np
 
@@ -136,28 +132,3 @@ def zero_shot(clip_dir: str, data_dir: str, *, split: str = "validation",
 
     return score(emb, encode_text, scenes, probes, seed)
 
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--clip", required=True, help="exported CLIP directory (stage clip)")
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--split", default="validation")
-    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the "
-                   "CLIP's tokenizer/ or its config's)")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--out", default=None, help="also write the result as JSON here")
-    a = p.parse_args(argv)
-    res = zero_shot(a.clip, a.data_dir, split=a.split, dataset=a.dataset,
-                    tokenizer=a.tokenizer, limit=a.limit)
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,9 @@
 """Measurements of the editing paths on a model, on real renders of shapes scenes.
 
-    python -m unclip_jax.eval.editing --classifier CLF [--checkpoint DIR] [--final upsampler1]
+    unclip-jax eval-editing --classifier CLF [--checkpoint DIR] [--final upsampler1]
         [--scenes 16] [--negatives 32] --out editing.json
+
+(`unclip_jax.cli.eval_editing`: `load_model`, then `measure`.)
 
 - inpaint / add: a one-object validation scene, the mask over an empty cell of the 3×3 grid,
   the prompt = the caption with a new object of a random colour in that cell. Scored: PSNR
@@ -19,10 +21,6 @@ Images are rendered at 256 px and given to the pipeline at that size; the final 
 that of `--final` (the upsamplers after it are not loaded, to save time on a CPU).
 """
 from __future__ import annotations
-
-import argparse
-import json
-import os
 
 import jax
 import numpy as np
@@ -231,36 +229,19 @@ def _resize(images, size: int) -> np.ndarray:
         (size, size), Image.Resampling.BICUBIC)) for im in images])
 
 
-def main(argv=None) -> int:
-    from unclip_jax.eval.attributes import AttributeClassifier
-    from unclip_jax.sample.loading import BUNDLED_MODEL, MODEL_DIRS
+FINAL_STAGES = ("decoder", "upsampler1", "upsampler2")
+
+
+def load_model(checkpoint: str | None = None, final: str = "upsampler1"):
+    """The `UnCLIP` of model directory `checkpoint` (None: the bundled model) with its stages
+    up to `final` (one of FINAL_STAGES; the upsamplers after it are not loaded) and its
+    diffusion prior (never the AR prior)."""
+    from unclip_jax.errors import UserError
+    from unclip_jax.sample.loading import MODEL_DIRS, stage_directories
     from unclip_jax.sample.unclip import UnCLIP
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=BUNDLED_MODEL)
-    p.add_argument("--classifier", required=True)
-    p.add_argument("--final", default="upsampler1", choices=("decoder", "upsampler1",
-                                                              "upsampler2"))
-    p.add_argument("--scenes", type=int, default=16)
-    p.add_argument("--negatives", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    last = MODEL_DIRS.index(a.final)
-    dirs = {n: os.path.join(a.checkpoint, n) for n in MODEL_DIRS[:last + 1]
-            if n != "ar_prior" and os.path.isdir(os.path.join(a.checkpoint, n))}
-    pipe = UnCLIP.load(**dirs, progress=False)
-    settings = {k: getattr(a, k) for k in ("final", "scenes", "negatives", "seed")}
-
-    def save(res):
-        with open(a.out, "w") as f:
-            json.dump(dict(res, settings=settings), f, indent=1, default=float)
-    res = measure(pipe, AttributeClassifier.load(a.classifier), scenes=a.scenes,
-                  negatives=a.negatives, seed=a.seed, save=save, parts=a.parts)
-    print(json.dumps({k: v for k, v in res.items() if not k.startswith("colours")},
-                     indent=1, default=float))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    if final not in FINAL_STAGES:
+        raise UserError(f"final={final!r}: choose one of {', '.join(FINAL_STAGES)}")
+    last = MODEL_DIRS.index(final)
+    dirs = {n: d for n, d in stage_directories(checkpoint, "auto").items()
+            if n != "ar_prior" and MODEL_DIRS.index(n) <= last}
+    return UnCLIP.load(**dirs, progress=False)

@@ -18,7 +18,8 @@ test_heldout split, which is generated with them, so that split is not excluded.
              'objects': [{'colour': 'red', 'shape': 'circle', 'size': 'small', 'position': 'left'}],
              'relation': None}            # two-object entries: 'left of' | 'right of' | 'above' | 'below'
 
-`build_prompt_sets()` re-derives the files (`python -m unclip_jax.eval.geneval_prompts`).
+`build_prompt_sets()` re-derives the files (`write_prompt_sets`; `unclip-jax eval-prompts
+--rebuild DIR` writes them, `unclip-jax eval-prompts` lists the bundled ones).
 """
 from __future__ import annotations
 
@@ -177,13 +178,10 @@ def load_prompt_sets(spec: str) -> dict[str, list[dict]]:
     return out
 
 
-def main() -> None:
-    """Rewrite the bundled prompt files from `build_prompt_sets()`."""
+def write_prompt_sets(directory: str = PROMPT_DIR) -> list[str]:
+    """Write `build_prompt_sets()` as DIRECTORY/NAME.json (default: the bundled files);
+    → the paths written."""
     from unclip_jax import atomic
-    for name, entries in build_prompt_sets().items():
-        atomic.write_text(os.path.join(PROMPT_DIR, f"{name}.json"),
-                          json.dumps({"prompts": entries}, indent=1) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    return [atomic.write_json(os.path.join(directory, f"{name}.json"), {"prompts": entries},
+                              indent=1)
+            for name, entries in build_prompt_sets().items()]
