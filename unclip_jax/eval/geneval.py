@@ -20,6 +20,7 @@ from unclip_jax.data import render
 from unclip_jax.errors import UserError
 from unclip_jax.eval import geneval_prompts, geneval_scores, metrics
 from unclip_jax.eval.scene_detector import BUNDLED_DETECTOR, CELL_NAMES, HEADS, SceneDetector
+from unclip_jax.sample.checks import check_count
 
 SINGLE_METRICS = ("colour", "shape", "position", "size", "count")
 TWO_METRICS = ("count", "binding", "relative_position")
@@ -98,10 +99,7 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
     Returns {'settings', 'sets': {set: {'num_prompts', 'metrics': {metric: {'mean', 'lo', 'hi',
     'n'}}}}, 'detector': {'image_size', 'validation_accuracy'}, 'timings_s'}.
     """
-    if isinstance(images_per_prompt, bool) or int(images_per_prompt) != images_per_prompt \
-            or int(images_per_prompt) < 1:
-        raise UserError(f"images_per_prompt={images_per_prompt!r} must be an integer ≥ 1")
-    k = int(images_per_prompt)
+    k = check_count("images_per_prompt", images_per_prompt)
     if prior not in PRIORS:
         raise UserError(f"prior={prior!r}: expected one of {', '.join(PRIORS)}")
     sets = geneval_prompts.load_prompt_sets(prompts)
