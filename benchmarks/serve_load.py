@@ -39,7 +39,7 @@ def main() -> int:
     args = ap.parse_args()
     from gradio_client import Client
 
-    from unclip_jax import serve
+    from unclip_jax.serve import server as serve
 
     samples: list[tuple[float, int]] = []
     stop = threading.Event()

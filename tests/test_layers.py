@@ -22,7 +22,7 @@ CORE = ("diffusion", "models", "clip", "parallel", "stages", "config_schema", "e
 ENGINE_RANKS = {"data": 1, "sample": 1, "karlo": 1,
                 "train": 2,
                 "eval": 3, "bench": 3, "package": 3}
-FACE = ("cli", "serve", "serve_app", "serve_session", "colab_setup", "configs")
+FACE = ("cli", "serve", "colab_setup", "configs")
 
 
 def level(unit: str) -> float:

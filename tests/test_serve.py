@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from pipeline_fixtures import CAPTIONS, checkpoints, read_png, smooth_image
-from unclip_jax import cli, serve, serve_session
+from unclip_jax import cli
+from unclip_jax.serve import server as serve, session as serve_session
 from unclip_jax.cli import _sampling
 from unclip_jax.errors import UserError
 from unclip_jax.sample.checks import check_prompts
@@ -99,7 +100,7 @@ def test_drawn_mask_and_weights():
 
 def test_page_shows_the_cli_error_line(capsys):
     """A user mistake reaches the page as the line the CLI prints; a bug as its type."""
-    from unclip_jax import serve_app
+    from unclip_jax.serve import app as serve_app
     assert cli.main(["sample", "--out", "never.png"]) == 2
     cli_line = capsys.readouterr().err.strip()
     grid, files, status = serve_app.respond(
@@ -116,7 +117,7 @@ def test_unreadable_upload_shows_the_cli_error_line(tmp_path):
     prints for that file (named as uploaded, not by the server's copy)."""
     import gradio as gr
     from gradio.data_classes import FileData
-    from unclip_jax import serve_app
+    from unclip_jax.serve import app as serve_app
     bad = tmp_path / "copy-on-the-server.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(UserError) as cli_error:

@@ -3,7 +3,7 @@ of every command on one loaded model (`unclip_jax.serve`)."""
 from __future__ import annotations
 
 from unclip_jax.errors import UserError
-from unclip_jax.serve import DEFAULT_HOST, DEFAULT_PORT
+from unclip_jax.serve.server import DEFAULT_HOST, DEFAULT_PORT
 
 
 def add_arguments(p) -> None:
@@ -20,13 +20,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from unclip_jax.serve import check_port, require_gradio
+    from unclip_jax.serve.server import check_port, require_gradio
     check_port(args.port)
     if args.queue_size < 1:
         raise UserError(f"--queue-size {args.queue_size}: at least 1 request must fit")
     require_gradio()
-    from unclip_jax import serve_app
-    from unclip_jax.serve_session import Session
+    from unclip_jax.serve import app as serve_app
+    from unclip_jax.serve.session import Session
 
     session = Session(args.checkpoint, compile_cache=not args.no_compile_cache)
     try:

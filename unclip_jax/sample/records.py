@@ -5,7 +5,7 @@ data: its name, inputs, settings and seed. `execute` runs one on a loaded `UnCLI
 `command_record` / `result_record` are the sidecar it leaves next to its grid
 (`unclip_jax.sample.sidecars` has the file format); `regenerate` redoes a sidecar bit for bit,
 refusing when a checkpoint's identity changed. The CLI (`unclip_jax.cli`) and the web demo
-(`unclip_jax.serve_session`) both run commands through here.
+(`unclip_jax.serve.session`) both run commands through here.
 """
 from __future__ import annotations
 

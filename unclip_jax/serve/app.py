@@ -14,9 +14,10 @@ import traceback
 
 import gradio as gr
 
-from unclip_jax import cli, serve_session
+from unclip_jax import cli
 from unclip_jax.errors import UserError
-from unclip_jax.serve_session import Session
+from unclip_jax.serve import session as serve_session
+from unclip_jax.serve.session import Session
 
 log = logging.getLogger("unclip_jax.serve")
 

@@ -1,14 +1,5 @@
-"""`unclip-jax serve`: a local web demo of every command on one loaded model (Gradio).
-
-    pip install -e ".[demo]"
-    unclip-jax serve [--checkpoint DIR] [--host 127.0.0.1] [--port 7860]
-
-Loads the model once (the bundled shapes model unless --checkpoint DIR), then serves tabs
-for generate, variations, interpolation, text diff, inpaint (a mask drawn on the image),
-image to image and mixing (`unclip_jax.serve_app`). Requests
-are queued and run one at a time; each result offers its grid PNG and the JSON sidecar that
-`unclip-jax sample --from-sidecar` regenerates it from. Listens on 127.0.0.1 (this machine
-only) unless --host says otherwise.
+"""Running `unclip-jax serve`: its port and host defaults and checks, the Gradio import
+check, and `running` — the server in a child process on a free port (for scripts and tests).
 """
 from __future__ import annotations
 
