@@ -69,7 +69,7 @@ is_preset() {  # is_preset SPEC: NAME[:ARG] names a preset (shapes, paper, karlo
 }
 
 check_config() {  # check_config SPEC: a preset NAME[:ARG], or FILE[:ARG] that exists (relative: $PWD)
-  is_preset "$1" && return 0        # resolved by name wherever train runs (unclip_jax.presets)
+  is_preset "$1" && return 0  # by name wherever train runs (unclip_jax.cli.config_args)
   local file=${1%%:*}
   [[ $file == /* ]] || file="$PWD/$file"
   [[ -f $file ]] || die "--config file not found: ${1%%:*} (relative paths are relative to $PWD)"
