@@ -28,6 +28,7 @@ from unclip_jax.errors import CheckpointError
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_BIN = "pytorch_model.bin"
+HF_WEIGHTS = (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json")
 IGNORED_KEYS = ("position_ids",)   # buffers some transformers versions save
@@ -84,28 +85,31 @@ def model_config_from_hf(hf: dict) -> mlc.ConfigDict:
         layer_norm_eps=float(t.layer_norm_eps), logit_scale_init=float(c.logit_scale_init_value))
 
 
-def read_hf_weights(src: str) -> dict[str, np.ndarray]:
-    """All tensors of `src` as float32 numpy: model.safetensors (or its sharded index), else
-    pytorch_model.bin (torch is imported only then)."""
+def read_hf_weights(src: str, names: tuple[str, str, str] = HF_WEIGHTS,
+                    hint: str = "") -> dict[str, np.ndarray]:
+    """All tensors of folder `src` as float32 numpy, from the first of `names` = (one
+    safetensors file, a sharded safetensors index, a torch .bin) that exists — transformers'
+    names by default, diffusers' for a Karlo component (torch is imported only for a .bin).
+    `hint` ends the error naming what is missing."""
     from safetensors.numpy import load_file
 
-    if os.path.isfile(os.path.join(src, SAFETENSORS)):
-        files = [SAFETENSORS]
-    elif os.path.isfile(os.path.join(src, SAFETENSORS_INDEX)):
-        with open(os.path.join(src, SAFETENSORS_INDEX)) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.isfile(os.path.join(src, TORCH_BIN)):
+    single, index, binary = (os.path.join(src, n) for n in names)
+    if os.path.isfile(single):
+        files = [single]
+    elif os.path.isfile(index):
+        with open(index) as f:
+            files = [os.path.join(src, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
+    elif os.path.isfile(binary):
         import torch
-        state = torch.load(os.path.join(src, TORCH_BIN), map_location="cpu", weights_only=True)
+        state = torch.load(binary, map_location="cpu", weights_only=True)
         return {k: v.detach().float().numpy() for k, v in state.items()}
     else:
-        raise CheckpointError(f"{src} has no weights: expected {SAFETENSORS}, "
-                              f"{SAFETENSORS_INDEX} or {TORCH_BIN}")
+        raise CheckpointError(f"{src} has no weights: expected {names[0]}, {names[1]} or "
+                              f"{names[2]}{hint}")
     out = {}
-    for name in files:
-        path = os.path.join(src, name)
+    for path in files:
         if not os.path.isfile(path):
-            raise CheckpointError(f"{src} is missing weight shard {name}")
+            raise CheckpointError(f"{src} is missing weight shard {os.path.basename(path)}")
         out.update(load_file(path))
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 

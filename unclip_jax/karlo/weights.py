@@ -11,7 +11,6 @@ dropped) and checks the shape. Errors name the parameter and both shapes.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Callable
@@ -19,6 +18,7 @@ from typing import Callable
 import numpy as np
 from flax import traverse_util
 
+from unclip_jax.clip.convert import read_hf_weights
 from unclip_jax.errors import CheckpointError
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors",
@@ -30,28 +30,8 @@ INDEXED = re.compile(r"^(down_blocks|up_blocks|resnets|attentions|downsamplers|u
 
 def read_component(src: str, component: str) -> dict[str, np.ndarray]:
     """All tensors of `src/component` as float32 numpy (safetensors, sharded, or torch .bin)."""
-    from safetensors.numpy import load_file
-
-    d = os.path.join(src, component)
-    single, index, binary = (os.path.join(d, n) for n in DIFFUSERS_WEIGHTS)
-    if os.path.isfile(single):
-        files = [single]
-    elif os.path.isfile(index):
-        with open(index) as f:
-            files = [os.path.join(d, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
-    elif os.path.isfile(binary):
-        import torch
-        state = torch.load(binary, map_location="cpu", weights_only=True)
-        return {k: v.detach().float().numpy() for k, v in state.items()}
-    else:
-        raise CheckpointError(f"{d} has no weights: expected one of {', '.join(DIFFUSERS_WEIGHTS)}"
-                              f" (the '{component}' component is incomplete)")
-    out = {}
-    for path in files:
-        if not os.path.isfile(path):
-            raise CheckpointError(f"{d} is missing weight shard {os.path.basename(path)}")
-        out.update(load_file(path))
-    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+    return read_hf_weights(os.path.join(src, component), DIFFUSERS_WEIGHTS,
+                           hint=f" (the '{component}' component is incomplete)")
 
 
 def diffusers_name(path: tuple[str, ...], ndim: int) -> tuple[str, str]:
