@@ -28,6 +28,7 @@ import optax
 from unclip_jax import export
 from unclip_jax.errors import UserError
 from unclip_jax.eval.data import ATTRIBUTES, load_examples
+from unclip_jax.eval.fit import adamw_trainer
 from unclip_jax.models.layers import dense
 from unclip_jax.models.unet_blocks import conv
 
@@ -199,19 +200,9 @@ def train_attribute_classifier(data_dir: str, *, out_dir: str | None = None,
         data=dict(dataset=dataset or "", data_dir=data_dir, num_train=len(train["image"])),
         train=dict(steps=int(steps), batch_size=int(batch_size), lr=float(learning_rate),
                    weight_decay=float(weight_decay), seed=int(seed))))
-    model = from_config(cfg.model)
-    key = jax.random.key(seed)
-    params = nn.meta.unbox(model.init(key, jnp.zeros((1, image_size, image_size, 3))))
-    sched = optax.cosine_decay_schedule(learning_rate, int(steps))
-    tx = optax.adamw(sched, weight_decay=weight_decay)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, images, labels):
-        loss, grads = jax.value_and_grad(loss_fn)(params, model, images, labels)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
+    params, opt_state, step = adamw_trainer(
+        from_config(cfg.model), loss_fn, image_size, steps=steps, learning_rate=learning_rate,
+        weight_decay=weight_decay, seed=seed)
     n = len(train["image"])
     rng = np.random.default_rng(seed)
     bs = min(int(batch_size), n)

@@ -25,6 +25,7 @@ import optax
 from unclip_jax.data import hard_negatives as hn
 from unclip_jax.data import sources
 from unclip_jax.eval.data import load_examples, resolve_dataset
+from unclip_jax.eval.fit import adamw_trainer
 from unclip_jax.models.layers import dense
 from unclip_jax.models.unet_blocks import conv
 
@@ -47,6 +48,13 @@ class CountNet(nn.Module):
         return dense(hn.MAX_OBJECTS, ("mlp", "vocab"), "head", jnp.float32)(f)
 
 
+def count_loss(params, model, images, counts):
+    """Mean softmax cross-entropy of CountNet's logits; counts int32 [B] (0, 1, 2 for 1–3
+    objects)."""
+    return optax.softmax_cross_entropy_with_integer_labels(model.apply(params, images),
+                                                           counts).mean()
+
+
 def _counts(data_dir: str, name: str, split: str, index: np.ndarray) -> np.ndarray:
     seed = int(sources.builder_for(name, data_dir).builder_config.seed)
     return np.array([len(hn.scene(seed, split, int(i))[0]) - 1 for i in index], np.int32)
@@ -65,19 +73,8 @@ def train_count_classifier(data_dir: str, *, image_size: int, dataset: str | Non
     y_train = _counts(data_dir, name, "train", train["index"])
     y_val = _counts(data_dir, name, "validation", val["index"])
     model = CountNet()
-    params = nn.meta.unbox(model.init(jax.random.key(seed),
-                                      jnp.zeros((1, image_size, image_size, 3))))
-    tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, int(steps)), weight_decay=1e-4)
-    opt = tx.init(params)
-
-    @jax.jit
-    def step(params, opt, x, y):
-        def loss_fn(p):
-            return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
-        loss, g = jax.value_and_grad(loss_fn)(params)
-        upd, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, upd), opt, loss
-
+    params, opt, step = adamw_trainer(model, count_loss, image_size, steps=steps,
+                                      learning_rate=learning_rate, weight_decay=1e-4, seed=seed)
     predict = jax.jit(lambda p, x: model.apply(p, x).argmax(-1))
     rng = np.random.default_rng(seed)
     start = time.time()

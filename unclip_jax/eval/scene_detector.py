@@ -36,6 +36,7 @@ from unclip_jax import export
 from unclip_jax.data import render
 from unclip_jax.errors import UserError
 from unclip_jax.eval.attributes import LoadedNet, border_background, image_codes, resize_images
+from unclip_jax.eval.fit import adamw_trainer
 from unclip_jax.models.layers import dense
 
 STAGE = "scene_detector"
@@ -227,19 +228,9 @@ def train_scene_detector(*, out_dir: str | None = None, image_size: int = 72,
         data=dict(resolutions=tuple(int(r) for r in resolutions), seed=int(seed)),
         train=dict(steps=int(steps), batch_size=int(batch_size), lr=float(learning_rate),
                    weight_decay=float(weight_decay))))
-    model = from_config(cfg.model)
-    params = nn.meta.unbox(model.init(jax.random.key(seed),
-                                      jnp.zeros((1, image_size, image_size, 3))))
-    tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, int(steps)),
-                     weight_decay=weight_decay)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, images, labels):
-        loss, grads = jax.value_and_grad(loss_fn)(params, model, images, labels)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
+    params, opt_state, step = adamw_trainer(
+        from_config(cfg.model), loss_fn, image_size, steps=steps, learning_rate=learning_rate,
+        weight_decay=weight_decay, seed=seed)
     start = time.time()
     bs = int(batch_size)
     for i in range(int(steps)):
