@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from unclip_jax.configs import paper, shapes
-from sharded_init import init_sharded
+from sharded_init import assert_matches_unsharded, init_sharded, parameter_count
 from unclip_jax import parallel
 from unclip_jax.errors import UserError
 from unclip_jax.models import ar_codec
@@ -261,20 +261,13 @@ def test_sharded_init_matches_unsharded(devices8):
     assert p["token_embed"]["embedding"].sharding.spec == P("tensor", "fsdp")
     assert p["stack"]["transformer"]["layers_0"]["mlp"]["fc2"]["kernel"].sharding.spec == \
         P("tensor", "fsdp")
-    ref = nn.meta.unbox(model.init(jax.random.key(0), *x))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, atol=1e-6),
-                 params, ref)
-    xs = parallel.global_batch(tuple(np.asarray(a) for a in x), mesh)
-    with parallel.activate(mesh):
-        out = jax.jit(model.apply)(params, *xs)
-    np.testing.assert_allclose(np.asarray(out), model.apply(ref, *x), atol=1e-5)
+    assert_matches_unsharded(model, params, x, mesh)
 
 
 def test_paper_parameter_count():
     cfg = paper.ar_prior()
     model = ar.from_config(cfg.model)
-    tree = jax.eval_shape(lambda k: model.init(k, *ar.dummy_inputs(model)), jax.random.key(0))
-    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nn.meta.unbox(tree)))
+    count = parameter_count(model, *ar.dummy_inputs(model))
     print(f"paper AR prior parameters: {count:,}")
     assert 0.7e9 < count < 1.4e9
 

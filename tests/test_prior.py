@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from unclip_jax.configs import paper, shapes
-from sharded_init import init_sharded
+from sharded_init import assert_matches_unsharded, init_sharded, parameter_count
 from unclip_jax import parallel
 from unclip_jax.diffusion import losses, samplers, schedules
 from unclip_jax.errors import UserError
@@ -230,21 +230,13 @@ def test_sharded_init_matches_unsharded(devices8):
     assert fc1.addressable_shards[0].data.shape == (16, 64)
     q = params["params"]["stack"]["transformer"]["layers_0"]["self_attn"]["q_proj"]["kernel"]
     assert q.sharding.spec == P("fsdp", "tensor")
-    ref = nn.meta.unbox(model.init(jax.random.key(0), *x))
-    host = jax.tree.map(np.asarray, params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), host, ref)
-    xs = parallel.global_batch(tuple(np.asarray(a) for a in x), mesh)
-    with parallel.activate(mesh):
-        out = jax.jit(model.apply)(params, *xs)
-    np.testing.assert_allclose(np.asarray(out), model.apply(ref, *x), atol=1e-5)
+    assert_matches_unsharded(model, params, x, mesh)
 
 
 def test_paper_parameter_count():
     cfg = paper.prior()
     model = prior_lib.from_config(cfg.model)
-    shapes_tree = jax.eval_shape(lambda k: model.init(k, *prior_lib.dummy_inputs(model)),
-                                 jax.random.key(0))
-    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nn.meta.unbox(shapes_tree)))
+    count = parameter_count(model, *prior_lib.dummy_inputs(model))
     print(f"paper diffusion prior parameters: {count:,}")
     assert 0.7e9 < count < 1.4e9
 
