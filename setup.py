@@ -61,7 +61,7 @@ setup(
     packages=find_packages(include=["unclip_jax", "unclip_jax.*"]) + ["unclip_jax.configs"],
     package_dir={"unclip_jax.configs": "configs"},
     include_package_data=True,
-    package_data={"unclip_jax": ["assets/**/*"]},
+    package_data={"unclip_jax": ["assets/**/*", "eval/prompts/*.json"]},
     install_requires=RUNTIME,
     extras_require={
         "test": TEST,

@@ -88,3 +88,7 @@ def test_wheel_ships_presets_inside_the_package_only(tmp_path):
     shipped = {os.path.basename(n) for n in names if n.startswith("unclip_jax/configs/")}
     assert {"__init__.py", "shapes.py", "paper.py", "karlo.py"} <= shipped
     assert "unclip_jax/config_schema.py" in names          # the schema the presets use
+    data = {os.path.relpath(os.path.join(d, f), src).replace(os.sep, "/")
+            for d, _, files in os.walk(src / "unclip_jax") for f in files
+            if not f.endswith((".py", ".pyc"))}
+    assert data and data <= set(names), data - set(names)   # e.g. eval/prompts/*.json
