@@ -138,10 +138,13 @@ def test_no_file_names_the_packaging_machines_paths(runs, packaged):
     root = os.path.dirname(runs["prior"]["dir"])
     for r, _, files in os.walk(out):
         for name in files:
+            with open(os.path.join(r, name), "rb") as f:
+                data = f.read()
+            # neither the runs' nor the model's own directory (Orbax's commit_success.txt
+            # names the directory it was written to)
+            assert root.encode() not in data and out.encode() not in data, os.path.join(r, name)
             if name.endswith(".json") and name != "tokenizer.json":
-                with open(os.path.join(r, name)) as f:
-                    text = f.read()
-                assert root not in text and "/tmp" not in text, os.path.join(r, name)
+                assert b"/tmp" not in data, os.path.join(r, name)
     with open(os.path.join(out, "prior", "config.json")) as f:
         cfg = json.load(f)
     assert cfg["data"]["embeddings_dir"] == "" and cfg["train"] == json.loads(

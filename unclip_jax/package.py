@@ -40,6 +40,7 @@ from typing import Any
 from unclip_jax import atomic, export, paths
 from unclip_jax.errors import CheckpointError, UserError
 from unclip_jax.stages import STAGES
+from unclip_jax.train.checkpoint import GCS_COMMIT_FILE
 DTYPES = ("float16", "float32", "bfloat16")
 MANIFEST = "MANIFEST.json"
 TOKENIZER = "tokenizer"
@@ -176,7 +177,13 @@ def run_name(workdir: str) -> str:
 def strip_machine_paths(exported: str, workdir: str) -> None:
     """Rewrite an exported stage's config.json and extra.json without local paths of this
     machine: the config's input directories (`MACHINE_PATH_KEYS`, unless gs:// URIs) become ''
-    and extra.json's `source` the run's name (`run_name`). Params and checksums are untouched."""
+    and extra.json's `source` the run's name (`run_name`). Params and checksums are untouched;
+    Orbax's `commit_success.txt`, which names the directory it was written to and marks a
+    finished write only on gs:// (`train.checkpoint.GCS_COMMIT_FILE`), is dropped from a local
+    export."""
+    commit_file = os.path.join(exported, "params", GCS_COMMIT_FILE)
+    if not paths.is_remote(exported) and os.path.isfile(commit_file):
+        os.remove(commit_file)
     cfg_path = os.path.join(exported, "config.json")
     with open(cfg_path) as f:
         cfg = json.load(f)
