@@ -68,6 +68,7 @@ def test_generate_end_to_end_seeds(pipe):
     assert imgs.dtype == np.uint8 and imgs.shape == (2, 32, 32, 3)
     assert inter["z_i"].shape == (2, 16) and inter["x_T"].shape == (2, 8, 8, 3)
     assert inter["decoder"].shape == (2, 8, 8, 3) and inter["upsampler1"].shape == (2, 16, 16, 3)
+    assert [pipe.image_size(s) for s in ("clip", "decoder", "upsampler1")] == [16, 8, 16]
     np.testing.assert_array_equal(imgs, to_uint8(inter["upsampler2"]))
     assert np.all(np.isfinite(inter["z_i"]))
     again = pipe.generate(prompts, 0, **FAST)

@@ -123,7 +123,9 @@ class UnCLIP(DiffusersStyle):
         return decoder_embedding(self.stages["decoder"].config.data) == "z_t"
 
     def image_size(self, stage: str) -> int:
-        return int(self.stages[stage].config.model.image_size)
+        """Pixels per side of a stage's images (for 'clip': its image tower's input)."""
+        model = self.stages[stage].config.model
+        return int(model.vision.image_size if stage == "clip" else model.image_size)
 
     @property
     def mesh(self):
