@@ -26,6 +26,14 @@ def test_flags_are_dashed_with_the_underscore_alias_and_sizes_parse():
     assert parse(["eval-prompts"]).sets == "geneval"
 
 
+def test_help_shows_defaults_including_zero(capsys):
+    with pytest.raises(SystemExit):
+        parse(["eval-editing", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--seed SEED (default: 0)" in text and "(default: upsampler1)" in text
+    assert "--parts PART [PART ...] measure only these" in text and "--data_dir" not in text
+
+
 @pytest.mark.parametrize("sizes", ["16,a", "0,16", "", "16;32"])
 def test_bad_sizes_are_one_argparse_line(sizes, capsys):
     with pytest.raises(SystemExit) as e:

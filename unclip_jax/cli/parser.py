@@ -15,9 +15,12 @@ from unclip_jax.cli import config_args
 
 
 def shows_default(action: argparse.Action) -> bool:
-    """Whether `--help` names this option's default (not for flags, positionals, None)."""
+    """Whether `--help` names this option's default (not for flags, positionals, None; 0 is
+    shown)."""
+    default = action.default     # identity for None/False: a default of 0 is shown
     return (bool(action.option_strings) and action.nargs != 0
-            and action.default not in (None, False, argparse.SUPPRESS, [])
+            and default is not None and default is not False
+            and default != argparse.SUPPRESS and default != []
             and "%(default)" not in (action.help or ""))
 
 
