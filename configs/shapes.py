@@ -1,9 +1,11 @@
-"""CPU-scale unCLIP on the built-in `unclip_shapes` dataset: 16 → 64 → 256 pixels.
+"""CPU-scale unCLIP on the built-in `unclip_shapes` dataset.
 
-`--config shapes:STAGE` (or `--config configs/shapes.py:STAGE`) with STAGE one of clip, prior,
-ar_prior, decoder, upsampler1, upsampler2 (default: decoder) — the embedded model — or clip3,
-prior3, ar_prior3, decoder32, upsampler1_32: the second recipe (hard-negative CLIP with a
-sincos-started position table, 32 px base), see docs/results.md; clip2 is its first CLIP attempt.
+`--config shapes:STAGE` (or `--config configs/shapes.py:STAGE`). The embedded model
+(unclip_jax/assets/shapes) is the second recipe, 32 → 64 → 256 pixels: clip3 (hard-negative
+CLIP with a sincos-started position table), prior3, ar_prior3, decoder32, upsampler1_32, and
+upsampler2. The first recipe, 16 → 64 → 256 pixels, is clip, prior, ar_prior, decoder (the
+default STAGE), upsampler1, upsampler2; clip2 was the second recipe's first CLIP attempt.
+README "Reproduce the shapes model" has the commands, docs/results.md what each reaches.
 """
 import ml_collections as mlc
 
@@ -14,11 +16,9 @@ TEXT_WIDTH = 64        # CLIP text transformer width
 TEXT_LEN = 40          # tokens per caption (the longest shapes caption is 38 with <bos>/<eos>)
 DATASET = "unclip_shapes/medium"   # what the embedded default model was trained on
 
-# Sizes and step counts below are what the embedded model (unclip_jax/assets/shapes) was
-# trained with on a shared 2-core CPU, one stage at a time, in about 110 minutes for all six
-# stages; the structure (CLIP → diffusion or AR prior → 16 px decoder with learned variance →
-# 64 px → 256 px upsamplers) is the paper's. README "Reproduce the shapes model" has the
-# commands; docs/results.md what each stage reaches.
+# Sizes and step counts below are what the models were trained with on a shared 2-core CPU,
+# one or two stages at a time; the structure (CLIP → diffusion or AR prior → base decoder with
+# learned variance → two upsamplers) is the paper's.
 
 
 def clip_model():

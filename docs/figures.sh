@@ -15,7 +15,7 @@ PROMPTS=("a large red circle on the left" "a small blue square at the top"
          "a large green triangle in the centre on a black background"
          "a medium yellow star in the bottom right corner")
 
-# samples of the full chain (prior → 16 px decoder → 64 px → 256 px)
+# samples of the full chain (prior → 32 px decoder → 64 px → 256 px)
 unclip-jax sample "${PROMPTS[@]}" -n 4 --seed 0 --cols 8 --out docs/samples_shapes.png --overwrite
 
 # §5.1 ablation, one grid per row of docs/results.md, same prompts and seed
