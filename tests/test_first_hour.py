@@ -15,27 +15,27 @@ from unclip_jax.sample.loading import BUNDLED_MODEL
 
 def test_embed_finds_the_tokenizer_beside_the_clip():
     from unclip_jax import export
-    from unclip_jax.data.embed import _tokenizer_for
+    from unclip_jax.data.embed import tokenizer_for
 
     clip_dir = os.path.join(BUNDLED_MODEL, "clip")
     assert not os.path.exists(os.path.join(clip_dir, "tokenizer"))   # only beside it
     cfg = export.load_config(clip_dir)
     cfg.model.tokenizer = ""                 # only the model directory's own tokenizer/
-    tok = _tokenizer_for(clip_dir, cfg.model)
+    tok = tokenizer_for(clip_dir, cfg.model)
     ids, mask = tok(["a red circle"])
     assert ids.shape == (1, cfg.model.text.context_length) and mask[0].sum() > 2
 
 
 def test_embed_without_any_tokenizer_names_the_places(tmp_path):
     from unclip_jax import export
-    from unclip_jax.data.embed import _tokenizer_for
+    from unclip_jax.data.embed import tokenizer_for
 
     clip_dir = tmp_path / "model" / "clip"
     shutil.copytree(os.path.join(BUNDLED_MODEL, "clip"), clip_dir)
     cfg = export.load_config(str(clip_dir))
     cfg.model.tokenizer = ""
     with pytest.raises(UserError, match=r"no tokenizer found .*beside CKPT"):
-        _tokenizer_for(str(clip_dir), cfg.model)
+        tokenizer_for(str(clip_dir), cfg.model)
 
 
 def test_package_base_bundled_completes_a_model(tmp_path, capsys):

@@ -5,6 +5,8 @@ encodes images and captions with a CLIP inference checkpoint (`unclip_jax.export
 'clip') — batches sharded over every device of a `parallel.make_mesh` mesh, parameters
 replicated — and writes chunk directories + a manifest (`embedding_files`). A rerun after an
 interruption keeps finished chunks, redoes a half-written one, and produces the same files.
+`tokenizer_for(clip_dir, model_cfg)` finds the tokenizer that goes with a CLIP checkpoint
+(also used by `unclip-jax eval-clip`).
 
 CLI: `unclip-jax embed --clip CKPT --data_dir DIR [--dataset unclip_shapes/small]
 [--split train] --out DIR`.
@@ -23,7 +25,12 @@ from unclip_jax.data.pipeline import decode
 from unclip_jax.errors import UserError
 
 
-def _tokenizer_for(clip_dir: str, model_cfg):
+def tokenizer_for(clip_dir: str, model_cfg):
+    """The `Tokenizer` that goes with the CLIP inference checkpoint `clip_dir` (`model_cfg`: its
+    config.model), padding to the text tower's context length. The first directory holding a
+    tokenizer.json wins: CKPT/tokenizer/, CKPT itself, tokenizer/ beside CKPT (a model
+    directory's own), then config.model.tokenizer. UserError naming those places when none has
+    one."""
     from unclip_jax.clip.tokenizer import Tokenizer
     length = int(model_cfg.text.context_length)
     beside = os.path.join(os.path.dirname(os.path.normpath(clip_dir)), "tokenizer")
@@ -49,7 +56,7 @@ def embed_dataset(clip_dir: str, data_dir: str, out_dir: str, *, dataset: str = 
 
     params, cfg, _ = export.load(clip_dir, expect_stage="clip")
     model_cfg = model_config(cfg)
-    tokenizer = tokenizer or _tokenizer_for(clip_dir, model_cfg)
+    tokenizer = tokenizer or tokenizer_for(clip_dir, model_cfg)
     builder = sources.builder_for(dataset, data_dir)
     n = sources.num_examples(builder, split)
     mesh = mesh or parallel.make_mesh({"data": -1})

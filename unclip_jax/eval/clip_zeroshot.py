@@ -105,13 +105,13 @@ def zero_shot(clip_dir: str, data_dir: str, *, split: str = "validation",
     from unclip_jax.clip.model import clip_encode_images, clip_encode_text, model_config
     from unclip_jax.clip.tokenizer import Tokenizer
     from unclip_jax.data import sources
-    from unclip_jax.data.embed import _tokenizer_for
+    from unclip_jax.data.embed import tokenizer_for
     from unclip_jax.eval.data import load_examples, resolve_dataset
 
     params, cfg, _ = export.load(clip_dir, expect_stage="clip")
     mc = model_config(cfg)
     tok = (Tokenizer(tokenizer, int(mc.text.context_length)) if tokenizer
-           else _tokenizer_for(clip_dir, mc))
+           else tokenizer_for(clip_dir, mc))
     name = resolve_dataset(data_dir, dataset)
     seed_scene = int(sources.builder_for(name, data_dir).builder_config.seed)
     ex = load_examples(data_dir, split, image_size=int(mc.vision.image_size), dataset=name,
