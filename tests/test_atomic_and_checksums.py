@@ -35,6 +35,18 @@ def test_atomic_write_refuses_to_clobber_and_leaves_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a.json"]
 
 
+def test_atomic_write_gives_the_mode_a_plain_write_would(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic.write_text(str(tmp_path / "a.txt"), "x")
+        with open(tmp_path / "b.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    mode = lambda n: os.stat(tmp_path / n).st_mode & 0o777
+    assert mode("a.txt") == mode("b.txt") == 0o644
+
+
 def test_failed_write_keeps_the_old_file_whole(tmp_path, monkeypatch):
     p = str(tmp_path / "out.png")
     atomic.write_bytes(p, b"old image")

@@ -65,7 +65,14 @@ def _tmp_name(path: str, directory: bool = False) -> str:
         return tempfile.mkdtemp(prefix=f".{name}.", suffix=TMP_SUFFIX, dir=parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TMP_SUFFIX, dir=parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; a written file gets the usual mode
     return tmp
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def temp_dir(path: str) -> str:
