@@ -5,11 +5,11 @@ import os
 import numpy as np
 import pytest
 
-from pipeline_fixtures import CAPTIONS, checkpoints, read_png, smooth_image
+from pipeline_fixtures import CAPTIONS, checkpoints, json_strings, read_png, smooth_image
 from unclip_jax import cli
 from unclip_jax.errors import UserError
 from unclip_jax.export import checkpoint_identity
-from unclip_jax.sample import records
+from unclip_jax.sample import records, sidecars
 from unclip_jax.sample.images import to_uint8
 from unclip_jax.sample.sidecars import sidecar_path
 
@@ -79,37 +79,45 @@ def _input_pngs(folder, seeds=(0, 1)) -> list[str]:
     return paths
 
 
-def test_manipulation_commands(dirs, tmp_path):
-    paths = _input_pngs(tmp_path)
-    common = ["--checkpoint", dirs["root"], "--decoder-steps", "ddim2", "--upsampler-steps",
+def test_manipulation_commands(dirs, tmp_path, monkeypatch):
+    """vary / interpolate / textdiff given relative paths (inputs, --checkpoint, --out in a
+    subfolder): the sidecar names them relative to its own folder, holds no absolute path
+    but one the user gave, and regenerates the same grid from another directory."""
+    _input_pngs(tmp_path)
+    absolute = str(tmp_path / "in1.png")                  # given absolute: recorded as such
+    monkeypatch.chdir(tmp_path)
+    ckpt = os.path.relpath(dirs["root"])
+    common = ["--checkpoint", ckpt, "--decoder-steps", "ddim2", "--upsampler-steps",
               "ddim1", "--no-progress"]
-    for argv, n in [(["vary", paths[0], "-n", "2"], 3),       # the source, then 2 variations
-                    (["interpolate", paths[0], paths[1], "-n", "3"], 3),
-                    (["textdiff", paths[0], "--from", CAPTIONS[0], "--to", CAPTIONS[1],
-                      "-n", "2"], 2)]:
-        out = str(tmp_path / f"{argv[0]}.png")
-        assert cli.main(argv + common + ["--out", out, "--cols", "1"]) == 0
-        assert read_png(out).shape[0] == 2 + n * 34
-        regen = str(tmp_path / f"{argv[0]}-again.png")
-        assert cli.main(["sample", "--from-sidecar", sidecar_path(out), "--out", regen,
-                         "--no-progress"]) == 0
-        np.testing.assert_array_equal(read_png(regen), read_png(out))
-    # a sidecar naming its inputs relative to its own folder regenerates from anywhere
-    rec = json.load(open(sidecar_path(str(tmp_path / "interpolate.png"))))
-    rec["inputs"] = {"image_a": "in0.png", "image_b": "in1.png"}
-    with open(tmp_path / "relative.json", "w") as f:
-        json.dump(rec, f)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    cwd = os.getcwd()
-    try:
-        os.chdir(elsewhere)
-        assert cli.main(["sample", "--from-sidecar", str(tmp_path / "relative.json"),
-                         "--out", "again.png", "--no-progress"]) == 0
-    finally:
-        os.chdir(cwd)
-    np.testing.assert_array_equal(read_png(str(elsewhere / "again.png")),
-                                  read_png(str(tmp_path / "interpolate.png")))
+    for argv, n, want in [
+            (["vary", "in0.png", "-n", "2"], 3, ["../in0.png"]),   # the source + 2 variations
+            (["interpolate", "in0.png", absolute, "-n", "3"], 3, ["../in0.png", absolute]),
+            (["textdiff", "in1.png", "--from", CAPTIONS[0], "--to", CAPTIONS[1], "-n", "2"], 2,
+             ["../in1.png"])]:
+        monkeypatch.chdir(tmp_path)
+        out = os.path.join("out", f"{argv[0]}.png")
+        assert cli.main(argv + common + ["--out", out, "--cols", "1"]) == 0
+        assert read_png(out).shape[0] == 2 + n * 34
+        rec = json.load(open(sidecar_path(out)))
+        assert sidecars.input_files(rec["command"], rec["inputs"]) == want
+        assert set(rec["input_sha256"]) == set(want)
+        assert rec["checkpoint"] == os.path.join("..", ckpt)
+        assert rec["checkpoints"]["decoder"]["dir"] == os.path.join("..", ckpt, "decoder")
+        assert rec["output"] == f"{argv[0]}.png"
+        assert {s for s in json_strings(rec) if os.path.isabs(s)} <= {absolute}
+        monkeypatch.chdir(elsewhere)
+        side = os.path.join("..", sidecar_path(out))
+        assert cli.main(["sample", "--from-sidecar", side, "--out", "again.png",
+                         "--no-progress"]) == 0
+        np.testing.assert_array_equal(read_png("again.png"), read_png(str(tmp_path / out)))
+        again = json.load(open("again.json"))
+        assert again["inputs"] == rec["inputs"] and again["checkpoint"] == rec["checkpoint"]
+        assert again["regenerated_from"] == side
+        assert {s for s in json_strings(again) if os.path.isabs(s)} <= {absolute}
+        os.remove("again.png")
+        os.remove("again.json")
 
 
 def test_vary_grid_starts_each_row_with_its_source_and_records_input_hashes(dirs, tmp_path):

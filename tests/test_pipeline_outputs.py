@@ -255,3 +255,25 @@ def test_requests_that_cannot_fit_are_refused_with_the_number(dirs, tmp_path, ca
     assert "100000 images of 32×32 need" in line and "ask for at most" in line
     assert f"{1024 * page / 2**30:.1f} GiB of memory is free" in line
     assert os.listdir(tmp_path) == []
+
+
+def test_docs_figure_sidecars_name_no_machine_path():
+    """Each docs/*.json figure sidecar is a valid sidecar naming no absolute path (inputs
+    relative to docs/, the bundled model as `bundled:`), and its recorded inputs are the files
+    beside it (their sha256 as recorded)."""
+    from pipeline_fixtures import json_strings
+    from unclip_jax.sample import records, sidecars
+    docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+    found = 0
+    for name in sorted(os.listdir(docs)):
+        path = os.path.join(docs, name)
+        if not name.endswith(".json") or "command" not in json.load(open(path)):
+            continue                                # results tables, not sidecars
+        rec = sidecars.read_sidecar(path)
+        assert not [s for s in json_strings(rec) if os.path.isabs(s) or s.startswith("~")], name
+        assert rec["checkpoint"] is None or not os.path.isabs(rec["checkpoint"])
+        resolved = records.inputs_beside(rec["inputs"], docs)
+        assert all(os.path.isfile(f) for f in sidecars.input_files(rec["command"], resolved))
+        sidecars.check_input_hashes(rec, resolved, path)
+        found += 1
+    assert found >= 5

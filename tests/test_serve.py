@@ -1,5 +1,6 @@
 """`unclip-jax serve`: the web demo's form → CLI mapping, its error lines, the files it offers,
 and one end-to-end run in a real headless browser (Debian's chromium through Selenium)."""
+import hashlib
 import io as _io
 import json
 import os
@@ -183,6 +184,9 @@ def test_uploads_regenerate_from_the_downloads(dirs, tmp_path, monkeypatch):
                            if isinstance(v, str))
             assert all(os.path.isfile(down / f) for f in side["inputs"].get("items", [])
                        if f.endswith(".png"))
+            uploads = [os.path.basename(f) for f in r.files[2:]]          # the input PNGs
+            assert uploads and side["input_sha256"] == {
+                f: hashlib.sha256((down / f).read_bytes()).hexdigest() for f in uploads}
             monkeypatch.chdir(down)
             regen = regenerate(os.path.basename(r.files[1]), "regen.png")
             np.testing.assert_array_equal(read_png(regen), read_png(r.files[0]))

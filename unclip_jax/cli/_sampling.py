@@ -93,25 +93,24 @@ def settings(args, command: str) -> dict:
 
 
 def inputs(args, command: str) -> dict:
-    """The inputs of `command` (prompts, or absolute image paths) from its parsed arguments."""
+    """The inputs of `command` (prompts, or image paths as given) from its parsed arguments;
+    the sidecar records a relative path relative to its own folder (`records.write_result`)."""
     from unclip_jax.sample.checks import check_prompts
     if command == "sample":
         return {"prompts": check_prompts(args.prompts)}
     if command == "vary":
-        return {"images": [os.path.abspath(p) for p in args.images]}
+        return {"images": list(args.images)}
     if command == "interpolate":
-        return {"image_a": os.path.abspath(args.image_a), "image_b": os.path.abspath(args.image_b)}
+        return {"image_a": args.image_a, "image_b": args.image_b}
     if command == "inpaint":
-        return {"image": os.path.abspath(args.image), "mask": os.path.abspath(args.mask),
-                "prompt": args.prompt}
+        return {"image": args.image, "mask": args.mask, "prompt": args.prompt}
     if command == "img2img":
-        return {"image": os.path.abspath(args.image), "prompt": args.prompt}
+        return {"image": args.image, "prompt": args.prompt}
     if command == "mix":
         from unclip_jax.sample.mixing import split_items
         items, kinds = split_items(args.items)
-        return {"items": [os.path.abspath(i) if k == "image" else i
-                          for i, k in zip(items, kinds)], "kinds": kinds}
-    return {"image": os.path.abspath(args.image), "caption_from": args.caption_from,
+        return {"items": list(items), "kinds": kinds}
+    return {"image": args.image, "caption_from": args.caption_from,
             "caption_to": args.caption_to}
 
 

@@ -17,7 +17,7 @@ from unclip_jax import paths
 from unclip_jax.errors import CheckpointError, UserError
 from unclip_jax.sample import sidecars
 from unclip_jax.sample.checks import check_cols
-from unclip_jax.sample.loading import default_model
+from unclip_jax.sample.loading import BUNDLED_MODEL, default_model
 
 # a setting left unset (None) → (stage, config keys) of the default the pipeline uses instead
 CONFIG_DEFAULTS = {"decoder_steps": ("decoder", ("diffusion", "sample_steps")),
@@ -68,10 +68,10 @@ def mix_items(inputs: dict) -> list:
 def command_record(command: str, seed: int, inputs: dict, settings: dict, prior: str,
                    checkpoint: str | None, cols) -> dict:
     """What a sidecar records about a command before it runs (`checkpoint` None: the
-    bundled model; a directory is recorded as an absolute path)."""
+    bundled model; a directory as given: `write_result` records a relative one relative to
+    the sidecar's folder)."""
     return dict(command=command, seed=seed, inputs=inputs, settings=settings, prior=prior,
-                checkpoint=None if checkpoint is None else os.path.abspath(checkpoint),
-                cols=cols)
+                checkpoint=checkpoint, cols=cols)
 
 
 def settings_used(pipe, settings: dict) -> dict:
@@ -122,31 +122,73 @@ def grid_tiles(command: str, inputs: dict, images: np.ndarray) -> tuple[np.ndarr
 def write_result(pipe, images, out: str, cols, record: dict, overwrite: bool = False,
                  inputs: dict | None = None) -> tuple[str, str]:
     """Write the grid `out` (`grid_tiles`) and its sidecar (`result_record`) together →
-    (grid, sidecar). inputs: the record's inputs as resolved (default: the record's own)."""
+    (grid, sidecar). inputs: the record's inputs as resolved (default: the record's own).
+    The sidecar names its grid by file name and its relative input paths relative to its
+    own folder (`inputs_for_sidecar`), as `regenerate` reads them."""
     inputs = inputs or record["inputs"]
-    record = result_record(pipe, images, os.path.abspath(out), record, inputs)
+    folder = os.path.dirname(os.path.abspath(out))
+    ckpt = record.get("checkpoint")
+    record = dict(record, inputs=inputs_for_sidecar(record["inputs"], inputs, folder),
+                  checkpoint=ckpt and as_recorded(ckpt, ckpt, folder))
+    record = result_record(pipe, images, os.path.basename(out), record, inputs)
+    record["checkpoints"] = {
+        stage: dict(info, dir=_stage_dir(info["dir"], ckpt, folder))
+        for stage, info in record["checkpoints"].items()}
     tiles, default_cols = grid_tiles(record["command"], inputs, images)
     return sidecars.save_outputs(out, tiles, cols or default_cols, record, overwrite=overwrite)
 
 
-def inputs_beside(inputs: dict, folder: str) -> dict:
-    """A sidecar's `inputs` with relative image / mask paths taken from the sidecar's own
-    folder (`folder`), not the current directory: the web demo's downloads and the docs'
-    sidecars name their input files that way. Absolute paths and gs:// URIs stay as they are."""
-    def beside(p):
-        if not isinstance(p, str) or os.path.isabs(p) or paths.is_remote(p):
-            return p
-        return os.path.join(folder, p)
+def _local_relative(path) -> bool:
+    return isinstance(path, str) and not os.path.isabs(path) and not paths.is_remote(path)
+
+
+def as_recorded(given: str, opened: str, folder: str) -> str:
+    """How a sidecar in `folder` names a file or directory the user gave as `given` (opened
+    as `opened`, from the current directory): given relative, the path from `folder` to
+    it; given absolute (or gs://), as given."""
+    return os.path.relpath(os.path.abspath(opened), folder) if _local_relative(given) else given
+
+
+def _stage_dir(directory: str, checkpoint: str | None, folder: str) -> str:
+    """A loaded stage's directory as a sidecar records it: `bundled:shapes/STAGE` for the
+    bundled model's, relative to `folder` when the checkpoint was given relative, else
+    as loaded (absolute)."""
+    bundled = os.path.abspath(BUNDLED_MODEL)
+    if os.path.commonpath([os.path.abspath(directory), bundled]) == bundled:
+        return "bundled:" + os.path.relpath(directory, os.path.dirname(bundled))
+    return as_recorded(checkpoint, directory, folder) if _local_relative(checkpoint) else directory
+
+
+def _map_input_files(inputs: dict, fn, resolved: dict | None = None) -> dict:
+    """`inputs` with each image / mask path p replaced by fn(p, q), q its entry in `resolved`
+    (a copy of `inputs` with other paths; default: `inputs` itself). Prompts stay."""
+    resolved = inputs if resolved is None else resolved
     out = dict(inputs)
     for key in ("image", "image_a", "image_b", "mask"):
         if key in out:
-            out[key] = beside(out[key])
+            out[key] = fn(out[key], resolved[key])
     if "images" in out:
-        out["images"] = [beside(p) for p in out["images"]]
+        out["images"] = [fn(p, q) for p, q in zip(out["images"], resolved["images"])]
     if "items" in out:
-        out["items"] = [beside(i) if k == "image" else i
-                        for i, k in zip(out["items"], out.get("kinds", ()))]
+        out["items"] = [fn(i, j) if k == "image" else i
+                        for i, j, k in zip(out["items"], resolved["items"], out.get("kinds", ()))]
     return out
+
+
+def inputs_for_sidecar(recorded: dict, resolved: dict, folder: str) -> dict:
+    """The inputs a sidecar in `folder` records: each image / mask path the user gave as a
+    relative path becomes the path of the file it resolved to (`resolved`: the same inputs as
+    opened, relative to the current directory or absolute) relative to `folder`; absolute
+    paths and gs:// URIs stay as given. No absolute path is recorded that was not given."""
+    return _map_input_files(recorded, lambda p, q: as_recorded(p, q, folder), resolved)
+
+
+def inputs_beside(inputs: dict, folder: str) -> dict:
+    """A sidecar's `inputs` with relative image / mask paths taken from the sidecar's own
+    folder (`folder`), not the current directory: the sidecars the CLI, the web demo and the
+    docs write name their input files that way. Absolute paths and gs:// URIs stay as they are."""
+    return _map_input_files(
+        inputs, lambda p, _: os.path.join(folder, p) if _local_relative(p) else p)
 
 
 def regenerate(sidecar: str, out: str | None = None, progress: bool = False,
@@ -157,17 +199,24 @@ def regenerate(sidecar: str, out: str | None = None, progress: bool = False,
     out = out or os.path.splitext(sidecar)[0] + "-regen.png"
     sidecars.check_output(out, overwrite)                    # before loading or sampling
     check_cols(rec.get("cols"))
-    pipe = load_model(rec.get("checkpoint"), progress, rec.get("prior", "auto"), compile_cache)
+    folder = os.path.dirname(os.path.abspath(sidecar))
+    ckpt = rec.get("checkpoint")
+    pipe = load_model(os.path.join(folder, ckpt) if _local_relative(ckpt) else ckpt,
+                      progress, rec.get("prior", "auto"), compile_cache)
     now = pipe.directories()
     for stage, info in rec.get("checkpoints", {}).items():
         if stage not in now or now[stage]["identity"] != info["identity"]:
             raise CheckpointError(f"the {stage} checkpoint differs from the one recorded in "
                                   f"{sidecar}; restore {info['dir']} to regenerate")
-    inputs = inputs_beside(rec["inputs"], os.path.dirname(os.path.abspath(sidecar)))
+    inputs = inputs_beside(rec["inputs"], folder)
     sidecars.check_input_hashes(rec, inputs, sidecar)
     images = execute(pipe, rec["command"], inputs, rec["settings"], int(rec["seed"]))
     rec = {k: v for k, v in rec.items()
            if k not in ("output", "image_shape", "checkpoints", "input_sha256")}
+    if _local_relative(ckpt):
+        rec["checkpoint"] = os.path.relpath(os.path.join(folder, ckpt))   # from the cwd
+    out_folder = os.path.dirname(os.path.abspath(out))
     write_result(pipe, images, out, rec.get("cols"),
-                 dict(rec, regenerated_from=os.path.abspath(sidecar)), overwrite, inputs)
+                 dict(rec, regenerated_from=as_recorded(sidecar, sidecar, out_folder)),
+                 overwrite, inputs)
     return out

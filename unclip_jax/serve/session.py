@@ -31,9 +31,9 @@ import numpy as np
 
 from unclip_jax.cli import _sampling, command_module
 from unclip_jax.errors import UserError
-from unclip_jax.sample import records, sidecars
+from unclip_jax.sample import records
 from unclip_jax.sample.checks import check_prompts, check_seed
-from unclip_jax.sample.images import make_grid, to_rgb
+from unclip_jax.sample.images import to_rgb
 from unclip_jax.sample.loading import default_model
 
 # which `sample --prior` value loads which prior directory
@@ -329,11 +329,14 @@ class Session:
 
     def _run(self, command: str, args, seed, run_inputs: dict, record_inputs: dict,
              input_images: dict, prior: str = "auto", cols=None) -> Result:
-        """Run `command` on the loaded model; write its grid, sidecar and inputs.
+        """Run `command` on the loaded model; write its inputs, then its grid and sidecar
+        (`records.write_result`, as the CLI writes them).
 
         run_inputs: what `records.execute` gets (uploads as uint8 arrays);
-        record_inputs: what the sidecar records (uploads by the file names written here).
+        record_inputs: what the sidecar records (uploads by the file names written here,
+        which lie beside the sidecar; their sha256 is that of the PNG written).
         """
+        from PIL import Image
         seed = check_seed(whole_number("seed", seed, default=0))
         settings = _sampling.settings(args, command)
         pipe = self.pipes.get(prior, self.base)
@@ -342,18 +345,23 @@ class Session:
             images = records.execute(pipe, command, run_inputs, settings, seed)
             seconds = time.perf_counter() - start
             name = f"{command}-{seed}.png"
-            record = records.command_record(command, seed, record_inputs, settings, prior,
-                                            self.checkpoint, cols)
-            record = records.result_record(pipe, images, name, record)
             self._count += 1
             directory = os.path.join(self.workdir, f"{self._count:06d}")
             os.makedirs(directory)
-            files = list(sidecars.save_outputs(os.path.join(directory, name), images, cols, record))
+            written = []                # the inputs first: the sidecar records their sha256
             for fname, img in input_images.items():
-                files.append(os.path.join(directory, fname))
-                img.save(files[-1], format="PNG")
+                written.append(os.path.join(directory, fname))
+                img.save(written[-1], format="PNG")
+            ckpt = None if self.checkpoint is None else os.path.abspath(self.checkpoint)
+            record = records.command_record(command, seed, record_inputs, settings, prior,
+                                            ckpt, cols)
+            files = list(records.write_result(pipe, images, os.path.join(directory, name), cols,
+                                              record, inputs=records.inputs_beside(
+                                                  record_inputs, directory))) + written
+            with Image.open(files[0]) as png:      # the grid as written (`grid_tiles`)
+                grid = png.convert("RGB")
             self._prune()
-        return Result(images, make_grid(images, cols), files, directory, seconds)
+        return Result(images, grid, files, directory, seconds)
 
     def _prune(self) -> None:
         """Keep the files of the last `keep` results only (disk stays flat)."""
