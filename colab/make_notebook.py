@@ -37,9 +37,9 @@ unCLIP (DALL·E 2) turns a caption into an image in three steps, each its own di
 
 1. **Prior** — the caption's CLIP *text* embedding `z_t` (and its token states) → a CLIP
    *image* embedding `z_i`: what an image of this caption would look like to CLIP.
-2. **Decoder** — `z_i` (plus the caption tokens) → a small image (64 px in the paper, 16 px
+2. **Decoder** — `z_i` (plus the caption tokens) → a small image (64 px in the paper, 32 px
    in the bundled shapes model), an ADM UNet with classifier-free guidance.
-3. **Upsamplers** — 64 → 256 → 1024 px in the paper (the bundled model: 16 → 64 → 256),
+3. **Upsamplers** — 64 → 256 → 1024 px in the paper (the bundled model: 32 → 64 → 256),
    conditioned only on the low-resolution image.
 
 Because the decoder only sees `z_i`, editing `z_i` edits the image: **variations** (same
