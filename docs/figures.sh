@@ -37,7 +37,7 @@ fi
 #                24: 'blue_triangle_right', 25: 'pink_square_centre'}.items():
 #       Image.fromarray(ex['image'][i]).save(f'docs/inputs/{n}.png', optimize=True)"
 unclip-jax vary docs/inputs/red_circle_top_left.png docs/inputs/blue_triangle_right.png \
-  -n 4 --seed 0 --cols 4 --out docs/variations.png --overwrite
+  -n 4 --seed 0 --cols 5 --out docs/variations.png --overwrite
 unclip-jax interpolate docs/inputs/cyan_circle_left.png docs/inputs/pink_square_centre.png \
   -n 6 --seed 0 --out docs/interpolation.png --overwrite
 unclip-jax textdiff docs/inputs/red_circle_top_left.png \
