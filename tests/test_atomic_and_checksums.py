@@ -36,6 +36,7 @@ def test_atomic_write_refuses_to_clobber_and_leaves_nothing(tmp_path):
 
 
 def test_atomic_write_gives_the_mode_a_plain_write_would(tmp_path):
+    atomic._umask.cache_clear()
     old = os.umask(0o022)
     try:
         atomic.write_text(str(tmp_path / "a.txt"), "x")
@@ -43,6 +44,7 @@ def test_atomic_write_gives_the_mode_a_plain_write_would(tmp_path):
             f.write("x")
     finally:
         os.umask(old)
+        atomic._umask.cache_clear()
     mode = lambda n: os.stat(tmp_path / n).st_mode & 0o777
     assert mode("a.txt") == mode("b.txt") == 0o644
 

@@ -16,6 +16,7 @@ stores replace objects whole.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -69,7 +70,10 @@ def _tmp_name(path: str, directory: bool = False) -> str:
     return tmp
 
 
+@functools.lru_cache(maxsize=None)
 def _umask() -> int:
+    """The process umask, read once: reading it means setting it, which must not happen
+    while another thread (the web demo's) creates files."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
