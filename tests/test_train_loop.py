@@ -163,3 +163,37 @@ def tf_value(event) -> float:
     """The scalar of a TensorBoard tensor event (its TensorProto), without TensorFlow."""
     from tensorboard.util import tensor_util
     return tensor_util.make_ndarray(event.tensor_proto)
+
+
+def test_init_from_starts_a_new_run_from_an_export_and_refuses_another_model(tmp_path, devices8):
+    one = devices8[:1]
+    wd = str(tmp_path / "run")
+    out = train(train_toy.toy_config(steps=5), wd, devices=one, progress=False)
+    export_from_workdir(wd, str(tmp_path / "export"))
+    ema = host(out["state"].ema_params)
+
+    cfg = train_toy.toy_config(steps=20, init_from=str(tmp_path / "export"))
+    start = train(cfg, str(tmp_path / "tuned"), devices=one, max_steps=0, progress=False)
+    assert start["step"] == 0
+    assert_trees_equal(start["state"].params, ema)         # step 0 = the exported EMA weights
+    assert_trees_equal(start["state"].ema_params, ema)
+    # a fresh random init is far from the trained weights: its first loss is higher
+    train(cfg, str(tmp_path / "tuned"), devices=one, max_steps=1, progress=False)
+    train(train_toy.toy_config(steps=20), str(tmp_path / "fresh"), devices=one, max_steps=1,
+          progress=False)
+    assert losses(tmp_path / "tuned")[0] < losses(tmp_path / "fresh")[0]
+
+    other = train_toy.toy_config(hidden=128, init_from=str(tmp_path / "export"))
+    with pytest.raises(CheckpointError, match=r"another model config: config model\.hidden is "
+                                              r"256 in the export and 128 now"):
+        train(other, str(tmp_path / "other"), devices=one, progress=False)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(train_toy.toy_config(init_from=str(tmp_path / "nowhere")),
+              str(tmp_path / "none"), devices=one, progress=False)
+
+
+def test_init_from_bundled_names_the_bundled_models_stage():
+    from unclip_jax.sample.loading import BUNDLED_MODEL
+    from unclip_jax.train import init_from
+    assert init_from.resolve("bundled", "decoder") == os.path.join(BUNDLED_MODEL, "decoder")
+    assert os.path.isfile(os.path.join(init_from.resolve("bundled", "decoder"), "config.json"))

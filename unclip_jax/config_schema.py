@@ -40,7 +40,7 @@ def diffusion(schedule="cosine", timesteps=1000, predict="eps", variance="fixed_
 
 def train(batch_size=32, steps=1000, lr=1e-4, warmup=100, lr_schedule="cosine", b1=0.9,
           b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999, grad_accum=1,
-          dtype="float32"):
+          dtype="float32", init_from=""):
     return mlc.ConfigDict(dict(
         batch_size=batch_size,        # global batch (all processes)
         steps=steps,
@@ -60,6 +60,8 @@ def train(batch_size=32, steps=1000, lr=1e-4, warmup=100, lr_schedule="cosine", 
         sample_every=0,               # PNG sample grids every K steps (image stages)
         text_drop=0.0,                # P(drop caption) for classifier-free guidance
         image_embed_drop=0.0,         # P(drop z_i) (decoder)
+        init_from=init_from,          # a new run starts from this exported stage's weights
+                                      # ('bundled' = the bundled model's; train/init_from.py)
     ))
 
 

@@ -21,6 +21,7 @@ import optax
 
 from unclip_jax import parallel, paths
 from unclip_jax.errors import NonFiniteError, UserError
+from unclip_jax.train import init_from
 from unclip_jax.train import metrics as metrics_lib
 from unclip_jax.train.checkpoint import Checkpointer
 from unclip_jax.train.optim import make_optimizer
@@ -204,8 +205,13 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
         log.info("resumed %s from step %d", workdir, start)
     else:
         start = 0
-        extras = _fit_extras(stage, config, workdir)
-        state, _ = create_state(boxed_init, tx, mesh, rules)
+        initial, extras = None, {}
+        if tc.get("init_from"):
+            initial, extras, source = init_from.load_initial(tc.init_from, config, abstract.params)
+            log.info("starting %s from the weights of %s", workdir, source)
+        if not extras:
+            extras = _fit_extras(stage, config, workdir)
+        state, _ = create_state(boxed_init, tx, mesh, rules, initial_params=initial)
 
     step_py = make_step_fn(stage, model, tx, config, extras, lr_fn)
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)

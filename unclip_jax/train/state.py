@@ -49,15 +49,26 @@ def state_shardings(boxed_init: Callable[[], Any], tx: optax.GradientTransformat
 
 
 def create_state(boxed_init: Callable[[], Any], tx: optax.GradientTransformation, mesh: Mesh,
-                 rules) -> tuple[TrainState, TrainState]:
-    """Materialise a fresh `TrainState` directly into its shardings. Returns (state, shardings)."""
+                 rules, initial_params: Any = None) -> tuple[TrainState, TrainState]:
+    """Materialise a fresh `TrainState` directly into its shardings. Returns (state, shardings).
+
+    initial_params: optional host arrays in the params' tree (`train.init_from`); they become
+    the params and the EMA params of step 0 instead of a random init.
+    """
     _, shardings = state_shardings(boxed_init, tx, mesh, rules)
 
-    def init():
-        params = nn.meta.unbox(boxed_init())
+    def fresh(params):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 
     with parallel.activate(mesh, rules):
-        state = jax.jit(init, out_shardings=shardings)()
+        if initial_params is None:
+            state = jax.jit(lambda: fresh(nn.meta.unbox(boxed_init())),
+                            out_shardings=shardings)()
+        else:
+            # every process holds the whole host array; each device takes its shard of it
+            placed = jax.tree.map(
+                lambda a, sh: jax.make_array_from_callback(a.shape, sh, lambda idx: a[idx]),
+                initial_params, shardings.params)
+            state = jax.jit(fresh, out_shardings=shardings)(placed)
     return state, shardings

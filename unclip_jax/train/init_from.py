@@ -1,0 +1,66 @@
+"""Start a new training run from an exported stage (`train.init_from`): fine-tuning, or a
+longer schedule for a model whose training checkpoints are gone.
+
+`train.init_from` names a stage directory in the inference format (what `unclip-jax package`
+or `export` writes: `config.json`, `params/`, checksums) or `bundled` (this stage of the model
+embedded in the package). Its weights become both the params and the EMA params of step 0;
+the optimizer state starts fresh and the step counter at 0, so `train.steps`, warmup and the
+learning-rate schedule are those of the new run. It is read only when the workdir has no
+checkpoint: a resumed run continues from its own checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from unclip_jax.errors import CheckpointError
+from unclip_jax.train.checkpoint import config_differences, path_name, tree_differences
+
+BUNDLED = "bundled"
+
+
+def resolve(value: str, stage: str) -> str:
+    """The stage directory `value` names (`bundled` → the bundled model's `stage/`)."""
+    if value == BUNDLED:
+        from unclip_jax.sample.loading import BUNDLED_MODEL
+        return os.path.join(BUNDLED_MODEL, stage)
+    return os.path.expanduser(value)
+
+
+def load_initial(value: str, config, abstract_params: Any) -> tuple[Any, dict, str]:
+    """`(params, extras, directory)` for `config.train.init_from = value`.
+
+    params: host float32 arrays in the tree of `abstract_params`; extras: the export's fitted
+    statistics (e.g. the AR prior's PCA basis, which its weights were trained against), {} when
+    it has none. Raises CheckpointError when the directory is not an export of this stage, when
+    its model config differs from `config.model`, or when any array's path or shape differs.
+    """
+    from unclip_jax import export
+    directory = resolve(value, config.stage)
+    params, saved, extra = export.load(directory, expect_stage=config.stage, dtype="float32")
+    where = f"train.init_from={value} ({directory})"
+    as_json = lambda d: json.loads(json.dumps(d))      # tuples and lists compare equal
+    diffs = config_differences({"model": as_json(saved.to_dict().get("model", {}))},
+                               {"model": as_json(config.model.to_dict())})
+    if diffs:
+        raise CheckpointError(f"{where} was trained with another model config: "
+                              + "; ".join(diffs[:5]).replace("in the checkpoint", "in the export")
+                              + " — start from an export of the same model, or change "
+                              "config.model to match it")
+    saved_shapes = {path_name(p): tuple(np.shape(x))
+                    for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    mismatch = tree_differences(saved_shapes, abstract_params)
+    if mismatch:
+        raise CheckpointError(f"{where} does not fit this model: "
+                              + "; ".join(mismatch[:5]).replace("the checkpoint", "the export"))
+    # same paths and shapes: rebuild in the abstract tree's structure (dict order, containers)
+    by_name = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
+    leaves = [np.asarray(by_name[path_name(p)], dtype=a.dtype) for p, a in flat]
+    extras = export.extras_from_json({k: v for k, v in extra.items()
+                                      if k not in ("source", "step", "component")})
+    return jax.tree_util.tree_unflatten(treedef, leaves), extras, directory
