@@ -53,7 +53,12 @@ def command_module(name: str):
 
 
 def _setup_env() -> None:
+    """Silence what a user cannot act on: TensorFlow (which only reads, resizes and degrades
+    images here) logs through absl before any log setup, and its oneDNN notice is printed
+    whatever TF_CPP_MIN_LOG_LEVEL says; without oneDNN's custom ops it has nothing to say.
+    Both are defaults: a value set in the environment wins."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def build_parser(load: str | None = None) -> Parser:
