@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "eval-prompts": "list the GenEval-style prompt sets `eval --prompts` scores",
     "eval-clip": "a CLIP's zero-shot accuracy on real images (colour, shape, count, ...)",
     "eval-ceilings": "classifiers trained on real images at each size: what a stage can carry",
+    "eval-conditioning": "how much a decoder uses its caption and z_i (errors on real scenes)",
     "eval-editing": "measure inpainting, img2img, negative prompts and mixing on real renders",
     "bench": "benchmarks: pmap vs jit-sharded, vs PyTorch",
     "package": "export training runs (EMA, float16) into a model directory with a MANIFEST",
