@@ -14,7 +14,7 @@ import pytest
 
 import pipeline_fixtures
 import test_train_stages
-from unclip_jax import cli, export
+from unclip_jax import cli, export, package
 from unclip_jax.clip.tokenizer import Tokenizer, build_tokenizer
 from unclip_jax.errors import UserError
 from unclip_jax.package import final_loss, human_bytes, package_model, parse_pairs
@@ -253,3 +253,17 @@ def test_user_mistakes_name_the_fix_and_write_nothing(runs, packaged, tmp_path, 
     ]:
         assert cli.main(["package", "--out", out, *argv]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("init_from, shipped", [("/home/me/runs/export/decoder", ""),
+                                                ("bundled", "bundled"), ("", "")])
+def test_the_export_a_run_started_from_is_not_shipped_as_a_path(tmp_path, init_from, shipped):
+    exported = tmp_path / "decoder"
+    exported.mkdir()
+    cfg = {"stage": "decoder", "train": {"init_from": init_from, "steps": 6000},
+           "data": {"data_dir": "/home/me/data", "embeddings_dir": "gs://b/emb"}}
+    (exported / "config.json").write_text(json.dumps(cfg))
+    package.strip_machine_paths(str(exported), "/home/me/runs/decoder32b")
+    out = json.loads((exported / "config.json").read_text())
+    assert out["train"] == {"init_from": shipped, "steps": 6000}
+    assert out["data"] == {"data_dir": "", "embeddings_dir": "gs://b/emb"}

@@ -161,9 +161,11 @@ def _export_stage(stage: str, workdir: str, dest: str, dtype: str) -> None:
 
 
 # Inputs of the training config that name the packaging machine's files: meaningless where the
-# model is copied to (the tokenizer ships beside the CLIP as OUT/tokenizer), so not shipped.
+# model is copied to (the tokenizer ships beside the CLIP as OUT/tokenizer; the export a run
+# started from, `train.init_from`, is said in MANIFEST.json's note), so not shipped.
 MACHINE_PATH_KEYS = (("data", "data_dir"), ("data", "embeddings_dir"), ("model", "tokenizer"),
-                     ("clip", "model", "tokenizer"))
+                     ("clip", "model", "tokenizer"), ("train", "init_from"))
+KEPT_VALUES = ("bundled",)        # names, not paths (`train.init_from=bundled`)
 
 
 def run_name(workdir: str) -> str:
@@ -191,7 +193,8 @@ def strip_machine_paths(exported: str, workdir: str) -> None:
         node = cfg
         for k in keys[:-1]:
             node = node.get(k) if isinstance(node, dict) else None
-        if isinstance(node, dict) and node.get(keys[-1]) and not paths.is_remote(node[keys[-1]]):
+        value = node.get(keys[-1]) if isinstance(node, dict) else None
+        if value and value not in KEPT_VALUES and not paths.is_remote(value):
             node[keys[-1]] = ""
     _write_json(cfg_path, cfg)
     extra_path = os.path.join(exported, "extra.json")
