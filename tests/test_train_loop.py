@@ -177,6 +177,12 @@ def test_init_from_starts_a_new_run_from_an_export_and_refuses_another_model(tmp
     assert start["step"] == 0
     assert_trees_equal(start["state"].params, ema)         # step 0 = the exported EMA weights
     assert_trees_equal(start["state"].ema_params, ema)
+    # ... also when the params are sharded over 8 devices (FSDP)
+    fsdp = train_toy.toy_config(steps=20, init_from=str(tmp_path / "export"),
+                                mesh=dict(data=1, fsdp=8))
+    sharded = train(fsdp, str(tmp_path / "fsdp"), devices=devices8, max_steps=0, progress=False)
+    assert_trees_equal(sharded["state"].params, ema)
+    assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(sharded["state"].params))
     # a fresh random init is far from the trained weights: its first loss is higher
     train(cfg, str(tmp_path / "tuned"), devices=one, max_steps=1, progress=False)
     train(train_toy.toy_config(steps=20), str(tmp_path / "fresh"), devices=one, max_steps=1,
