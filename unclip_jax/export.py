@@ -250,6 +250,15 @@ def extras_to_json(extras: dict | None) -> dict:
     return enc(dict(extras or {}))
 
 
+# keys of extra.json that say where the weights came from, not what the stage computes with
+PROVENANCE_KEYS = ("source", "step", "component")
+
+
+def fitted_extras(extra: dict) -> dict:
+    """The stage's fitted extras of an extra.json (arrays decoded), without its provenance."""
+    return extras_from_json({k: v for k, v in extra.items() if k not in PROVENANCE_KEYS})
+
+
 def extras_from_json(blob: dict | None) -> dict:
     """The inverse of `extras_to_json`: {'__array__', 'dtype'} entries → numpy arrays."""
     def dec(v):

@@ -51,16 +51,13 @@ def load_initial(value: str, config, abstract_params: Any) -> tuple[Any, dict, s
                               + "; ".join(diffs[:5]).replace("in the checkpoint", "in the export")
                               + " — start from an export of the same model, or change "
                               "config.model to match it")
-    saved_shapes = {path_name(p): tuple(np.shape(x))
-                    for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-    mismatch = tree_differences(saved_shapes, abstract_params)
+    by_name = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    mismatch = tree_differences({n: tuple(np.shape(x)) for n, x in by_name.items()},
+                                abstract_params)
     if mismatch:
         raise CheckpointError(f"{where} does not fit this model: "
                               + "; ".join(mismatch[:5]).replace("the checkpoint", "the export"))
     # same paths and shapes: rebuild in the abstract tree's structure (dict order, containers)
-    by_name = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
     leaves = [np.asarray(by_name[path_name(p)], dtype=a.dtype) for p, a in flat]
-    extras = export.extras_from_json({k: v for k, v in extra.items()
-                                      if k not in ("source", "step", "component")})
-    return jax.tree_util.tree_unflatten(treedef, leaves), extras, directory
+    return jax.tree_util.tree_unflatten(treedef, leaves), export.fitted_extras(extra), directory

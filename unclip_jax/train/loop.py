@@ -142,13 +142,18 @@ def _fit_extras(stage: TrainStage, config, workdir: str) -> dict:
         return stage.make_data(config, "train", process_index=jax.process_index(),
                                process_count=jax.process_count(), seed=int(config.seed) + 7919)
     extras = stage.prepare(config, make_iter)
+    _save_extras(extras, workdir)
+    return extras
+
+
+def _save_extras(extras: dict, workdir: str) -> None:
+    """workdir/extras.json: the fitted extras the run trains against (for inspection)."""
     if jax.process_index() == 0:
         from unclip_jax import atomic
         from unclip_jax.export import extras_to_json
         paths.makedirs(workdir)
         atomic.write_json(paths.join(workdir, "extras.json"), extras_to_json(extras),
                           indent=None)
-    return extras
 
 
 def build(config, devices=None):
@@ -209,7 +214,9 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
         if tc.get("init_from"):
             initial, extras, source = init_from.load_initial(tc.init_from, config, abstract.params)
             log.info("starting %s from the weights of %s", workdir, source)
-        if not extras:
+        if extras:                      # the export's fitted extras: its weights match them
+            _save_extras(extras, workdir)
+        else:
             extras = _fit_extras(stage, config, workdir)
         state, _ = create_state(boxed_init, tx, mesh, rules, initial_params=initial)
 
