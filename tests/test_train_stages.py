@@ -126,3 +126,28 @@ def test_registry_is_the_stage_list_and_builds_the_inference_modules():
     with pytest.raises(UserError, match="unknown stage 'decodr'; choose one of clip, prior"):
         stages.build_model("decodr", cfg.model)
     assert stages.EMBED_STAGES == ("prior", "ar_prior", "decoder")
+
+
+@pytest.mark.slow                       # ~25 s: two AR prior runs and an export
+def test_init_from_reuses_the_exports_fitted_extras(tmp_path, repeat_data, devices8,
+                                                    monkeypatch):
+    """A run started from an AR prior's export trains against the export's codec (the PCA
+    basis and buckets its weights learned), not a codec fitted again, and records it in
+    workdir/extras.json as a fitted run does."""
+    from unclip_jax.train.loop import export_from_workdir
+    first = tmp_path / "first"
+    train(tiny_config("ar_prior", steps=2), str(first), devices=devices8[:1], progress=False)
+    export_from_workdir(str(first), str(tmp_path / "export"))
+    stage = registry.get_stage("ar_prior")
+
+    def refit(*_):
+        raise AssertionError("the codec was fitted again")
+    monkeypatch.setitem(registry.REGISTRY, "ar_prior", dataclasses.replace(stage, prepare=refit))
+    cfg = tiny_config("ar_prior", steps=2)
+    with cfg.unlocked():
+        cfg.train.init_from = str(tmp_path / "export")
+    out = train(cfg, str(tmp_path / "second"), devices=devices8[:1], max_steps=0,
+                progress=False)
+    assert out["step"] == 0 and "codec" in out["extras"]
+    saved = json.loads((first / "extras.json").read_text())
+    assert json.loads((tmp_path / "second" / "extras.json").read_text()) == saved
