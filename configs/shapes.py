@@ -3,9 +3,9 @@
 `--config shapes:STAGE` (or `--config configs/shapes.py:STAGE`). The embedded model
 (unclip_jax/assets/shapes) is the second recipe, 32 → 64 → 256 pixels: clip3 (hard-negative
 CLIP with a sincos-started position table), prior3, ar_prior3, decoder32 continued as
-decoder32b and then decoder32c, upsampler1_32, and upsampler2. The first recipe, 16 → 64 → 256 pixels, is clip,
-prior, ar_prior, decoder (the default STAGE), upsampler1, upsampler2; clip2 was the second
-recipe's first CLIP attempt.
+decoder32b and then decoder32c, upsampler1_32, and upsampler2. The first recipe,
+16 → 64 → 256 pixels, is clip, prior, ar_prior, decoder (the default STAGE), upsampler1,
+upsampler2; clip2 was the second recipe's first CLIP attempt.
 README "Reproduce the shapes model" has the commands, docs/results.md what each reaches.
 """
 import ml_collections as mlc

@@ -41,6 +41,7 @@ from unclip_jax import atomic, export, paths
 from unclip_jax.errors import CheckpointError, UserError
 from unclip_jax.stages import STAGES
 from unclip_jax.train.checkpoint import GCS_COMMIT_FILE
+from unclip_jax.train.init_from import BUNDLED
 DTYPES = ("float16", "float32", "bfloat16")
 MANIFEST = "MANIFEST.json"
 TOKENIZER = "tokenizer"
@@ -165,7 +166,7 @@ def _export_stage(stage: str, workdir: str, dest: str, dtype: str) -> None:
 # started from, `train.init_from`, is said in MANIFEST.json's note), so not shipped.
 MACHINE_PATH_KEYS = (("data", "data_dir"), ("data", "embeddings_dir"), ("model", "tokenizer"),
                      ("clip", "model", "tokenizer"), ("train", "init_from"))
-KEPT_VALUES = ("bundled",)        # names, not paths (`train.init_from=bundled`)
+KEPT_VALUES = (BUNDLED,)          # names, not paths (`train.init_from=bundled`)
 
 
 def run_name(workdir: str) -> str:
