@@ -258,3 +258,73 @@ print(json.dumps({{"stage": cfg.stage, "step": extra["step"], "source": extra["s
     print(f"\ntimes: data {t_data - t0:.1f} s, embed {t_emb - t_data:.1f} s, run1 "
           f"{t_run1 - t_emb:.1f} s, resume+export {t_run2 - t_run1:.1f} s, load "
           f"{time.monotonic() - t_run2:.1f} s")
+
+
+@pytest.mark.slow   # ~1 min with the storage emulator
+def test_sample_and_regenerate_from_a_model_directory_on_gcs(gcs, tmp_path):
+    """`sample --checkpoint gs://...` loads every stage and the tokenizer through a local
+    mirror, records the stages by their URLs, regenerates from its sidecar bit for bit without
+    downloading again, re-downloads a file changed on the bucket (and then refuses to
+    regenerate: the identity changed), and names a missing model directory."""
+    model = f"gs://{BUCKET}/models/shapes"
+    bundled = os.path.join(REPO, "unclip_jax", "assets", "shapes")
+    upload = f"""
+from unclip_jax import paths
+for sub in ("clip", "tokenizer", "prior", "decoder"):
+    paths.copy_tree({bundled!r} + "/" + sub, {model!r} + "/" + sub)
+print("ok")
+"""
+    assert run_py(gcs, upload, cwd=tmp_path).stdout.strip().endswith("ok")
+    downloads = tmp_path / "downloads"
+    common = ["--decoder-steps", "2", "--prior-steps", "2", "--no-progress"]
+    out, regen = str(tmp_path / "a.png"), str(tmp_path / "a-again.png")
+
+    def run_cli(*argv):
+        env = dict(os.environ, **gcs.env, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+                   UNCLIP_JAX_CACHE_DIR="off", XLA_FLAGS="",
+                   UNCLIP_JAX_DOWNLOAD_DIR=str(downloads))
+        return subprocess.run([sys.executable, "-m", "unclip_jax.cli", *argv], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    p = run_cli("sample", "a red circle", "--checkpoint", model, "--out", out, *common)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = json.load(open(tmp_path / "a.json"))
+    assert rec["checkpoint"] == model
+    assert {s: c["dir"] for s, c in rec["checkpoints"].items()} == {
+        s: f"{model}/{s}" for s in ("clip", "tokenizer", "prior", "decoder")}
+    mirrored = sorted(downloads.rglob("*"))
+    assert any(f.name == "config.json" and f.parent.name == "decoder" for f in mirrored)
+    stamps = {f: f.stat().st_mtime_ns for f in mirrored if f.is_file()}
+
+    p = run_cli("sample", "--from-sidecar", str(tmp_path / "a.json"), "--out", regen,
+                "--no-progress")
+    assert p.returncode == 0, p.stderr[-3000:]
+    from PIL import Image
+    import numpy as np
+    np.testing.assert_array_equal(np.asarray(Image.open(regen)), np.asarray(Image.open(out)))
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps     # nothing downloaded again
+
+    # a tokenizer file changed on the bucket: the mirror takes it, the identity changes
+    tok_json = os.path.join(bundled, "tokenizer", "tokenizer_config.json")
+    changed = json.loads(open(tok_json).read())
+    changed["model_max_length"] = 77 + 1
+    change = f"""
+import json
+from unclip_jax import paths
+paths.write_text({model!r} + "/tokenizer/tokenizer_config.json", {json.dumps(changed)!r})
+print("ok")
+"""
+    assert run_py(gcs, change, cwd=tmp_path).stdout.strip().endswith("ok")
+    p = run_cli("sample", "--from-sidecar", str(tmp_path / "a.json"), "--out",
+                str(tmp_path / "b.png"), "--no-progress")
+    assert p.returncode != 0
+    assert "the tokenizer checkpoint differs from the one recorded" in p.stderr
+    assert f"{model}/tokenizer" in p.stderr
+    mirror_tok = [f for f in downloads.rglob("tokenizer_config.json")]
+    assert len(mirror_tok) == 1 and json.load(open(mirror_tok[0])) == changed
+
+    p = run_cli("sample", "a red circle", "--checkpoint", f"gs://{BUCKET}/models/none",
+                "--out", str(tmp_path / "c.png"), *common)
+    assert p.returncode != 0
+    assert f"checkpoint directory gs://{BUCKET}/models/none does not exist" in p.stderr
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "gs:").exists()

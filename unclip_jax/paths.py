@@ -15,11 +15,14 @@ UserErrors.
 
 Cloud Storage has no directories or atomic renames: `makedirs` is a no-op there, and a
 writer that needs all-or-nothing (exports) builds locally and uploads (`upload_tree`).
+A reader that needs local files for as long as the process runs (a model directory being
+sampled: its tokenizer, its checkpoint identities) reads a `mirror` of the URL instead.
 """
 from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import io
 import os
 import posixpath
@@ -252,3 +255,50 @@ def local_copy(path) -> Iterator[str]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download_directory() -> str:
+    """Where `mirror` keeps its copies: `$UNCLIP_JAX_DOWNLOAD_DIR`, else
+    `$XDG_CACHE_HOME/unclip-jax/downloads`, else `~/.cache/unclip-jax/downloads`."""
+    env = os.environ.get("UNCLIP_JAX_DOWNLOAD_DIR")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "unclip-jax", "downloads")
+
+
+def mirror(path) -> str:
+    """A local directory holding what the directory `path` holds: `path` itself when local;
+    for a gs:// URL a kept copy under `download_directory()` (one per URL), brought up to
+    date on every call: a file is downloaded when the local copy is missing or differs in size
+    or modification time (the local copy takes the remote file's), local files the remote
+    no longer has are removed. Files are written under a temporary name and renamed, so a
+    reader never sees half a file. UserError when the URL is not a directory."""
+    if not is_remote(path):
+        return os.fspath(path)
+    url = resolve(path, "directory")
+    if not isdir(url):
+        raise UserError(f"{url} does not exist (or is not a directory)")
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    local = os.path.join(download_directory(), key, basename(url) or "root")
+    base = epath(url)
+    wanted = set()
+    for rel in walk_files(url):
+        wanted.add(rel)
+        remote = (base / rel).stat()
+        mtime = int(remote.mtime)
+        dst = os.path.join(local, *rel.split("/"))
+        if os.path.isfile(dst):
+            st = os.stat(dst)
+            if st.st_size == remote.length and int(st.st_mtime) == mtime:
+                continue
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        part = f"{dst}.part{os.getpid()}"
+        copy_file(join(url, *rel.split("/")), part)
+        os.utime(part, (mtime, mtime))
+        os.replace(part, dst)
+    for rel in list(walk_files(local)) if os.path.isdir(local) else []:
+        if rel not in wanted and ".part" not in rel.rsplit("/", 1)[-1]:
+            os.remove(os.path.join(local, *rel.split("/")))
+    os.makedirs(local, exist_ok=True)
+    return local

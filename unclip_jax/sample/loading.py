@@ -11,7 +11,9 @@ A model directory ROOT holds one `unclip_jax.export` directory per stage:
     ROOT/upsampler2/   second upsampler (optional; needs upsampler1)
 
 A missing tail (no upsamplers, or only the first) gives smaller images. Loading reads JSON
-and array files only; it never executes code from the directory.
+and array files only; it never executes code from the directory. ROOT may be a gs:// URL:
+each stage is read from a local mirror of it (`paths.mirror`, downloaded once and kept up
+to date) and is still named by its URL.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import dataclasses
 import os
 from typing import Any
 
-from unclip_jax import export
+from unclip_jax import export, paths
 from unclip_jax.errors import CheckpointError, UserError
 from unclip_jax.stages import STAGES, UPSAMPLERS, build_model
 
@@ -42,10 +44,27 @@ class Stage:
 
 
 def load_stage(name: str, directory: str) -> Stage:
-    """Read the export at `directory`; CheckpointError when it holds another stage."""
-    params, config, extra = export.load(directory, expect_stage=name)
-    return Stage(name, os.path.abspath(directory), export.checkpoint_identity(directory),
+    """Read the export at `directory` (local, or gs:// through its `paths.mirror`);
+    CheckpointError when it is missing or holds another stage."""
+    local = local_directory(directory, "checkpoint directory")
+    try:
+        params, config, extra = export.load(local, expect_stage=name)
+    except CheckpointError as e:
+        raise CheckpointError(str(e).replace(local, directory)) from None
+    where = directory if paths.is_remote(directory) else os.path.abspath(directory)
+    return Stage(name, where, export.checkpoint_identity(local),
                  params, config, export.extras_from_json(extra), build_model(name, config.model))
+
+
+def local_directory(directory: str, what: str) -> str:
+    """`directory` itself when local, else its local mirror (`paths.mirror`); CheckpointError
+    naming `what` when a gs:// directory does not exist."""
+    if not paths.is_remote(directory):
+        return directory
+    url = paths.resolve(directory, what)
+    if not paths.isdir(url):
+        raise CheckpointError(f"{what} {url} does not exist")
+    return paths.mirror(url)
 
 
 def default_model() -> str:
@@ -64,18 +83,21 @@ def stage_directories(root: str | None, prior: str = "auto") -> dict[str, str]:
         raise UserError(f"prior={prior!r}; choose one of {', '.join(PRIOR_CHOICES)}")
     if root is None:
         root = BUNDLED_MODEL
-    if not os.path.isdir(root):
+    if paths.is_remote(root):
+        root = paths.resolve(root, "checkpoint directory")
+    if not paths.isdir(root):
         raise CheckpointError(f"checkpoint directory {root} does not exist; pass a directory "
                               "with clip/, prior/, decoder/, ... subdirectories")
-    found = {n: os.path.join(root, n) for n in MODEL_DIRS
-             if os.path.isdir(os.path.join(root, n))}
+    present = set(paths.listdir(root))
+    found = {n: paths.join(root, n) for n in MODEL_DIRS
+             if n in present and paths.isdir(paths.join(root, n))}
     if not found:
         raise CheckpointError(f"{root} has none of the stage subdirectories "
                               f"{', '.join(MODEL_DIRS)}; see `unclip-jax sample --help`")
     keep = {"diffusion": "prior", "ar": "ar_prior", "none": None,
             "auto": "prior" if "prior" in found else "ar_prior"}[prior]
     if prior in ("diffusion", "ar") and keep not in found:
-        raise CheckpointError(f"prior={prior!r} needs {os.path.join(root, keep)}, which does "
+        raise CheckpointError(f"prior={prior!r} needs {paths.join(root, keep)}, which does "
                               f"not exist; this model has "
                               f"{[n for n in ('prior', 'ar_prior') if n in found] or 'no prior'}")
     for name in {"prior", "ar_prior"} - {keep}:

@@ -18,7 +18,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from unclip_jax import export, runtime
+from unclip_jax import export, paths, runtime
 from unclip_jax.diffusion import schedules
 from unclip_jax.diffusion import steps as steps_grammar
 from unclip_jax.errors import CheckpointError, UserError
@@ -26,7 +26,8 @@ from unclip_jax.sample import chain, editing, manipulations, mixing, stage_fns, 
 from unclip_jax.sample import progress as progress_lib
 from unclip_jax.sample.checks import check_guidance, check_prompts
 from unclip_jax.sample.diffusers_style import DiffusersStyle
-from unclip_jax.sample.loading import Stage, check_stages, load_stage, stage_directories
+from unclip_jax.sample.loading import (Stage, check_stages, load_stage, local_directory,
+                                       stage_directories)
 from unclip_jax.sample.programs import PROGRAMS, Programs
 from unclip_jax.stages import UPSAMPLERS
 
@@ -44,7 +45,8 @@ class UnCLIP(DiffusersStyle):
             runtime.enable_compilation_cache()
         self.stages = stages
         self.tokenizer = tokenizer
-        self.tokenizer_dir = None if tokenizer_dir is None else os.path.abspath(tokenizer_dir)
+        self.tokenizer_dir = (tokenizer_dir if tokenizer_dir is None
+                              or paths.is_remote(tokenizer_dir) else os.path.abspath(tokenizer_dir))
         self.programs = Programs(devices)
         self.progress = progress
         self._empty_caption = None   # encoded "" (see `uncond_text`), made on first use
@@ -68,7 +70,8 @@ class UnCLIP(DiffusersStyle):
             if "clip" not in stages:
                 raise UserError("a tokenizer needs its CLIP; pass clip=DIR too")
             from unclip_jax.clip.tokenizer import Tokenizer
-            tok = Tokenizer(tokenizer, context_length=stages["clip"].model.context_length)
+            tok = Tokenizer(local_directory(tokenizer, "tokenizer directory"),
+                            context_length=stages["clip"].model.context_length)
         return cls(stages, tok, tokenizer_dir=tokenizer, devices=devices, progress=progress,
                    compile_cache=compile_cache)
 
@@ -91,7 +94,8 @@ class UnCLIP(DiffusersStyle):
         out = {n: {"dir": s.directory, "identity": s.identity} for n, s in self.stages.items()}
         if self.tokenizer_dir is not None:
             out["tokenizer"] = {"dir": self.tokenizer_dir,
-                                "identity": export.checkpoint_identity(self.tokenizer_dir)}
+                                "identity": export.checkpoint_identity(
+                                    local_directory(self.tokenizer_dir, "tokenizer directory"))}
         return out
 
     # ------------------------------------------------------------------ what is loaded

@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from unclip_jax import paths
 from unclip_jax.cli import _sampling, command_module
 from unclip_jax.errors import UserError
 from unclip_jax.sample import records
@@ -171,8 +172,8 @@ class Session:
         for choice, sub in PRIORS.items():
             if sub in base.stages:
                 self.pipes[choice] = base
-            elif os.path.isdir(os.path.join(root, sub)):
-                other = UnCLIP.load(**{sub: os.path.join(root, sub)}, progress=False,
+            elif paths.isdir(paths.join(root, sub)):
+                other = UnCLIP.load(**{sub: paths.join(root, sub)}, progress=False,
                                     compile_cache=compile_cache)
                 stages = {k: v for k, v in base.stages.items() if k not in PRIORS.values()}
                 stages[sub] = other.stages[sub]
@@ -195,7 +196,7 @@ class Session:
     def describe(self) -> str:
         """One line: which model, its stages and output size."""
         name = "the bundled shapes model" if self.checkpoint is None else \
-            os.path.basename(os.path.abspath(self.checkpoint))
+            paths.basename(paths.resolve(self.checkpoint, "--checkpoint"))
         stages = [s for s in ("prior", "ar_prior", "decoder", "upsampler1", "upsampler2")
                   if any(s in p.stages for p in self.pipes.values())]
         last = next(s for s in ("upsampler2", "upsampler1", "decoder") if s in self.base.stages)
@@ -352,7 +353,8 @@ class Session:
             for fname, img in input_images.items():
                 written.append(os.path.join(directory, fname))
                 img.save(written[-1], format="PNG")
-            ckpt = None if self.checkpoint is None else os.path.abspath(self.checkpoint)
+            ckpt = None if self.checkpoint is None else paths.resolve(self.checkpoint,
+                                                                      "--checkpoint")
             record = records.command_record(command, seed, record_inputs, settings, prior,
                                             ckpt, cols)
             files = list(records.write_result(pipe, images, os.path.join(directory, name), cols,
