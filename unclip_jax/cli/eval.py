@@ -57,6 +57,11 @@ def add_arguments(parser) -> None:
                              "the caption's CLIP text embedding, the zero-shot baseline; true = "
                              "the CLIP image embedding of a real render of the prompt's scene, "
                              "the decoder's ceiling)")
+    parser.add_argument("--renoise", type=float, default=None, metavar="STRENGTH",
+                        help="--prior true only: start the decoder from the real render of each "
+                             "prompt's scene noised to STRENGTH in [0, 1] of its steps (SDEdit) "
+                             "and score the decoder's image: at which noise level it loses an "
+                             "attribute")
     parser.add_argument("--variants", default="unclip,zeroshot_text",
                         help="comma list of unclip, unclip_ar (the model's ar_prior/), zeroshot_text, "
                              "text_decoder, true_z_i (the decoder on the real image's z_i)")
@@ -95,7 +100,7 @@ def run_prompts(args) -> int:
         detector=args.detector, prior_steps=args.prior_steps, decoder_steps=args.decoder_steps,
         upsampler_steps=args.upsampler_steps, prior_guidance=args.prior_guidance,
         decoder_guidance=args.decoder_guidance, seed=args.seed, prior=args.prior,
-        num_resamples=args.num_resamples)
+        renoise=args.renoise, num_resamples=args.num_resamples)
     table = geneval.format_markdown(results)
     print(table)
     if args.out:

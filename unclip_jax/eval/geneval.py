@@ -21,6 +21,7 @@ from unclip_jax.errors import UserError
 from unclip_jax.eval import geneval_prompts, geneval_scores, metrics
 from unclip_jax.eval.scene_detector import BUNDLED_DETECTOR, CELL_NAMES, HEADS, SceneDetector
 from unclip_jax.sample.checks import check_count
+from unclip_jax.sample.editing import check_strength
 
 SINGLE_METRICS = ("colour", "shape", "position", "size", "count")
 TWO_METRICS = ("count", "binding", "relative_position")
@@ -68,15 +69,30 @@ def true_scenes(entries: list[dict], images_per_prompt: int, seed: int) -> list[
 
 
 def decode_true_scenes(pipe, entries: list[dict], images_per_prompt: int, key, *,
-                       decoder_steps=None, upsampler_steps=None, decoder_guidance=None):
+                       decoder_steps=None, upsampler_steps=None, decoder_guidance=None,
+                       renoise: float | None = None):
     """The decoder (and upsamplers) on the true z_i: the CLIP image embedding of each
-    `true_scenes` render at CLIP's input size, with the prompt's caption. → uint8 [B, H, W, 3]."""
+    `true_scenes` render at CLIP's input size, with the prompt's caption. → uint8 [B, H, W, 3].
+
+    renoise: None (the decoder starts from noise) or a strength in [0, 1]: the decoder starts
+    from the render itself at its own size, noised to level round(renoise · N) of its N steps
+    (SDEdit; 0 returns the render, 1 is plain generation), and the result is the decoder's
+    image (no upsamplers) — at which noise level the decoder loses an attribute it was shown.
+    """
     from unclip_jax.sample import chain
     seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
     scenes = true_scenes(entries, images_per_prompt, seed)
     size = pipe.image_size("clip")
     z_i = pipe.encode_images(np.stack([render.render(sc, size) for sc in scenes]))
     text = pipe.encode_text([e["prompt"] for e in entries for _ in range(images_per_prompt)])
+    if renoise is not None:
+        from unclip_jax.sample import editing
+        side = pipe.image_size("decoder")
+        known = np.stack([render.render(sc, side) for sc in scenes]).astype(np.float32)
+        out = editing.edit_decode(pipe, z_i, key, known={"decoder": known / 127.5 - 1.0},
+                                  masks=None, strength=float(renoise), text=text,
+                                  decoder_steps=decoder_steps, decoder_guidance=decoder_guidance)
+        return chain.finish(out, return_intermediates=False)
     out = pipe.decode(z_i, key, text=text, decoder_steps=decoder_steps,
                       upsampler_steps=upsampler_steps, decoder_guidance=decoder_guidance)
     return chain.finish(out, return_intermediates=False)
@@ -86,15 +102,17 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
                      images_per_prompt: int = 4, detector: str | None = None,
                      prior_steps=None, decoder_steps=None, upsampler_steps=None,
                      prior_guidance=None, decoder_guidance=None, seed: int = 0,
-                     prior: str = "auto", num_resamples: int = 1000,
-                     progress: bool = True) -> dict:
+                     prior: str = "auto", renoise: float | None = None,
+                     num_resamples: int = 1000, progress: bool = True) -> dict:
     """Generate `images_per_prompt` images per prompt of each set in `prompts` with the model
     directory `checkpoint` (None: the bundled model), detect, score.
 
     prior: where z_i comes from, as `unclip-jax sample --prior`: 'auto' (the diffusion prior if
     the model has one), 'diffusion', 'ar', or 'text' (the caption's CLIP text embedding z_t,
     the paper's §5.1 zero-shot baseline), or 'true' (no prior: the CLIP image embedding of a
-    real render of the prompt's scene, `true_scenes`; the decoder's ceiling).
+    real render of the prompt's scene, `true_scenes`; the decoder's ceiling). renoise (prior
+    'true' only): start the decoder from that render noised to this strength, see
+    `decode_true_scenes`.
 
     Returns {'settings', 'sets': {set: {'num_prompts', 'metrics': {metric: {'mean', 'lo', 'hi',
     'n'}}}}, 'detector': {'image_size', 'validation_accuracy'}, 'timings_s'}.
@@ -102,6 +120,11 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
     k = check_count("images_per_prompt", images_per_prompt)
     if prior not in PRIORS:
         raise UserError(f"prior={prior!r}: expected one of {', '.join(PRIORS)}")
+    if renoise is not None:
+        if prior != "true":
+            raise UserError("renoise starts the decoder from the real render of each prompt's "
+                            "scene; it needs prior='true' (--prior true)")
+        renoise = check_strength(renoise)
     sets = geneval_prompts.load_prompt_sets(prompts)
     det = SceneDetector.load(detector or BUNDLED_DETECTOR)
     from unclip_jax.sample.unclip import UnCLIP
@@ -112,7 +135,8 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
                         "images_per_prompt": k, "seed": int(seed),
                         "prior_steps": prior_steps, "decoder_steps": decoder_steps,
                         "upsampler_steps": upsampler_steps, "prior_guidance": prior_guidance,
-                        "decoder_guidance": decoder_guidance, "prior": prior},
+                        "decoder_guidance": decoder_guidance, "prior": prior,
+                        "renoise": renoise},
            "sets": {}, "timings_s": {},
            "detector": {"image_size": det.image_size,
                         "validation_accuracy": det.extra.get("validation_accuracy")}}
@@ -122,7 +146,7 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
             images = decode_true_scenes(pipe, entries, k, jax.random.fold_in(root, s),
                                         decoder_steps=decoder_steps,
                                         upsampler_steps=upsampler_steps,
-                                        decoder_guidance=decoder_guidance)
+                                        decoder_guidance=decoder_guidance, renoise=renoise)
         else:
             images = pipe.generate([e["prompt"] for e in entries], jax.random.fold_in(root, s),
                                    num_images_per_prompt=k, prior_steps=prior_steps,
