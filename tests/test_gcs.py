@@ -17,7 +17,9 @@ import time
 import urllib.parse
 import urllib.request
 
+import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("cryptography")
@@ -299,8 +301,6 @@ print("ok")
     p = run_cli("sample", "--from-sidecar", str(tmp_path / "a.json"), "--out", regen,
                 "--no-progress")
     assert p.returncode == 0, p.stderr[-3000:]
-    from PIL import Image
-    import numpy as np
     np.testing.assert_array_equal(np.asarray(Image.open(regen)), np.asarray(Image.open(out)))
     assert {f: f.stat().st_mtime_ns for f in stamps} == stamps     # nothing downloaded again
 

@@ -257,6 +257,10 @@ def local_copy(path) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_PART = ".part"                                   # `mirror`'s in-progress downloads:
+_PART_FILE = re.compile(re.escape(_PART) + r"\d+$")  # FILE.partPID, renamed when complete
+
+
 def download_directory() -> str:
     """Where `mirror` keeps its copies: `$UNCLIP_JAX_DOWNLOAD_DIR`, else
     `$XDG_CACHE_HOME/unclip-jax/downloads`, else `~/.cache/unclip-jax/downloads`."""
@@ -293,12 +297,12 @@ def mirror(path) -> str:
             if st.st_size == remote.length and int(st.st_mtime) == mtime:
                 continue
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        part = f"{dst}.part{os.getpid()}"
+        part = f"{dst}{_PART}{os.getpid()}"
         copy_file(join(url, *rel.split("/")), part)
         os.utime(part, (mtime, mtime))
         os.replace(part, dst)
     for rel in list(walk_files(local)) if os.path.isdir(local) else []:
-        if rel not in wanted and ".part" not in rel.rsplit("/", 1)[-1]:
+        if rel not in wanted and not _PART_FILE.search(rel):
             os.remove(os.path.join(local, *rel.split("/")))
     os.makedirs(local, exist_ok=True)
     return local

@@ -21,7 +21,7 @@ from unclip_jax.errors import UserError
 from unclip_jax.eval import geneval_prompts, geneval_scores, metrics
 from unclip_jax.eval.scene_detector import BUNDLED_DETECTOR, CELL_NAMES, HEADS, SceneDetector
 from unclip_jax.sample.checks import check_count
-from unclip_jax.sample.editing import check_strength
+from unclip_jax.sample import editing
 
 SINGLE_METRICS = ("colour", "shape", "position", "size", "count")
 TWO_METRICS = ("count", "binding", "relative_position")
@@ -86,7 +86,6 @@ def decode_true_scenes(pipe, entries: list[dict], images_per_prompt: int, key, *
     z_i = pipe.encode_images(np.stack([render.render(sc, size) for sc in scenes]))
     text = pipe.encode_text([e["prompt"] for e in entries for _ in range(images_per_prompt)])
     if renoise is not None:
-        from unclip_jax.sample import editing
         side = pipe.image_size("decoder")
         known = np.stack([render.render(sc, side) for sc in scenes]).astype(np.float32)
         out = editing.edit_decode(pipe, z_i, key, known={"decoder": known / 127.5 - 1.0},
@@ -124,7 +123,7 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
         if prior != "true":
             raise UserError("renoise starts the decoder from the real render of each prompt's "
                             "scene; it needs prior='true' (--prior true)")
-        renoise = check_strength(renoise)
+        renoise = editing.check_strength(renoise)
     sets = geneval_prompts.load_prompt_sets(prompts)
     det = SceneDetector.load(detector or BUNDLED_DETECTOR)
     from unclip_jax.sample.unclip import UnCLIP

@@ -50,6 +50,7 @@ class UnCLIP(DiffusersStyle):
         self.programs = Programs(devices)
         self.progress = progress
         self._empty_caption = None   # encoded "" (see `uncond_text`), made on first use
+        self._tokenizer_identity = None   # `directories`, hashed on first use
         for s in stages.values():
             s.params = self.programs.replicate(s.params)
 
@@ -93,9 +94,10 @@ class UnCLIP(DiffusersStyle):
         """{stage: {'dir': path, 'identity': hash}} of the loaded stages (for sidecars)."""
         out = {n: {"dir": s.directory, "identity": s.identity} for n, s in self.stages.items()}
         if self.tokenizer_dir is not None:
-            out["tokenizer"] = {"dir": self.tokenizer_dir,
-                                "identity": export.checkpoint_identity(
-                                    local_directory(self.tokenizer_dir, "tokenizer directory"))}
+            if self._tokenizer_identity is None:    # once: a gs:// one is listed on each mirror
+                self._tokenizer_identity = export.checkpoint_identity(
+                    local_directory(self.tokenizer_dir, "tokenizer directory"))
+            out["tokenizer"] = {"dir": self.tokenizer_dir, "identity": self._tokenizer_identity}
         return out
 
     # ------------------------------------------------------------------ what is loaded
