@@ -151,3 +151,43 @@ def test_init_from_reuses_the_exports_fitted_extras(tmp_path, repeat_data, devic
     assert out["step"] == 0 and "codec" in out["extras"]
     saved = json.loads((first / "extras.json").read_text())
     assert json.loads((tmp_path / "second" / "extras.json").read_text()) == saved
+
+
+@pytest.mark.slow                       # ~1 min: two decoder compiles and an export
+def test_init_from_deepens_a_unet_export(tmp_path, repeat_data, devices8):
+    """A decoder export starts a decoder with more residual blocks per level: step 0 of the
+    deeper run computes what the export computes (and one with another width is refused)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from unclip_jax import export
+    from unclip_jax.errors import CheckpointError
+    from unclip_jax.models.unet import UNet
+    from unclip_jax.train.loop import export_from_workdir
+    train(tiny_config("decoder", steps=3), str(tmp_path / "first"), devices=devices8[:1],
+          progress=False)
+    export_from_workdir(str(tmp_path / "first"), str(tmp_path / "export"))
+    cfg = tiny_config("decoder", steps=3)
+    with cfg.unlocked():
+        cfg.train.init_from = str(tmp_path / "export")
+        cfg.model.num_res_blocks = 2
+    out = train(cfg, str(tmp_path / "deep"), devices=devices8[:1], max_steps=0, progress=False)
+    assert out["step"] == 0
+    old_params, _, _ = export.load(str(tmp_path / "export"), expect_stage="decoder",
+                                   dtype="float32")
+    k = jax.random.split(jax.random.key(0), 4)
+    inputs = dict(z_i=jax.random.normal(k[1], (2, 16)),
+                  text_states=jax.random.normal(k[2], (2, 4, 16)),
+                  text_mask=jnp.ones((2, 4), bool))
+    x, t = jax.random.normal(k[0], (2, 8, 8, 3)), jnp.array([3, 80])
+    want = UNet.from_config(tiny_config("decoder").model).apply(
+        {"params": old_params}, x, t, **inputs)
+    got = UNet.from_config(cfg.model).apply(
+        {"params": jax.device_get(out["state"].ema_params)}, x, t, **inputs)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)
+    wide = tiny_config("decoder", steps=3)
+    with wide.unlocked():
+        wide.train.init_from = str(tmp_path / "export")
+        wide.model.num_res_blocks, wide.model.model_channels = 2, 32
+    with pytest.raises(CheckpointError, match="another model config.*model_channels"):
+        train(wide, str(tmp_path / "wide"), devices=devices8[:1], max_steps=0, progress=False)

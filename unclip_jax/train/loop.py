@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import optax
 
 from unclip_jax import parallel, paths
@@ -212,7 +213,11 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
         start = 0
         initial, extras = None, {}
         if tc.get("init_from"):
-            initial, extras, source = init_from.load_initial(tc.init_from, config, abstract.params)
+            def fresh():       # a random init on the host (new blocks of a deepened UNet)
+                with parallel.activate(mesh, rules):
+                    return jax.device_get(nn.meta.unbox(jax.jit(boxed_init)()))
+            initial, extras, source = init_from.load_initial(tc.init_from, config,
+                                                             abstract.params, fresh)
             log.info("starting %s from the weights of %s", workdir, source)
         if extras:                      # the export's fitted extras: its weights match them
             _save_extras(extras, workdir)
