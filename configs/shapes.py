@@ -4,7 +4,7 @@
 (unclip_jax/assets/shapes) is the second recipe, 32 → 64 → 256 pixels: clip3 (hard-negative
 CLIP with a sincos-started position table), prior3, ar_prior3, decoder32 continued as
 decoder32b, decoder32c and then decoder32d, upsampler1_32, and upsampler2 (decoder32e, the
-deeper decoder grown from decoder32d, is in training). The first recipe,
+deeper decoder grown from decoder32d, was started: docs/results.md). The first recipe,
 16 → 64 → 256 pixels, is clip, prior, ar_prior, decoder (the default STAGE), upsampler1,
 upsampler2; clip2 was the second recipe's first CLIP attempt.
 README "Reproduce the shapes model" has the commands, docs/results.md what each reaches.
@@ -247,7 +247,7 @@ def decoder32e():
     `--config.train.init_from` with the `decoder32d` export; the trainer places its weights so
     that step 0 computes what `decoder32d` does, models/unet_deepen.py). Denoising a real
     render noised to σ ≈ 0.3 under the true z_i and caption (`eval --renoise 0.2`),
-    `decoder32c` returned the asked shape 76% of the time and `decoder32d` 80%: the 32 and
+    `decoder32c` returned the asked shape 76% of the time and `decoder32d` 79%: the 32 and
     16 px levels, one residual block of 32 / 64 channels each, do not draw corners. ~1.7× the
     FLOPs per step; a checkpoint is kept every 1000 steps for evaluation."""
     cfg = decoder32c()

@@ -23,13 +23,12 @@ def call(model, params, inp, **kw):
     return model.apply(params, x, t, **inp)
 
 
-def flat(params):
-    return {path_name(p): np.asarray(x)
-            for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-
-
 def flat_shapes(tree):
     return {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def flat(params):
+    return {n: np.asarray(x) for n, x in flat_shapes(params).items()}
 
 
 def unflat(like, named):
@@ -92,9 +91,8 @@ def test_new_blocks_receive_gradient():
     loss = lambda p: jnp.mean((new_model.apply({"params": p}, inp["x"], inp["t"], **kw)  # noqa: E731
                                - target) ** 2)
     grads = flat(jax.grad(loss)(grown))
-    new_conv2 = [n for n in grads if n.endswith("conv2.kernel")
-                 and (".resnets_1." in n and n.startswith("down_blocks")
-                      or n.startswith("up_blocks") and ".resnets_1." in n)]
+    new_conv2 = [n for n in grads if n.endswith("conv2.kernel") and ".resnets_1." in n
+                 and n.startswith(("down_blocks", "up_blocks"))]
     assert len(new_conv2) == 4           # 2 levels × (1 encoder + 1 decoder) new blocks
     for n in new_conv2:
         assert np.abs(grads[n]).max() > 0, n

@@ -62,8 +62,7 @@ def deepen(old: Mapping[str, np.ndarray], fresh: Mapping[str, np.ndarray], old_b
                              f"has {tuple(out[target].shape)}")
         out[target] = np.asarray(value, dtype=out[target].dtype)
     for name in out:
-        block = _new_block(name, old_blocks, new_blocks)
-        if block is None:
+        if not _is_new(name, old_blocks, new_blocks):
             continue
         leaf = name.rsplit(".", 2)[-2:]
         if leaf[0] in ("conv2", "to_out"):
@@ -73,15 +72,11 @@ def deepen(old: Mapping[str, np.ndarray], fresh: Mapping[str, np.ndarray], old_b
     return out
 
 
-def _new_block(name: str, old_blocks: int, new_blocks: int):
-    """(kind, level, index) when `name` belongs to a block the deepening adds, else None."""
-    m = _DOWN.match(name)
-    if m and int(m.group(3)) >= old_blocks:
-        return "down", int(m.group(1)), int(m.group(3))
-    m = _UP.match(name)
-    if m and 1 <= int(m.group(3)) <= new_blocks - old_blocks:
-        return "up", int(m.group(1)), int(m.group(3))
-    return None
+def _is_new(name: str, old_blocks: int, new_blocks: int) -> bool:
+    """Whether `name` belongs to a block the deepening adds."""
+    down, up = _DOWN.match(name), _UP.match(name)
+    return bool(down and int(down.group(3)) >= old_blocks
+                or up and 1 <= int(up.group(3)) <= new_blocks - old_blocks)
 
 
 def _pass_first(kernel: np.ndarray) -> np.ndarray:

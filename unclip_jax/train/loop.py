@@ -213,9 +213,12 @@ def train(config, workdir: str, *, devices=None, max_steps: int | None = None,
         start = 0
         initial, extras = None, {}
         if tc.get("init_from"):
-            def fresh():       # a random init on the host (new blocks of a deepened UNet)
+            def fresh():       # a random init on the host (new blocks of a deepened UNet),
+                # replicated so that every process can read all of it
+                replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
                 with parallel.activate(mesh, rules):
-                    return jax.device_get(nn.meta.unbox(jax.jit(boxed_init)()))
+                    return jax.device_get(jax.jit(lambda: nn.meta.unbox(boxed_init()),
+                                                  out_shardings=replicated)())
             initial, extras, source = init_from.load_initial(tc.init_from, config,
                                                              abstract.params, fresh)
             log.info("starting %s from the weights of %s", workdir, source)
