@@ -25,10 +25,45 @@ def _variables(params):
     return {"params": params}
 
 
+def sample_timesteps(key, batch: int, T: int, band=(), band_p: float = 0.0):
+    """Training timesteps t [batch] int32 in [0, T).
+
+    Uniform, or — with `band = (lo, hi)` and `band_p > 0` — a mixture: each t is drawn from
+    [lo, hi) with probability band_p and from all of [0, T) otherwise, so the band's steps get
+    band_p + (1 − band_p)·(hi − lo)/T of the updates instead of (hi − lo)/T. This reweights
+    the loss toward the band (an importance choice, like EDM's log-normal σ), which is how a
+    model that has learned coarse layout can spend its steps where detail forms. band_p = 0
+    draws exactly what the uniform sampler does (same key → same t).
+    """
+    if band_p <= 0:
+        return jax.random.randint(key, (batch,), 0, T)
+    lo, hi = (int(b) for b in band)
+    k_pick, k_band, k_all = jax.random.split(key, 3)
+    in_band = jax.random.bernoulli(k_pick, band_p, (batch,))
+    return jnp.where(in_band, jax.random.randint(k_band, (batch,), lo, hi),
+                     jax.random.randint(k_all, (batch,), 0, T))
+
+
+def check_t_band(band, band_p: float, T: int) -> None:
+    """UserError unless `train.t_band` / `train.t_band_p` describe a usable mixture."""
+    from unclip_jax.errors import UserError
+    if not 0.0 <= band_p <= 1.0:
+        raise UserError(f"train.t_band_p must be in [0, 1], got {band_p}")
+    if band_p == 0:
+        return
+    if len(band) != 2 or not 0 <= int(band[0]) < int(band[1]) <= T:
+        raise UserError(f"train.t_band must be (lo, hi) with 0 <= lo < hi <= diffusion.timesteps"
+                        f" = {T}, got {tuple(band)}")
+
+
 def _diffusion_draws(key, config, batch: int):
-    """(t [B] int32 uniform in [0, T), noise key, dropout key, conditioning-drop keys)."""
+    """(t [B] int32 in [0, T) (`sample_timesteps` with train.t_band / t_band_p), noise key,
+    dropout key, conditioning-drop keys)."""
     kt, kn, kd, k1, k2 = jax.random.split(key, 5)
-    t = jax.random.randint(kt, (batch,), 0, int(config.diffusion.timesteps))
+    T = int(config.diffusion.timesteps)
+    band, band_p = tuple(config.train.get("t_band", ())), float(config.train.get("t_band_p", 0.0))
+    check_t_band(band, band_p, T)
+    t = sample_timesteps(kt, batch, T, band, band_p)
     return t, kn, kd, k1, k2
 
 
