@@ -59,12 +59,13 @@ def test_bad_band_is_a_clear_error(band, band_p, message):
     assert message in str(e.value)
 
 
-def test_decoder32f_preset_draws_its_band():
-    """The preset trains the decoder32d model (same tree, so init_from takes its export) with
-    70% of its steps in [50, 500)."""
+@pytest.mark.parametrize("name", ["decoder32f", "decoder32g"])
+def test_band_presets_draw_their_band(name):
+    """decoder32f / g train the decoder32d model (same tree, so init_from takes its export)
+    with 70% of their steps in [50, 500)."""
     from unclip_jax.cli.config_args import load_config
     d = load_config("shapes:decoder32d")
-    f = load_config("shapes:decoder32f")
+    f = load_config(f"shapes:{name}")
     assert f.model.to_dict() == d.model.to_dict()
     assert tuple(f.train.t_band) == (50, 500) and f.train.t_band_p == 0.7
     assert tuple(d.train.t_band) == () and d.train.t_band_p == 0.0
