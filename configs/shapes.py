@@ -281,6 +281,13 @@ def decoder32g():
     return decoder32f()
 
 
+def decoder32h():
+    """`decoder32g` (pass `--config.train.init_from` with its export) trained on for 3000 more
+    steps, same band: over `decoder32g`'s 3000 steps the shape it keeps from pure noise under
+    the true z_i (`eval --renoise 1`) still rose, 40.6 → 49.0% (docs/results.md)."""
+    return decoder32f()
+
+
 def upsampler1_32():
     """32 → 64 px (×2) for the 32 px decoder; `upsampler2` (64 → 256, no CLIP input) then
     ends the chain at 256 px unchanged."""
@@ -298,7 +305,7 @@ BUILDERS = dict(decoder=decoder, clip=clip, prior=prior, ar_prior=ar_prior,
                 prior3=prior3, ar_prior3=ar_prior3,
                 decoder32=decoder32, decoder32b=decoder32b, decoder32c=decoder32c,
                 decoder32d=decoder32d, decoder32e=decoder32e, decoder32f=decoder32f,
-                decoder32g=decoder32g,
+                decoder32g=decoder32g, decoder32h=decoder32h,
                 upsampler1_32=upsampler1_32)
 
 
