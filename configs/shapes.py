@@ -3,8 +3,8 @@
 `--config shapes:STAGE` (or `--config configs/shapes.py:STAGE`). The embedded model
 (unclip_jax/assets/shapes) is the second recipe, 32 → 64 → 256 pixels: clip3 (hard-negative
 CLIP with a sincos-started position table), prior3, ar_prior3, decoder32 continued as
-decoder32b, decoder32c, decoder32d and then decoder32f (timesteps drawn mostly where shape
-and size form), upsampler1_32, and upsampler2 (decoder32e, the deeper decoder grown from
+decoder32b, decoder32c, decoder32d and then decoder32f and decoder32g (timesteps drawn
+mostly where shape and size form), upsampler1_32, and upsampler2 (decoder32e, the deeper decoder grown from
 decoder32d, was stopped at step 3001 without a gain: docs/results.md). The first recipe,
 16 → 64 → 256 pixels, is clip, prior, ar_prior, decoder (the default STAGE), upsampler1,
 upsampler2; clip2 was the second recipe's first CLIP attempt.
@@ -264,8 +264,8 @@ def decoder32f():
     render (`eval --renoise S`), `decoder32d` keeps the asked shape 100% at t = 0, 79% from
     t ≈ 200 and 49% from t ≈ 480 — 52 of the 74 points it loses between S = 0 and generation
     go between t ≈ 80 and 480, while colour, position and the count (learned at high t) are
-    at 100%. 3000 steps, a checkpoint kept every 1000. The shipped decoder: size 82.3 → 96.4%,
-    shape 24.5 → 34.9% (docs/results.md)."""
+    at 100%. 3000 steps, a checkpoint kept every 1000. Size 82.3 → 96.4%, shape
+    24.5 → 34.9% (docs/results.md)."""
     cfg = decoder32c()
     cfg.train.steps = 3000
     cfg.train.t_band = (50, 500)
@@ -277,7 +277,7 @@ def decoder32g():
     """`decoder32f` (pass `--config.train.init_from` with its export) trained on for 3000 more
     steps, same band: over `decoder32f`'s 3000 steps shape rose 24.5 → 34.9% and size
     82.3 → 96.4%, still rising at its last checkpoint (`eval --renoise 1` shape 38.5% at step
-    1000, 40.6% at 3000)."""
+    1000, 40.6% at 3000). The shipped decoder (docs/results.md)."""
     return decoder32f()
 
 
