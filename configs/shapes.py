@@ -4,8 +4,9 @@
 (unclip_jax/assets/shapes) is the second recipe, 32 → 64 → 256 pixels: clip3 (hard-negative
 CLIP with a sincos-started position table), prior3, ar_prior3, decoder32 continued as
 decoder32b, decoder32c, decoder32d and then decoder32f and decoder32g (timesteps drawn
-mostly where shape and size form), upsampler1_32, and upsampler2 (decoder32e, the deeper decoder grown from
-decoder32d, was stopped at step 3001 without a gain: docs/results.md). The first recipe,
+mostly where shape and size form), upsampler1_32, and upsampler2 (decoder32e, the deeper
+decoder grown from decoder32d, was stopped at step 3001 without a gain: docs/results.md;
+decoder32h continues decoder32g's band and is not shipped). The first recipe,
 16 → 64 → 256 pixels, is clip, prior, ar_prior, decoder (the default STAGE), upsampler1,
 upsampler2; clip2 was the second recipe's first CLIP attempt.
 README "Reproduce the shapes model" has the commands, docs/results.md what each reaches.
