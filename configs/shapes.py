@@ -289,6 +289,13 @@ def decoder32h():
     return decoder32f()
 
 
+def decoder32i():
+    """`decoder32h` (pass `--config.train.init_from` with its export) trained on for 3000 more
+    steps, same band: each 3000 band steps so far added 6–10 points of shape
+    (docs/results.md)."""
+    return decoder32f()
+
+
 def upsampler1_32():
     """32 → 64 px (×2) for the 32 px decoder; `upsampler2` (64 → 256, no CLIP input) then
     ends the chain at 256 px unchanged."""
@@ -306,7 +313,7 @@ BUILDERS = dict(decoder=decoder, clip=clip, prior=prior, ar_prior=ar_prior,
                 prior3=prior3, ar_prior3=ar_prior3,
                 decoder32=decoder32, decoder32b=decoder32b, decoder32c=decoder32c,
                 decoder32d=decoder32d, decoder32e=decoder32e, decoder32f=decoder32f,
-                decoder32g=decoder32g, decoder32h=decoder32h,
+                decoder32g=decoder32g, decoder32h=decoder32h, decoder32i=decoder32i,
                 upsampler1_32=upsampler1_32)
 
 
