@@ -62,6 +62,8 @@ def train(batch_size=32, steps=1000, lr=1e-4, warmup=100, lr_schedule="cosine", 
         image_embed_drop=0.0,         # P(drop z_i) (decoder)
         t_band=(),                    # diffusion stages: (lo, hi) timesteps drawn more often ...
         t_band_p=0.0,                 # ... with this probability (train/losses.sample_timesteps)
+        object_weight=1.0,            # diffusion stages: error weight of the object region of
+                                      # flat-background scenes (1 = off; diffusion/object_region)
         init_from=init_from,          # a new run starts from this exported stage's weights
                                       # ('bundled' = the bundled model's; train/init_from.py)
     ))

@@ -82,13 +82,17 @@ def _target(sched, x0, noise, t, predict):
 
 
 def training_losses(sched: Schedule, model_fn: Callable, x0, t, noise, *, predict: str,
-                    variance: str, loss: str = "mse", hybrid_lambda: float = 0.001) -> dict:
+                    variance: str, loss: str = "mse", hybrid_lambda: float = 0.001,
+                    weight=None) -> dict:
     """Per-example losses [B] for data x0 [B, ...], step indices t [B] and noise ε ~ N(0, I).
 
     model_fn(x_t, t_model) with t_model = sched.timesteps[t] returns the prediction (2×
     channels for variance='learned_range'). Returns dict(loss, mse[, vlb]) where mse is the
     mean over data dims of (target − prediction)², vlb (learned variance only) is L_t in
     bits/dim with the mean prediction frozen, and loss = mse (+ λ·T·vlb for 'hybrid').
+    `weight` (optional, broadcastable to x0, e.g. [B, H, W, 1] from `object_weights`) scales
+    each squared error before the mean (the VLB term, which trains only the variance, is not
+    weighted); None is weight 1 everywhere.
     """
     G.check_predict(predict)
     G.check_variance(variance)
@@ -104,7 +108,8 @@ def training_losses(sched: Schedule, model_fn: Callable, x0, t, noise, *, predic
     x_t = G.q_sample(sched, x0, t, noise)
     model_output = model_fn(x_t, sched.timesteps[t])
     pred, var_values = G.split_output(model_output, x_t, learned)
-    mse = _mean_over_data((_target(sched, x0, noise, t, predict) - pred) ** 2)
+    sq = (_target(sched, x0, noise, t, predict) - pred) ** 2
+    mse = _mean_over_data(sq if weight is None else sq * weight)
     terms = dict(mse=mse, loss=mse)
     if learned:
         frozen = jnp.concatenate([jax.lax.stop_gradient(pred), var_values], axis=-1)

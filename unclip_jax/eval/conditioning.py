@@ -32,6 +32,7 @@ import numpy as np
 
 from unclip_jax.data import hard_negatives as hn
 from unclip_jax.data import render
+from unclip_jax.diffusion.object_region import object_region
 from unclip_jax.errors import UserError
 
 EDITS = ("colour", "shape", "size", "position")
@@ -55,14 +56,8 @@ def edited_captions(scenes: Sequence[tuple], kind: str, seed: int = 0) -> list[s
 def object_mask(images: np.ndarray, threshold: int = 8) -> np.ndarray:
     """uint8 images [B, H, W, 3] → bool [B, H, W]: pixels farther than `threshold` (0–255, any
     channel) from the background colour (the median of the border pixels), grown by one pixel
-    in each direction."""
-    x = images.astype(np.int32)
-    border = np.concatenate([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)   # [B, 4S, 3]
-    bg = np.median(border, axis=1)[:, None, None, :]
-    m = (np.abs(x - bg) > threshold).any(-1)
-    p = np.pad(m, ((0, 0), (1, 1), (1, 1)))
-    h, w = m.shape[1:]
-    return np.stack([p[:, i:i + h, j:j + w] for i in range(3) for j in range(3)]).any(0)
+    in each direction (`diffusion.object_region`)."""
+    return np.asarray(object_region(np.asarray(images, np.float32), threshold))
 
 
 def eps_errors(model_fn: Callable, alphas_cumprod: np.ndarray, x0: np.ndarray, mask: np.ndarray,

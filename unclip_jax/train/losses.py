@@ -151,12 +151,26 @@ def _unet_cond(batch, config, key, B):
             "drop_image_embed": bernoulli(k2, float(config.train.image_embed_drop), B)}
 
 
+def _pixel_weights(x0, config):
+    """Per-pixel weights of the ε/x0/v error [B, H, W, 1] from `train.object_weight` (the
+    object region of a flat-background scene weighted w, `diffusion.object_region`), or None
+    (w = 1: the plain mean over pixels)."""
+    from unclip_jax.diffusion.object_region import object_weights
+    from unclip_jax.errors import UserError
+    w = float(config.train.get("object_weight", 1.0))
+    if not w > 0:
+        raise UserError(f"train.object_weight must be > 0 (1 = off), got {w}")
+    return None if w == 1.0 else object_weights(x0, w)
+
+
 def unet_loss(params, batch, key, model, config, extras):
     """Diffusion loss of the config's predict/variance/loss on images [B,H,W,3] in [-1,1].
 
     Decoder: conditioned on z_i (dropped with p = train.image_embed_drop) and the caption
     tokens (dropped with p = train.text_drop). Upsampler: conditioned on the degraded low-res
-    crop (`batch['low_res']`). Metrics: mse, vlb (learned variance), loss by timestep quartile.
+    crop (`batch['low_res']`). `train.object_weight` w ≠ 1 weights the squared error of the
+    object region (pixels off the flat background, grown by one) w times the background's.
+    Metrics: mse (weighted as the loss), vlb (learned variance), loss by timestep quartile.
     """
     from unclip_jax.diffusion.losses import training_losses
     from unclip_jax.diffusion.schedules import from_config
@@ -173,7 +187,8 @@ def unet_loss(params, batch, key, model, config, extras):
 
     terms = training_losses(sched, model_fn, x0, t, jax.random.normal(kn, x0.shape, jnp.float32),
                             predict=d.predict, variance=d.variance, loss=d.loss,
-                            hybrid_lambda=float(d.hybrid_lambda))
+                            hybrid_lambda=float(d.hybrid_lambda),
+                            weight=_pixel_weights(x0, config))
     metrics = {k: v.mean() for k, v in terms.items() if k != "loss"}
     metrics.update(quartile_means(terms["loss"], t, sched.num_steps))
     return terms["loss"].mean(), metrics
