@@ -3,10 +3,11 @@
 `--config shapes:STAGE` (or `--config configs/shapes.py:STAGE`). The embedded model
 (unclip_jax/assets/shapes) is the second recipe, 32 → 64 → 256 pixels: clip3 (hard-negative
 CLIP with a sincos-started position table), prior3, ar_prior3, decoder32 continued as
-decoder32b, decoder32c, decoder32d and then decoder32f and decoder32g (timesteps drawn
-mostly where shape and size form), upsampler1_32, and upsampler2 (decoder32e, the deeper
-decoder grown from decoder32d, was stopped at step 3001 without a gain: docs/results.md;
-decoder32h continues decoder32g's band and is not shipped). The first recipe,
+decoder32b, decoder32c, decoder32d and then decoder32f, decoder32g and decoder32h
+(timesteps drawn mostly where shape and size form), upsampler1_32, and upsampler2
+(decoder32e, the deeper decoder grown from decoder32d, was stopped at step 3001 without a
+gain: docs/results.md; decoder32i continues decoder32h's band with the object region's error
+weighted and is not shipped). The first recipe,
 16 → 64 → 256 pixels, is clip, prior, ar_prior, decoder (the default STAGE), upsampler1,
 upsampler2; clip2 was the second recipe's first CLIP attempt.
 README "Reproduce the shapes model" has the commands, docs/results.md what each reaches.
@@ -278,14 +279,15 @@ def decoder32g():
     """`decoder32f` (pass `--config.train.init_from` with its export) trained on for 3000 more
     steps, same band: over `decoder32f`'s 3000 steps shape rose 24.5 → 34.9% and size
     82.3 → 96.4%, still rising at its last checkpoint (`eval --renoise 1` shape 38.5% at step
-    1000, 40.6% at 3000). The shipped decoder (docs/results.md)."""
+    1000, 40.6% at 3000)."""
     return decoder32f()
 
 
 def decoder32h():
     """`decoder32g` (pass `--config.train.init_from` with its export) trained on for 3000 more
     steps, same band: over `decoder32g`'s 3000 steps the shape it keeps from pure noise under
-    the true z_i (`eval --renoise 1`) still rose, 40.6 → 49.0% (docs/results.md)."""
+    the true z_i (`eval --renoise 1`) still rose, 40.6 → 49.0%. The shipped decoder
+    (docs/results.md)."""
     return decoder32f()
 
 

@@ -53,3 +53,8 @@ Image.fromarray(cell_mask('bottom right', 256)).save('docs/inputs/mask_bottom_ri
 unclip-jax inpaint docs/inputs/red_circle_top_left.png --mask docs/inputs/mask_bottom_right.png \
   "a large red circle in the top left corner and a large yellow square in the bottom right corner" \
   -n 4 --seed 0 --cols 4 --out docs/inpaint.png --overwrite
+
+# the web demo's page (README "Web demo"): the browser test drives `unclip-jax serve` on the
+# embedded model in headless chromium (apt-get install chromium chromium-driver) and saves it
+UNCLIP_JAX_SERVE_CHECKPOINT=bundled UNCLIP_JAX_SERVE_SCREENSHOT="$PWD/docs/serve.png" \
+  python -m pytest -q -m slow tests/test_serve.py -k browser
