@@ -8,10 +8,11 @@ where a shape's corners are drawn is inside. `object_weights` turns it into a pe
 for the diffusion loss (`training_losses(weight=...)`, `train.object_weight`).
 
 Pure functions of arrays: jax.numpy and numpy inputs both work (the evaluation's
-`eval.conditioning.object_mask` calls `object_region` on uint8 renders).
+`eval.conditioning.object_mask` calls `object_region` on uint8 renders cast to float).
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -23,13 +24,7 @@ def object_region(images, threshold: float):
     border = jnp.concatenate([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)   # [B, 4S, C]
     bg = jnp.median(border, axis=1)[:, None, None, :]
     m = jnp.any(jnp.abs(x - bg) > threshold, axis=-1)
-    p = jnp.pad(m, ((0, 0), (1, 1), (1, 1)))
-    h, w = m.shape[1:]
-    grown = p[:, 0:h, 0:w]
-    for i in range(3):
-        for j in range(3):
-            grown = grown | p[:, i:i + h, j:j + w]
-    return grown
+    return jax.lax.reduce_window(m, False, jax.lax.bitwise_or, (1, 3, 3), (1, 1, 1), "SAME")
 
 
 def object_weights(x0, weight: float, threshold: float = 8 / 127.5):
