@@ -1,5 +1,6 @@
 """JSON sidecars: the record next to every grid the sampling commands write, from which
-`unclip-jax sample --from-sidecar` redoes the command bit for bit.
+`unclip-jax sample --from-sidecar` redoes the command bit for bit on one device (on several
+simulated CPU devices XLA's CPU runtime differs by a few levels between runs).
 
 A sidecar holds the command, its inputs, the seed, every setting, the stage checkpoint
 directories with their identities (`unclip_jax.export.checkpoint_identity`) and the
