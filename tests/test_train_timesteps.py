@@ -60,9 +60,9 @@ def test_bad_band_is_a_clear_error(band, band_p, message):
 
 
 @pytest.mark.parametrize("name", ["decoder32f", "decoder32g", "decoder32h",
-                                  "decoder32i"])
+                                  "decoder32i", "decoder32j"])
 def test_band_presets_draw_their_band(name):
-    """decoder32f / g / h / i train the decoder32d model (same tree, so init_from takes its export)
+    """decoder32f / g / h / i / j train the decoder32d model (same tree, so init_from takes its export)
     with 70% of their steps in [50, 500)."""
     from unclip_jax.cli.config_args import load_config
     d = load_config("shapes:decoder32d")
