@@ -10,6 +10,7 @@ import pytest
 
 from unclip_jax.sample.diffusers_style import pick_key, steps_with_count, to_output
 from unclip_jax.errors import UserError
+from subprocess_env import one_device_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,10 +137,7 @@ def test_docs_api_examples_run(tmp_path):
     assert len(blocks) >= 3
     script = tmp_path / "api_examples.py"
     script.write_text("\n".join(blocks))
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
-        "--xla_force_host_platform_device_count=8", "").strip()
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=one_device_env(),
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.path.isfile(tmp_path / "red_circle.png")

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from pipeline_fixtures import CAPTIONS, checkpoints, read_png, smooth_image
+from subprocess_env import one_device_env, without_simulated_devices
 from unclip_jax import cli
 from unclip_jax.serve import server as serve, session as serve_session
 from unclip_jax.cli import _sampling
@@ -27,16 +28,10 @@ from unclip_jax.sample.records import regenerate
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _without_simulated_devices(xla_flags: str) -> str:
-    """XLA_FLAGS without --xla_force_host_platform_device_count (one CPU device)."""
-    return " ".join(f for f in xla_flags.split()
-                    if not f.startswith("--xla_force_host_platform_device_count"))
-
-
 def test_without_simulated_devices():
-    assert _without_simulated_devices(
+    assert without_simulated_devices(
         "--xla_dump_to=d --xla_force_host_platform_device_count=8 --x=1") == "--xla_dump_to=d --x=1"
-    assert _without_simulated_devices("") == ""
+    assert without_simulated_devices("") == ""
 
 
 def _cli_settings(argv):
@@ -293,12 +288,10 @@ def test_browser_generate_download_regenerate_and_error(dirs, tmp_path):
     model = os.environ.get("UNCLIP_JAX_SERVE_CHECKPOINT") or dirs["root"]
     model_args = [] if model == "bundled" else ["--checkpoint", model]
     size = _final_size(BUNDLED_MODEL if model == "bundled" else model)
-    # the server and the regenerating CLI run as a user runs them: on one CPU device, not on
-    # the 8 simulated devices of conftest (XLA's CPU runtime with several simulated host
-    # devices differs from run to run by a few levels on ~1% of a 256 px image's values)
-    env = dict(os.environ, UNCLIP_JAX_CACHE_DIR=str(tmp_path / "xla"),
-               XLA_FLAGS=_without_simulated_devices(os.environ.get("XLA_FLAGS", "")),
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the server and the regenerating CLI run as a user runs them, on one CPU device (with
+    # the suite's 8 simulated devices a 256 px image differs run to run by a few levels)
+    env = one_device_env(UNCLIP_JAX_CACHE_DIR=str(tmp_path / "xla"),
+                         PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
