@@ -310,6 +310,29 @@ def decoder32j():
     return decoder32i()
 
 
+def decoder32k():
+    """`decoder32i`'s recipe on a decoder with its own caption encoder (pass
+    `--config.train.init_from` with a `decoder32i` or later export; the encoder is added with a
+    zero output projection, so step 0 computes what the export does — train/init_from.py).
+
+    The CLIP token states, this decoder's only view of the caption so far, put 'circle' next to
+    'square' and 'triangle' next to 'star' (pooled cosine 0.993 / 0.999, per-token distance
+    12% of the norm, against 124% for a colour swap), and the decoder does not hear those
+    words: captioning a triangle 'star' raises its object-region ε error by 2%, 'circle' by
+    268% (docs/results.md). Its shape errors are those swaps, per prompt, whatever z_i. The
+    paper's decoder reads the caption through GLIDE's own text encoder; this one gets a
+    2-block transformer over the token ids (width = context_dim 64), added per token to the
+    projected CLIP states. The caption ids come from the bundled model's tokenizer (the one
+    that wrote the `clip3` embeddings); set `data.caption_tokenizer` for another CLIP."""
+    cfg = decoder32i()
+    with cfg.unlocked():
+        cfg.model.caption_vocab = 256
+        cfg.model.caption_len = cfg.model.text_len
+        cfg.model.caption_layers = 2
+    cfg.data.caption_tokenizer = "bundled"
+    return cfg
+
+
 def upsampler1_32():
     """32 → 64 px (×2) for the 32 px decoder; `upsampler2` (64 → 256, no CLIP input) then
     ends the chain at 256 px unchanged."""
@@ -328,7 +351,7 @@ BUILDERS = dict(decoder=decoder, clip=clip, prior=prior, ar_prior=ar_prior,
                 decoder32=decoder32, decoder32b=decoder32b, decoder32c=decoder32c,
                 decoder32d=decoder32d, decoder32e=decoder32e, decoder32f=decoder32f,
                 decoder32g=decoder32g, decoder32h=decoder32h, decoder32i=decoder32i,
-                decoder32j=decoder32j,
+                decoder32j=decoder32j, decoder32k=decoder32k,
                 upsampler1_32=upsampler1_32)
 
 

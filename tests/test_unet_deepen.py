@@ -119,9 +119,10 @@ def test_decoder32e_preset_is_decoder32d_deepened():
     a deepening: its model differs from decoder32d's by num_res_blocks alone (1 → 2)."""
     import json
     from unclip_jax.configs import shapes
-    from unclip_jax.train.init_from import _only_deeper
+    from unclip_jax.train.init_from import _growth
     d = json.loads(json.dumps(shapes.get_config("decoder32d").model.to_dict()))
     e = shapes.get_config("decoder32e").model
     assert (d["num_res_blocks"], e.num_res_blocks) == (1, 2)
-    assert _only_deeper(d, e) and not _only_deeper(json.loads(json.dumps(e.to_dict())),
-                                                   shapes.get_config("decoder32d").model)
+    assert _growth(d, e) == {"deeper"}
+    assert _growth(json.loads(json.dumps(e.to_dict())),
+                   shapes.get_config("decoder32d").model) == set()

@@ -124,7 +124,10 @@ def data(image_size, *, name="", **kw):
     """`data` section (`unclip_jax.data.pipeline`); `kw` overrides or adds keys."""
     d = dict(name=name, data_dir="", image_size=image_size, low_res_size=0, crop_size=0,
              degradation="none", embeddings_dir="", shuffle_buffer=2048,
-             decoder_embedding="image")   # decoder: condition on z_i ('image') or z_t ('text')
+             decoder_embedding="image",   # decoder: condition on z_i ('image') or z_t ('text')
+             caption_tokenizer="")   # decoder with model.caption_vocab > 0: tokenizer dir of
+                                     # the CLIP that wrote the embeddings ('bundled': the
+                                     # bundled model's)
     d.update(kw)
     return mlc.ConfigDict(d)
 

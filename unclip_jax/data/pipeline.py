@@ -9,7 +9,10 @@
   ar_prior     'text_mask' bool [b,L]}
   decoder     {'image' f32 [b,S,S,3], 'z_i', 'text_states', 'text_mask'}; with
               config.data.decoder_embedding='text' the 'z_i' entry holds the caption's z_t
-              (the paper's §5.1 baseline: a decoder conditioned on the text embedding)
+              (the paper's §5.1 baseline: a decoder conditioned on the text embedding);
+              with config.model.caption_vocab > 0 (the decoder's own caption encoder) also
+              'caption_ids' int32 [b,L], the caption tokenized by the tokenizer at
+              config.data.caption_tokenizer (the CLIP's, so its mask is 'text_mask')
   upsampler1/2 {'image' f32 [b,c,c,3] high-res crop, 'low_res' f32 [b,c/r,c/r,3] degraded}
 
 b = config.train.batch_size // process_count, S = config.data.image_size, c = crop_size (or S),
@@ -25,6 +28,7 @@ already used — the next batch is exactly the one that would have come next.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -133,6 +137,10 @@ def synthetic_batch(config, rng: np.random.Generator, b: int) -> Batch:
                 "z_t": rng.standard_normal((b, d)).astype(np.float32), **cond}
     if stage == "decoder":
         cond, d = text()
+        vocab = int(config.model.get("caption_vocab", 0) or 0)
+        if vocab:
+            ids = rng.integers(0, vocab, size=cond["text_mask"].shape, dtype=np.int32)
+            cond["caption_ids"] = np.where(cond["text_mask"], ids, 0).astype(np.int32)
         return {"image": image(int(data.image_size)),
                 "z_i": rng.standard_normal((b, d)).astype(np.float32), **cond}
     _, crop, low = _upsampler_sizes(data)
@@ -174,7 +182,8 @@ def _preprocess(stage: str, data) -> Callable:
             return out
         if stage == "decoder":
             s = int(data.image_size)
-            return {"image": degrade.resize(image, s), "index": ex["index"]}
+            return {"image": degrade.resize(image, s), "index": ex["index"],
+                    "caption": ex["caption"]}
         size, crop, low_crop = _upsampler_sizes(data)
         low_size = int(data.low_res_size)
         image = degrade.resize(image, size)
@@ -227,6 +236,41 @@ def _resolve_tokenizer(config, tokenizer):
     return Tokenizer(path, int(config.model.text.context_length))
 
 
+def _resolve_caption_tokenizer(config, tokenizer):
+    """The tokenizer whose ids a decoder's own caption encoder reads (`tokenizer` if given)."""
+    if tokenizer is None:
+        path = str(config.data.get("caption_tokenizer", "") or "")
+        if not path:
+            raise UserError("this decoder has its own caption encoder (model.caption_vocab > 0): "
+                            "set config.data.caption_tokenizer to the tokenizer directory of "
+                            "the CLIP whose embeddings it trains on ('bundled' = the bundled "
+                            "model's)")
+        if path == "bundled":
+            from unclip_jax.sample.loading import BUNDLED_MODEL
+            path = os.path.join(BUNDLED_MODEL, "tokenizer")
+        from unclip_jax.clip.tokenizer import Tokenizer
+        tokenizer = Tokenizer(path, int(config.model.text_len))
+    vocab = int(config.model.caption_vocab)
+    size = int(getattr(tokenizer, "vocab_size", 0) or 0)
+    if size > vocab:
+        raise UserError(f"the caption tokenizer has {size} tokens but model.caption_vocab is "
+                        f"{vocab}; set model.caption_vocab ≥ {size}")
+    return tokenizer
+
+
+def caption_ids(tokenizer, captions: list[str], text_mask: np.ndarray) -> np.ndarray:
+    """Token ids int32 [b, L] of `captions`; UserError unless their mask is `text_mask` [b, L]
+    (the embeddings were written by another CLIP's tokenizer, or another caption length)."""
+    ids, mask = tokenizer(captions)
+    ids, mask = np.asarray(ids, np.int32), np.asarray(mask, bool)
+    if ids.shape != text_mask.shape or not np.array_equal(mask, np.asarray(text_mask, bool)):
+        raise UserError(f"the caption tokenizer does not tokenize these captions as the CLIP "
+                        f"that wrote the embeddings did (ids {ids.shape}, embeddings' text_mask "
+                        f"{tuple(text_mask.shape)}, masks differ); point "
+                        "config.data.caption_tokenizer at that CLIP's tokenizer")
+    return ids
+
+
 def _resolve_embeddings(config, split, n, embeddings) -> EmbeddingStore:
     if isinstance(embeddings, EmbeddingStore):
         if embeddings.manifest["split"] != split:
@@ -247,7 +291,8 @@ def make_pipeline(config, split: str = "train", *, process_index: int | None = N
     """The stage's input pipeline (see module docstring).
 
     `tokenizer(captions) -> (ids int32 [B,L], mask)` is used by the clip stage (default: the
-    one at config.model.tokenizer). `embeddings` (an EmbeddingStore or a directory) overrides
+    one at config.model.tokenizer) and by a decoder with its own caption encoder (default:
+    config.data.caption_tokenizer). `embeddings` (an EmbeddingStore or a directory) overrides
     config.data.embeddings_dir. `keep_index=True` adds each example's 'index' [b] (tests).
     """
     import jax
@@ -304,12 +349,18 @@ def make_pipeline(config, split: str = "train", *, process_index: int | None = N
     elif stage in EMBED_STAGES:
         store = _resolve_embeddings(config, split, n, embeddings)
         source = decoder_embedding(data) if stage == "decoder" else "z_i"
+        tok = (_resolve_caption_tokenizer(config, tokenizer) if stage == "decoder"
+               and int(config.model.get("caption_vocab", 0) or 0) else None)
 
         def finish(raw):
             cond = store.lookup(raw["index"])
+            captions = raw.pop("caption", None)
             if stage == "decoder":
                 cond["z_i"] = cond.pop(source)
                 cond.pop("z_t", None)
+                if tok is not None:
+                    cond["caption_ids"] = caption_ids(
+                        tok, [c.decode("utf-8") for c in captions], cond["text_mask"])
             if not keep_index:
                 raw.pop("index")
             raw.update(cond)

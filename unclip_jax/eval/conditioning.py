@@ -133,6 +133,8 @@ def conditioning_usage(model_dir: str | None, data_dir: str, *, split: str = "va
             text_mask=jnp.asarray(text["mask"], bool),
             drop_text=no if cond in ("no caption", "nothing") else yes,
             drop_image_embed=no if cond in ("no z_i", "nothing") else yes)
+        if getattr(dec.model, "caption_vocab", 0):
+            conditions[cond]["caption_ids"] = jnp.asarray(text["ids"], jnp.int32)
     variables = stage_fns.as_variables(dec.params)
     apply = jax_jit_apply(dec.model, variables)
     sched = from_config(dec.config.diffusion)

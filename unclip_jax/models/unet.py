@@ -9,7 +9,8 @@ Built from a config's `model` section with `UNet.from_config(cfg.model)`:
 Shapes: x_t [B, H, W, in_channels] NHWC in [-1, 1] (noised image), t [B] original timesteps
 (int or float), z_i [B, embed_dim] CLIP image embedding, text_states [B, L, text_width] CLIP
 text token states, text_mask [B, L] bool (True = real token), z_t [B, text_embed_dim] CLIP
-text embedding (only with model.text_embed_dim > 0), low_res [B, h, w,
+text embedding (only with model.text_embed_dim > 0), caption_ids [B, L] int32 the caption's
+token ids, the same tokenization as text_states (only with model.caption_vocab > 0), low_res [B, h, w,
 low_res_channels] in [-1, 1], drop_text / drop_image_embed [B] bool. Output
 [B, H, W, out_channels] float32 (decoder with learned variance: ε then the variance
 interpolation v; otherwise ε).
@@ -24,6 +25,9 @@ Module tree (diffusers `UNet2DConditionModel` / `UNet2DModel` names, as Karlo's 
   clip_tokens_proj                        z_i → clip_tokens·context_dim; output index
                                           c·clip_tokens + j is channel c of token j  (decoder)
   text_proj, text_norm                    text_states → context_dim, LayerNorm     (decoder)
+  caption_encoder                         caption_ids → context_dim per token, ADDED to the
+                                          projected text states (caption_vocab > 0; the
+                                          decoder's own text encoder, `caption_encoder.py`)
   conv_in                                 3×3, in_channels (+ low_res_channels) → model_channels
   down_blocks_{i}                         level i (resolution image_size / 2^i): resnets_{j},
                                           attentions_{j}, downsamplers_0 (not on the last level)
@@ -39,7 +43,8 @@ context_dim, seen by every attention block as extra keys/values (GLIDE encoder_k
 Classifier-free guidance: the caller passes per-example flags. `drop_image_embed` zeroes z_i
 (so the time-embedding term and the clip tokens come from a zero embedding). `drop_text`
 MASKS the text: the token states are zeroed and their mask is turned off, so attention sees
-only the clip tokens and the image; no learned null text is needed. Either way the output does
+only the clip tokens and the image; no learned null text is needed. The caption encoder's
+rows follow the same mask (zero where it is off). Either way the output does
 not depend on the dropped input.
 
 Upsampler role: `low_res` is resized (bilinear, `jax.image.resize`) to x_t's size and
@@ -58,6 +63,7 @@ import jax
 import jax.numpy as jnp
 
 from unclip_jax.errors import UserError
+from unclip_jax.models.caption_encoder import CaptionEncoder
 from unclip_jax.models.layers import LayerNorm, dense, timestep_embedding
 from unclip_jax.models.unet_blocks import (CONV_AXES, DownBlock, GroupNorm, MidBlock, UpBlock,
                                            constrain, conv)
@@ -68,6 +74,7 @@ CONFIG_FIELDS = (
     "resblock_updown", "use_scale_shift_norm", "norm_groups", "low_res_channels", "embed_dim",
     "clip_tokens", "text_width", "context_dim", "remat", "dtype",
     "text_embed_dim", "learned_null_image_embed", "normalize_z_i",
+    "caption_vocab", "caption_len", "caption_layers",
 )
 INFO_FIELDS = ("kind", "text_len")   # config keys the module does not need
 
@@ -94,6 +101,9 @@ class UNet(nn.Module):
     text_embed_dim: int = 0      # > 0: z_t [B, text_embed_dim] also added to the time embedding
     learned_null_image_embed: bool = False   # dropped z_i → learned `null_image_embed`, not 0
     normalize_z_i: bool = False  # rescale z_i to norm √embed_dim first (see `conditioning`)
+    caption_vocab: int = 0       # > 0: own caption encoder over token ids < caption_vocab
+    caption_len: int = 0         # its positional table (≥ the caption length L)
+    caption_layers: int = 2      # its transformer blocks (width context_dim)
     remat: bool = False
     dtype: Any = jnp.float32
 
@@ -131,8 +141,12 @@ class UNet(nn.Module):
                             "context tokens)")
         if self.text_width and not self.context_dim:
             raise UserError("model.text_width > 0 needs model.context_dim > 0")
+        if self.caption_vocab and not (self.text_width and self.caption_len > 0):
+            raise UserError("model.caption_vocab > 0 (the decoder's own caption encoder) needs "
+                            "model.text_width > 0 and model.caption_len > 0 (the caption length)")
 
-    def check_inputs(self, x_t, t, z_i, text_states, text_mask, low_res, z_t=None):
+    def check_inputs(self, x_t, t, z_i, text_states, text_mask, low_res, z_t=None,
+                     caption_ids=None):
         if x_t.ndim != 4 or x_t.shape[-1] != self.in_channels:
             raise UserError(f"x_t must be NHWC [B, H, W, {self.in_channels}], got {x_t.shape}")
         B, H, W, _ = x_t.shape
@@ -177,10 +191,24 @@ class UNet(nn.Module):
                                 f"{text_mask.shape}")
         elif text_states is not None:
             raise UserError("text_states given but model.text_width is 0")
+        if self.caption_vocab:
+            L = text_states.shape[1]
+            if caption_ids is None or caption_ids.shape != (B, L) or \
+                    not jnp.issubdtype(caption_ids.dtype, jnp.integer):
+                raise UserError(f"this decoder has its own caption encoder: pass caption_ids="
+                                f"[B, L] = [{B}, {L}] integer token ids (the tokenization of "
+                                f"text_states), got "
+                                f"{None if caption_ids is None else caption_ids.shape}")
+            if L > self.caption_len:
+                raise UserError(f"{L} caption tokens exceed model.caption_len "
+                                f"{self.caption_len}")
+        elif caption_ids is not None:
+            raise UserError("caption_ids given but model.caption_vocab is 0 (this decoder has no "
+                            "caption encoder); drop caption_ids")
 
     # --- forward -----------------------------------------------------------------------------
     def conditioning(self, emb, z_i, text_states, text_mask, drop_text, drop_image_embed,
-                     z_t=None):
+                     z_t=None, caption_ids=None):
         """Add z_i (and z_t) to the time embedding and build the context.
         → (emb, context, context_mask).
 
@@ -226,7 +254,15 @@ class UNet(nn.Module):
                 s = jnp.where(drop[:, None, None], 0.0, s)
                 m = m & ~drop[:, None]
             s = dense(self.context_dim, (None, "embed"), "text_proj", self.dtype)(s)
-            contexts.append(LayerNorm(dtype=self.dtype, name="text_norm")(s))
+            s = LayerNorm(dtype=self.dtype, name="text_norm")(s)
+            if self.caption_vocab:
+                # ids of a dropped caption are masked out (m) and their rows come back zero
+                s = s + CaptionEncoder(
+                    self.caption_vocab, self.caption_len, self.context_dim, self.caption_layers,
+                    max(1, self.context_dim // self.num_head_channels), self.context_dim,
+                    self.dtype, name="caption_encoder")(jnp.asarray(caption_ids, jnp.int32),
+                                                        m).astype(self.dtype)
+            contexts.append(s)
             masks.append(m)
         if not contexts:
             return emb, None, None
@@ -235,16 +271,17 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, x_t, t, *, z_i=None, text_states=None, text_mask=None, low_res=None,
-                 drop_text=None, drop_image_embed=None, z_t=None, train: bool = False):
+                 drop_text=None, drop_image_embed=None, z_t=None, caption_ids=None,
+                 train: bool = False):
         self.check_config()
-        self.check_inputs(x_t, t, z_i, text_states, text_mask, low_res, z_t)
+        self.check_inputs(x_t, t, z_i, text_states, text_mask, low_res, z_t, caption_ids)
         deterministic = not train
         mc, E = self.model_channels, 4 * self.model_channels
 
         emb = timestep_embedding(t, mc)
         emb = TimeEmbedding(E, self.dtype, name="time_embedding")(emb)
         emb, context, context_mask = self.conditioning(
-            emb, z_i, text_states, text_mask, drop_text, drop_image_embed, z_t)
+            emb, z_i, text_states, text_mask, drop_text, drop_image_embed, z_t, caption_ids)
 
         h = x_t.astype(jnp.float32)
         if self.low_res_channels:

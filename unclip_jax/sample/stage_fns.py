@@ -20,6 +20,7 @@ from unclip_jax.diffusion import guidance as guidance_lib
 from unclip_jax.diffusion import samplers
 from unclip_jax.diffusion.final_steps import final_steps_model_fn
 from unclip_jax.diffusion.schedules import Schedule
+from unclip_jax.errors import UserError
 from unclip_jax.models import prior as prior_lib
 from unclip_jax.sample.progress import reporting_steps
 
@@ -33,17 +34,20 @@ def as_variables(params):
 
 def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, low_res=None,
                   guidance: float = 1.0, use_text: bool = True, learned_variance: bool = False,
-                  predict: str = "eps", z_t=None, uncond: dict | None = None):
+                  predict: str = "eps", z_t=None, uncond: dict | None = None,
+                  caption_ids=None):
     """`model_fn(x_t [B,H,W,C], t [B]) → output` for a decoder / upsampler UNet.
 
     Decoder: conditioned on z_i [B, D] and (when `use_text`) text_states [B, L, W] with
     text_mask [B, L]; without text the caption is dropped for every example. A model with
     `text_embed_dim` > 0 also takes z_t [B, D] (the pooled CLIP text embedding; dropped with
-    the caption, zeros when none is given). guidance ≠ 1 runs one call over [cond; uncond]
+    the caption, zeros when none is given). A model with its own caption encoder
+    (`caption_vocab` > 0) also takes caption_ids [B, L] int32, the token ids of text_states
+    (zeros, masked out, when no caption is given). guidance ≠ 1 runs one call over [cond; uncond]
     where uncond drops the image embedding and either
       - drops the caption (uncond=None: the model's own drop path), or
       - conditions on another caption's encoding, `uncond` = {'embeds' [B|1, D],
-        'states' [B|1, L, W], 'mask' [B|1, L]} (e.g. the empty caption "", as Karlo does);
+        'states' [B|1, L, W], 'mask' [B|1, L], and 'ids' [B|1, L] for a caption encoder} (e.g. the empty caption "", as Karlo does);
         with 'z_i' [B|1, D] in it too (a negative prompt's image embedding) the
         unconditional half keeps that image embedding instead of dropping it.
     Upsampler: conditioned on `low_res` (its input resolution) only; no guidance.
@@ -54,16 +58,22 @@ def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, 
         # no caption: one masked-out zero token, dropped for every example
         text_states = jnp.zeros((z_i.shape[0], 1, model.text_width), jnp.float32)
         text_mask = jnp.zeros((z_i.shape[0], 1), bool)
+        caption_ids = None
         use_text = False
         uncond = None
+    if conditional and getattr(model, "caption_vocab", 0) and caption_ids is None:
+        if use_text:
+            raise UserError("this decoder has its own caption encoder: pass the caption's token "
+                            "ids (caption_ids, encode_text's 'ids') with its text_states")
+        caption_ids = jnp.zeros(jnp.shape(text_states)[:2], jnp.int32)
     if conditional and getattr(model, "text_embed_dim", 0) and z_t is None:
         z_t = jnp.zeros((z_i.shape[0], model.text_embed_dim), jnp.float32)
         use_text = False
 
-    def call(x_t, t, z, ts, tm, lr, drop_text, drop_img, zt):
+    def call(x_t, t, z, ts, tm, lr, drop_text, drop_img, zt, ids=None):
         return model.apply(variables, x_t, t, z_i=z, text_states=ts, text_mask=tm,
                            low_res=lr, drop_text=drop_text, drop_image_embed=drop_img,
-                           z_t=zt, train=False)
+                           z_t=zt, caption_ids=ids, train=False)
 
     def model_fn(x_t, t):
         B = x_t.shape[0]
@@ -72,7 +82,7 @@ def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, 
             return call(x_t, t, None, None, None, low_res, None, None, None)
         no_text = jnp.full((B,), not use_text)
         return call(x_t, t, z_i, text_states, text_mask, low_res, no_text,
-                    jnp.zeros((B,), bool), z_t)
+                    jnp.zeros((B,), bool), z_t, caption_ids)
 
     if not conditional or guidance == 1.0:
         return model_fn
@@ -81,7 +91,7 @@ def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, 
     z2, lr2 = two(z_i), two(low_res)
     no_text = jnp.full((B,), not use_text)
     if uncond is None:
-        s2, m2, zt2 = two(text_states), two(text_mask), two(z_t)
+        s2, m2, zt2, ids2 = two(text_states), two(text_mask), two(z_t), two(caption_ids)
         drop_text = jnp.concatenate([no_text, jnp.ones((B,), bool)])
     else:
         u = _broadcast_text(uncond, B)
@@ -89,6 +99,11 @@ def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, 
         m2 = jnp.concatenate([jnp.asarray(text_mask, bool), u["mask"]])
         zt2 = None if z_t is None else jnp.concatenate([jnp.asarray(z_t, jnp.float32),
                                                         u["embeds"]])
+        if caption_ids is not None and "ids" not in u:
+            raise UserError("this decoder has its own caption encoder: the unconditional "
+                            "caption needs its token 'ids' too (encode_text gives them)")
+        ids2 = None if caption_ids is None else jnp.concatenate(
+            [jnp.asarray(caption_ids, jnp.int32), u["ids"]])
         drop_text = jnp.concatenate([no_text, jnp.zeros((B,), bool)])
     if uncond is not None and uncond.get("z_i") is not None:   # a negative prompt's z_i
         z2 = jnp.concatenate([jnp.asarray(z_i, jnp.float32),
@@ -99,16 +114,20 @@ def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, 
         drop_img = jnp.concatenate([jnp.zeros((B,), bool), jnp.ones((B,), bool)])
 
     def model_fn2(x2, t2):
-        return call(x2, t2, z2, s2, m2, lr2, drop_text, drop_img, zt2)
+        return call(x2, t2, z2, s2, m2, lr2, drop_text, drop_img, zt2, ids2)
 
     return guidance_lib.classifier_free_guidance(model_fn2, guidance, predict=predict,
                                                  learned_variance=learned_variance)
 
 
 def _broadcast_text(text: dict, B: int) -> dict:
-    """{'embeds' [1|B, D], 'states' [1|B, L, W], 'mask' [1|B, L]} → the same with batch B."""
+    """{'embeds' [1|B, D], 'states' [1|B, L, W], 'mask' [1|B, L] (, 'ids' [1|B, L])} → the
+    same with batch B."""
     out = {}
-    for k, dtype in (("embeds", jnp.float32), ("states", jnp.float32), ("mask", bool)):
+    for k, dtype in (("embeds", jnp.float32), ("states", jnp.float32), ("mask", bool),
+                     ("ids", jnp.int32)):
+        if k not in text:
+            continue
         a = jnp.asarray(text[k], dtype)
         out[k] = jnp.broadcast_to(a, (B,) + a.shape[1:])
     return out
@@ -198,14 +217,15 @@ def image_edit(model_fn, diffusion_cfg, sched: Schedule, key, edit: dict, *, ddi
 
 def decoder_sample(params, model, diffusion_cfg, z_i, text_states, text_mask, x_T, key, *,
                    sched: Schedule, guidance: float, ddim: bool, eta: float, use_text: bool,
-                   z_t=None, uncond: dict | None = None, edit: dict | None = None):
+                   z_t=None, uncond: dict | None = None, edit: dict | None = None,
+                   caption_ids=None):
     """Decoder: z_i [B, D] (+ text, z_t [B, D]) and x_T [B, S, S, 3] → images [B, S, S, 3]
-    in [-1, 1]. `uncond`: see `unet_model_fn`. `edit`: sample around a known image instead
+    in [-1, 1]. `uncond`, `caption_ids`: see `unet_model_fn`. `edit`: sample around a known image instead
     (SDEdit / RePaint, see `image_edit`)."""
     fn = unet_model_fn(params, model, z_i=z_i, text_states=text_states, text_mask=text_mask,
                        guidance=guidance, use_text=use_text, predict=diffusion_cfg.predict,
                        learned_variance=diffusion_cfg.variance == "learned_range",
-                       z_t=z_t, uncond=uncond)
+                       z_t=z_t, uncond=uncond, caption_ids=caption_ids)
     if edit is not None:
         return image_edit(fn, diffusion_cfg, sched, key, edit, ddim=ddim, eta=eta, x_T=x_T)
     return image_sample(fn, diffusion_cfg, sched, x_T.shape, key, ddim=ddim, eta=eta, x_T=x_T)

@@ -95,7 +95,7 @@ def decoder_sample(pipe, z_i, x_T, key, *, text: dict | None = None, steps=None,
                    negative: dict | None = None, edit: dict | None = None) -> np.ndarray:
     """z_i [B, D], x_T [B, S, S, 3] (+ optional text) → images [B, S, S, 3] in [-1, 1].
 
-    negative: {'embeds', 'states', 'mask', 'z_i'} of one negative prompt per example
+    negative: {'embeds', 'states', 'mask', 'z_i' (, 'ids')} of one negative prompt per example
     (`encode_text` plus its z_i); guidance's unconditional half conditions on it (needs
     `text`). edit: sample around a known image (`unclip_jax.sample.editing.edit_decode`)."""
     pipe.require("decoder")
@@ -109,6 +109,12 @@ def decoder_sample(pipe, z_i, x_T, key, *, text: dict | None = None, steps=None,
         raise UserError("a negative prompt for the decoder needs the prompt's text too")
     uncond = pipe.uncond_text("decoder") if use_text and negative is None else None
     pad = pipe.programs.pad
+    ids = None
+    if use_text and getattr(st.model, "caption_vocab", 0):
+        if text.get("ids") is None:
+            raise UserError("this decoder has its own caption encoder; pass text=encode_text(...) "
+                            "with its token 'ids'")
+        (ids,), _, _ = pad(text["ids"])
     if use_text and getattr(st.model, "text_embed_dim", 0):
         if "embeds" not in text:
             raise UserError("this decoder also takes the pooled CLIP text embedding; pass "
@@ -121,26 +127,27 @@ def decoder_sample(pipe, z_i, x_T, key, *, text: dict | None = None, steps=None,
         (z, xt), idx, n = pad(z_i, x_T)
         s = m = zt = None
     key = stage_key(key, "decoder")
-    neg = pipe.programs.pad_dict(negative, ("embeds", "states", "mask", "z_i"))
+    neg = pipe.programs.pad_dict(negative, ("embeds", "states", "mask", "z_i", "ids"))
     ed = pipe.programs.pad_dict(edit, ("x0", "mask"))
 
-    def one(k, z, xt, s, m, zt, neg, ed, params, sched, uncond, ed_static):
+    def one(k, z, xt, s, m, zt, ids, neg, ed, params, sched, uncond, ed_static):
         if neg is not None:
             uncond = neg
         if ed is not None:
             ed = dict(ed, **ed_static)
         return stage_fns.decoder_sample(params, st.model, st.config.diffusion, z, s, m, xt, k,
                                         sched=sched, guidance=guidance, ddim=ddim, eta=eta,
-                                        use_text=use_text, z_t=zt, uncond=uncond, edit=ed)
+                                        use_text=use_text, z_t=zt, uncond=uncond, edit=ed,
+                                        caption_ids=ids)
 
-    def fn(params, sched, uncond, ed_static, key, idx, z, xt, s, m, zt, neg, ed):
+    def fn(params, sched, uncond, ed_static, key, idx, z, xt, s, m, zt, ids, neg, ed):
         return per_example(functools.partial(one, params=params, sched=sched, uncond=uncond,
                                              ed_static=ed_static),
-                           example_keys(key, idx), z, xt, s, m, zt, neg, ed)
+                           example_keys(key, idx), z, xt, s, m, zt, ids, neg, ed)
     out = pipe.run_program("decoder", st, (steps, guidance, ddim, eta, use_text, uncond is None,
                                     negative is None, edit is None),
                     fn, (st.params, sched, uncond, edit_static(edit), key, idx, z, xt,
-                         s, m, zt, neg, ed))
+                         s, m, zt, ids, neg, ed))
     return np.asarray(out)[:n]
 
 

@@ -230,10 +230,11 @@ class UnCLIP(DiffusersStyle):
 
     # ------------------------------------------------------------------ CLIP
     def encode_text(self, captions: Sequence[str]) -> dict[str, np.ndarray]:
-        """captions → dict(embeds [B, D], states [B, L, W], mask [B, L]) as host arrays."""
+        """captions → dict(embeds [B, D], states [B, L, W], mask [B, L], ids [B, L] int32 the
+        token ids) as host arrays."""
         self.require("clip", "tokenizer")
         ids, _ = self.tokenizer(check_prompts(captions))
-        return self._encode_ids(ids)
+        return {**self._encode_ids(ids), "ids": np.asarray(ids, np.int32)}
 
     def _encode_ids(self, ids) -> dict[str, np.ndarray]:
         from unclip_jax.clip.model import CLIP

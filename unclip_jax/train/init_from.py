@@ -8,9 +8,14 @@ the optimizer state starts fresh and the step counter at 0, so `train.steps`, wa
 learning-rate schedule are those of the new run. It is read only when the workdir has no
 checkpoint: a resumed run continues from its own checkpoint.
 
-A UNet export may start a DEEPER UNet: when the only model setting that differs is
-`model.num_res_blocks` (larger now), the export's weights are placed in the deeper tree so that
-it computes what the export did (`models/unet_deepen.py`) and training goes on from there.
+A UNet export may start a GROWN UNet, one that computes what the export did at step 0 and
+trains on from there:
+  - a DEEPER one: `model.num_res_blocks` larger now; the export's weights are placed in the
+    deeper tree and the new blocks start as identities (`models/unet_deepen.py`);
+  - one with its own CAPTION ENCODER: `model.caption_vocab` > 0 now and 0 (or absent) in the
+    export, with `caption_len` / `caption_layers` set; the encoder starts from the random init
+    with its zero output projection (`models/caption_encoder.py`).
+Both may be combined; any other model setting that differs is an error.
 """
 from __future__ import annotations
 
@@ -57,17 +62,28 @@ def load_initial(value: str, config, abstract_params: Any,
     diffs = config_differences({"model": saved_model},
                                {"model": as_json(config.model.to_dict())})
     by_name = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-    if diffs and _only_deeper(saved_model, config.model) and fresh is not None:
-        from unclip_jax.models import unet_deepen
+    growth = _growth(saved_model, config.model) if diffs else set()
+    if growth and fresh is not None:
         fresh_named = {path_name(p): np.asarray(x)
                        for p, x in jax.tree_util.tree_flatten_with_path(fresh())[0]}
-        try:
-            by_name = unet_deepen.deepen(by_name, fresh_named, int(saved_model["num_res_blocks"]),
-                                         int(config.model.num_res_blocks))
-        except ValueError as e:
-            raise CheckpointError(f"{where} cannot be deepened into this model: {e}") from None
-        log.info("%s: %d → %d residual blocks per level (new blocks start as identities)",
-                 where, saved_model["num_res_blocks"], config.model.num_res_blocks)
+        if "deeper" in growth:
+            from unclip_jax.models import unet_deepen
+            try:
+                by_name = unet_deepen.deepen(by_name, fresh_named,
+                                             int(saved_model["num_res_blocks"]),
+                                             int(config.model.num_res_blocks))
+            except ValueError as e:
+                raise CheckpointError(f"{where} cannot be deepened into this model: {e}") from None
+            log.info("%s: %d → %d residual blocks per level (new blocks start as identities)",
+                     where, saved_model["num_res_blocks"], config.model.num_res_blocks)
+        if "caption_encoder" in growth:
+            new = {n: x for n, x in fresh_named.items() if _in_caption_encoder(n)}
+            if not new or any(n in by_name for n in new):
+                raise CheckpointError(f"{where}: cannot add a caption encoder to this export "
+                                      "(its tree already has one, or this model has none)")
+            by_name = {**by_name, **new}
+            log.info("%s: a new caption encoder (%d arrays, zero output projection)", where,
+                     len(new))
         diffs = []
     if diffs:
         raise CheckpointError(f"{where} was trained with another model config: "
@@ -85,11 +101,34 @@ def load_initial(value: str, config, abstract_params: Any,
     return jax.tree_util.tree_unflatten(treedef, leaves), export.fitted_extras(extra), directory
 
 
-def _only_deeper(saved_model: dict, model) -> bool:
-    """True when a UNet export differs from `model` only by having fewer residual blocks."""
+_GROWN_KEYS = ("num_res_blocks", "caption_vocab", "caption_len", "caption_layers")
+
+
+def _growth(saved_model: dict, model) -> set[str]:
+    """How `model` grows the UNet export's model config `saved_model`: a subset of {'deeper',
+    'caption_encoder'} (see the module docstring), or the empty set when it is not a growth
+    (another difference, or fewer blocks, or a caption encoder changed or removed)."""
     now = json.loads(json.dumps(model.to_dict()))
     if now.get("kind", "unet") != "unet" or saved_model.get("kind", "unet") != "unet":
-        return False
-    rest = lambda d: {k: v for k, v in d.items() if k != "num_res_blocks"}  # noqa: E731
-    return (rest(saved_model) == rest(now) and "num_res_blocks" in saved_model
-            and int(saved_model["num_res_blocks"]) < int(now.get("num_res_blocks", 0)))
+        return set()
+    rest = lambda d: {k: v for k, v in d.items() if k not in _GROWN_KEYS}  # noqa: E731
+    if rest(saved_model) != rest(now) or "num_res_blocks" not in saved_model:
+        return set()
+    out = set()
+    old_blocks, new_blocks = int(saved_model["num_res_blocks"]), int(now.get("num_res_blocks", 0))
+    if new_blocks < old_blocks:
+        return set()
+    if new_blocks > old_blocks:
+        out.add("deeper")
+    caption = {k: saved_model.get(k) for k in _GROWN_KEYS[1:]} != \
+        {k: now.get(k) for k in _GROWN_KEYS[1:]}
+    if caption:
+        if int(saved_model.get("caption_vocab", 0) or 0) or not int(now.get("caption_vocab", 0)):
+            return set()
+        out.add("caption_encoder")
+    return out
+
+
+def _in_caption_encoder(name: str) -> bool:
+    """Whether the parameter path name (`checkpoint.path_name`) is in the caption encoder."""
+    return "caption_encoder" in name.split(".")

@@ -39,4 +39,6 @@ def unet_inputs(config):
     if int(m.get("text_width", 0)):
         out["text_states"] = jnp.zeros((2, int(m.text_len), int(m.text_width)))
         out["text_mask"] = jnp.ones((2, int(m.text_len)), bool)
+    if int(m.get("caption_vocab", 0)):
+        out["caption_ids"] = jnp.zeros((2, int(m.text_len)), jnp.int32)
     return out

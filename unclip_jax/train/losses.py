@@ -145,10 +145,13 @@ def _unet_cond(batch, config, key, B):
     if "low_res" in batch:
         return {"low_res": batch["low_res"]}
     k1, k2 = jax.random.split(key)
-    return {"z_i": batch["z_i"], "text_states": batch["text_states"],
-            "text_mask": batch["text_mask"],
-            "drop_text": bernoulli(k1, float(config.train.text_drop), B),
-            "drop_image_embed": bernoulli(k2, float(config.train.image_embed_drop), B)}
+    out = {"z_i": batch["z_i"], "text_states": batch["text_states"],
+           "text_mask": batch["text_mask"],
+           "drop_text": bernoulli(k1, float(config.train.text_drop), B),
+           "drop_image_embed": bernoulli(k2, float(config.train.image_embed_drop), B)}
+    if "caption_ids" in batch:       # a decoder with its own caption encoder
+        out["caption_ids"] = batch["caption_ids"]
+    return out
 
 
 def _pixel_weights(x0, config):

@@ -17,7 +17,7 @@ def unet_sample(params, key, model, config, batch, extras):
     n = min(SAMPLE_COUNT, batch["image"].shape[0])
     sub = {k: v[:n] for k, v in batch.items()}
     cond = ({"low_res": sub["low_res"]} if "low_res" in sub else
-            {"z_i": sub["z_i"], "text_states": sub["text_states"], "text_mask": sub["text_mask"]})
+            {k: sub[k] for k in ("z_i", "text_states", "text_mask", "caption_ids") if k in sub})
     sched = from_config(d, f"ddim{min(SAMPLE_STEPS, int(d.timesteps))}")
 
     @jax.jit
