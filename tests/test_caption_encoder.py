@@ -190,6 +190,18 @@ def test_synthetic_decoder_batch_carries_caption_ids():
     assert batch["caption_ids"].max() < cfg.model.caption_vocab
 
 
+def test_decoder32k_is_decoder32i_with_a_caption_encoder():
+    """The preset changes only the model's caption keys and the caption tokenizer: the band,
+    the object weight and the schedule are decoder32i's."""
+    from unclip_jax.configs import shapes
+    i, k = shapes.get_config("decoder32i").to_dict(), shapes.get_config("decoder32k").to_dict()
+    added = {"caption_vocab": 256, "caption_len": i["model"]["text_len"], "caption_layers": 2}
+    assert k["model"] == {**i["model"], **added}
+    assert k["data"] == {**i["data"], "caption_tokenizer": "bundled"}
+    assert {s: v for s, v in k.items() if s not in ("model", "data")} == \
+        {s: v for s, v in i.items() if s not in ("model", "data")}
+
+
 def test_decoder32k_grows_a_decoder32i_export_by_a_caption_encoder_only():
     from unclip_jax.configs import shapes
     from unclip_jax.train.init_from import _growth

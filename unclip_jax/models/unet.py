@@ -10,8 +10,8 @@ Shapes: x_t [B, H, W, in_channels] NHWC in [-1, 1] (noised image), t [B] origina
 (int or float), z_i [B, embed_dim] CLIP image embedding, text_states [B, L, text_width] CLIP
 text token states, text_mask [B, L] bool (True = real token), z_t [B, text_embed_dim] CLIP
 text embedding (only with model.text_embed_dim > 0), caption_ids [B, L] int32 the caption's
-token ids, the same tokenization as text_states (only with model.caption_vocab > 0), low_res [B, h, w,
-low_res_channels] in [-1, 1], drop_text / drop_image_embed [B] bool. Output
+token ids, the same tokenization as text_states (only with model.caption_vocab > 0), low_res
+[B, h, w, low_res_channels] in [-1, 1], drop_text / drop_image_embed [B] bool. Output
 [B, H, W, out_channels] float32 (decoder with learned variance: ε then the variance
 interpolation v; otherwise ε).
 

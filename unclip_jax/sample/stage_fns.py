@@ -43,11 +43,12 @@ def unet_model_fn(params, model, *, z_i=None, text_states=None, text_mask=None, 
     `text_embed_dim` > 0 also takes z_t [B, D] (the pooled CLIP text embedding; dropped with
     the caption, zeros when none is given). A model with its own caption encoder
     (`caption_vocab` > 0) also takes caption_ids [B, L] int32, the token ids of text_states
-    (zeros, masked out, when no caption is given). guidance ≠ 1 runs one call over [cond; uncond]
-    where uncond drops the image embedding and either
+    (zeros, masked out, when no caption is given). guidance ≠ 1 runs one call over
+    [cond; uncond] where uncond drops the image embedding and either
       - drops the caption (uncond=None: the model's own drop path), or
       - conditions on another caption's encoding, `uncond` = {'embeds' [B|1, D],
-        'states' [B|1, L, W], 'mask' [B|1, L], and 'ids' [B|1, L] for a caption encoder} (e.g. the empty caption "", as Karlo does);
+        'states' [B|1, L, W], 'mask' [B|1, L], and 'ids' [B|1, L] for a caption encoder}
+        (e.g. the empty caption "", as Karlo does);
         with 'z_i' [B|1, D] in it too (a negative prompt's image embedding) the
         unconditional half keeps that image embedding instead of dropping it.
     Upsampler: conditioned on `low_res` (its input resolution) only; no guidance.
