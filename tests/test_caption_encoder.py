@@ -220,25 +220,12 @@ def test_decoder32k_grows_a_decoder32i_export_by_a_caption_encoder_only():
 def test_init_from_adds_a_caption_encoder_to_an_export(tmp_path, devices8):
     """A decoder export without a caption encoder starts one with it: step 0 computes what the
     export computes; three steps later the encoder's output projection has moved."""
-    from test_train_stages import tiny_config
-    from unclip_jax import export
-    from unclip_jax.train.loop import export_from_workdir, train
+    from test_train_stages import grow_tiny_decoder_export, tiny_config, tiny_decoder_inputs
+    from unclip_jax.train.loop import train
     from unclip_jax.train.checkpoint import path_name
-    train(tiny_config("decoder", steps=3), str(tmp_path / "first"), devices=devices8[:1],
-          progress=False)
-    export_from_workdir(str(tmp_path / "first"), str(tmp_path / "export"))
-    cfg = tiny_config("decoder", steps=3)
-    with cfg.unlocked():
-        cfg.train.init_from = str(tmp_path / "export")
-        cfg.model.caption_vocab, cfg.model.caption_len, cfg.model.caption_layers = 32, 4, 1
-    out = train(cfg, str(tmp_path / "grown"), devices=devices8[:1], max_steps=0, progress=False)
-    old_params, _, _ = export.load(str(tmp_path / "export"), expect_stage="decoder",
-                                   dtype="float32")
-    k = jax.random.split(jax.random.key(0), 4)
-    inputs = dict(z_i=jax.random.normal(k[1], (2, 16)),
-                  text_states=jax.random.normal(k[2], (2, 4, 16)),
-                  text_mask=jnp.ones((2, 4), bool))
-    x, t = jax.random.normal(k[0], (2, 8, 8, 3)), jnp.array([3, 80])
+    cfg, out, old_params = grow_tiny_decoder_export(tmp_path, devices8[:1], caption_vocab=32,
+                                                    caption_len=4, caption_layers=1)
+    x, t, inputs = tiny_decoder_inputs()
     want = UNet.from_config(tiny_config("decoder").model).apply(
         {"params": old_params}, x, t, **inputs)
     start = jax.device_get(out["state"].params)

@@ -153,33 +153,47 @@ def test_init_from_reuses_the_exports_fitted_extras(tmp_path, repeat_data, devic
     assert json.loads((tmp_path / "second" / "extras.json").read_text()) == saved
 
 
-@pytest.mark.slow                       # ~1 min: two decoder compiles and an export
-def test_init_from_deepens_a_unet_export(tmp_path, repeat_data, devices8):
-    """A decoder export starts a decoder with more residual blocks per level: step 0 of the
-    deeper run computes what the export computes (and one with another width is refused)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
+def grow_tiny_decoder_export(tmp_path, devices, **model_changes):
+    """Train the tiny decoder 3 steps, export it, and start a run (0 steps) from that export
+    with `model_changes` to config.model. → (the grown run's config, its `train` result, the
+    export's params)."""
     from unclip_jax import export
-    from unclip_jax.errors import CheckpointError
-    from unclip_jax.models.unet import UNet
     from unclip_jax.train.loop import export_from_workdir
-    train(tiny_config("decoder", steps=3), str(tmp_path / "first"), devices=devices8[:1],
+    train(tiny_config("decoder", steps=3), str(tmp_path / "first"), devices=devices,
           progress=False)
     export_from_workdir(str(tmp_path / "first"), str(tmp_path / "export"))
     cfg = tiny_config("decoder", steps=3)
     with cfg.unlocked():
         cfg.train.init_from = str(tmp_path / "export")
-        cfg.model.num_res_blocks = 2
-    out = train(cfg, str(tmp_path / "deep"), devices=devices8[:1], max_steps=0, progress=False)
-    assert out["step"] == 0
+        cfg.model.update(model_changes)
+    out = train(cfg, str(tmp_path / "grown"), devices=devices, max_steps=0, progress=False)
     old_params, _, _ = export.load(str(tmp_path / "export"), expect_stage="decoder",
                                    dtype="float32")
+    return cfg, out, old_params
+
+
+def tiny_decoder_inputs():
+    """(x_t [2, 8, 8, 3], t [2], conditioning kwargs) for `tiny_config('decoder')` models."""
+    import jax
+    import jax.numpy as jnp
     k = jax.random.split(jax.random.key(0), 4)
     inputs = dict(z_i=jax.random.normal(k[1], (2, 16)),
                   text_states=jax.random.normal(k[2], (2, 4, 16)),
                   text_mask=jnp.ones((2, 4), bool))
-    x, t = jax.random.normal(k[0], (2, 8, 8, 3)), jnp.array([3, 80])
+    return jax.random.normal(k[0], (2, 8, 8, 3)), jnp.array([3, 80]), inputs
+
+
+@pytest.mark.slow                       # ~1 min: two decoder compiles and an export
+def test_init_from_deepens_a_unet_export(tmp_path, repeat_data, devices8):
+    """A decoder export starts a decoder with more residual blocks per level: step 0 of the
+    deeper run computes what the export computes (and one with another width is refused)."""
+    import jax
+    import numpy as np
+    from unclip_jax.errors import CheckpointError
+    from unclip_jax.models.unet import UNet
+    cfg, out, old_params = grow_tiny_decoder_export(tmp_path, devices8[:1], num_res_blocks=2)
+    assert out["step"] == 0
+    x, t, inputs = tiny_decoder_inputs()
     want = UNet.from_config(tiny_config("decoder").model).apply(
         {"params": old_params}, x, t, **inputs)
     got = UNet.from_config(cfg.model).apply(
