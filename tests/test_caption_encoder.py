@@ -216,15 +216,18 @@ def test_decoder32k_grows_a_decoder32i_export_by_a_caption_encoder_only():
     assert _growth(json.loads(json.dumps(k.to_dict())), k2) == set()
 
 
-@pytest.mark.slow                       # ~1 min: two decoder compiles and an export
-def test_init_from_adds_a_caption_encoder_to_an_export(tmp_path, devices8):
-    """A decoder export without a caption encoder starts one with it: step 0 computes what the
-    export computes; three steps later the encoder's output projection has moved."""
+@pytest.mark.slow                       # ~1–2 min each: two decoder compiles and an export
+@pytest.mark.parametrize("blocks", [1, 2], ids=["caption encoder", "and deeper"])
+def test_init_from_adds_a_caption_encoder_to_an_export(tmp_path, devices8, blocks):
+    """A decoder export without a caption encoder starts one with it (and, at the same time,
+    with more residual blocks per level): step 0 computes what the export computes; three steps
+    later the encoder's output projection has moved."""
     from test_train_stages import grow_tiny_decoder_export, tiny_config, tiny_decoder_inputs
     from unclip_jax.train.loop import train
     from unclip_jax.train.checkpoint import path_name
     cfg, out, old_params = grow_tiny_decoder_export(tmp_path, devices8[:1], caption_vocab=32,
-                                                    caption_len=4, caption_layers=1)
+                                                    caption_len=4, caption_layers=1,
+                                                    num_res_blocks=blocks)
     x, t, inputs = tiny_decoder_inputs()
     want = UNet.from_config(tiny_config("decoder").model).apply(
         {"params": old_params}, x, t, **inputs)

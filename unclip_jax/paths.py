@@ -35,6 +35,8 @@ from unclip_jax.errors import UserError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
 SUPPORTED_SCHEMES = ("gs",)
+# the model embedded in the package (`unclip-jax sample` without --checkpoint; 'bundled')
+BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "assets", "shapes")
 
 
 def is_remote(path) -> bool:

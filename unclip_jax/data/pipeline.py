@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from unclip_jax import paths
 from unclip_jax.data import degrade, sources
 from unclip_jax.data.embedding_files import EmbeddingStore
 from unclip_jax.errors import UserError
@@ -246,8 +247,7 @@ def _resolve_caption_tokenizer(config, tokenizer):
                             "the CLIP whose embeddings it trains on ('bundled' = the bundled "
                             "model's)")
         if path == "bundled":
-            from unclip_jax.sample.loading import BUNDLED_MODEL
-            path = os.path.join(BUNDLED_MODEL, "tokenizer")
+            path = os.path.join(paths.BUNDLED_MODEL, "tokenizer")
         from unclip_jax.clip.tokenizer import Tokenizer
         tokenizer = Tokenizer(path, int(config.model.text_len))
     vocab = int(config.model.caption_vocab)

@@ -27,7 +27,7 @@ from unclip_jax.stages import STAGES, UPSAMPLERS, build_model
 
 MODEL_DIRS = STAGES[:1] + ("tokenizer",) + STAGES[1:]   # subdirectories of a model directory
 PRIOR_CHOICES = ("auto", "diffusion", "ar", "none")   # from_directory(prior=...)
-BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "shapes")
+BUNDLED_MODEL = paths.BUNDLED_MODEL
 
 
 @dataclasses.dataclass

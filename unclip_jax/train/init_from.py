@@ -63,6 +63,7 @@ def load_initial(value: str, config, abstract_params: Any,
                                {"model": as_json(config.model.to_dict())})
     by_name = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     growth = _growth(saved_model, config.model) if diffs else set()
+    exported = set(by_name)
     if growth and fresh is not None:
         fresh_named = {path_name(p): np.asarray(x)
                        for p, x in jax.tree_util.tree_flatten_with_path(fresh())[0]}
@@ -78,7 +79,7 @@ def load_initial(value: str, config, abstract_params: Any,
                      where, saved_model["num_res_blocks"], config.model.num_res_blocks)
         if "caption_encoder" in growth:
             new = {n: x for n, x in fresh_named.items() if _in_caption_encoder(n)}
-            if not new or any(n in by_name for n in new):
+            if not new or any(n in exported for n in new):
                 raise CheckpointError(f"{where}: cannot add a caption encoder to this export "
                                       "(its tree already has one, or this model has none)")
             by_name = {**by_name, **new}
