@@ -6,6 +6,7 @@ trainer adds it to an export without one.
 Tiny UNets run eagerly (no jit): each compile costs more here than the few calls it would speed.
 """
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -200,6 +201,21 @@ def test_decoder32k_is_decoder32i_with_a_caption_encoder():
     assert k["data"] == {**i["data"], "caption_tokenizer": "bundled"}
     assert {s: v for s, v in k.items() if s not in ("model", "data")} == \
         {s: v for s, v in i.items() if s not in ("model", "data")}
+
+
+def test_decoder32l_continues_the_bundled_decoder_with_half_its_steps_in_the_band():
+    """decoder32l is decoder32k with t_band_p 0.5, and its model is the bundled decoder's as
+    exported (so `train.init_from=bundled` loads it as is, no growth)."""
+    from unclip_jax.configs import shapes
+    from unclip_jax.paths import BUNDLED_MODEL
+    k, l_ = (json.loads(json.dumps(shapes.get_config(n).to_dict()))
+             for n in ("decoder32k", "decoder32l"))
+    assert l_["train"] == {**k["train"], "t_band_p": 0.5} and k["train"]["t_band_p"] == 0.7
+    assert {s: v for s, v in l_.items() if s != "train"} == \
+        {s: v for s, v in k.items() if s != "train"}
+    with open(os.path.join(BUNDLED_MODEL, "decoder", "config.json")) as f:
+        bundled = json.load(f)["model"]
+    assert {key: bundled.get(key) for key in l_["model"]} == l_["model"]
 
 
 def test_decoder32k_grows_a_decoder32i_export_by_a_caption_encoder_only():
