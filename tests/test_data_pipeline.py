@@ -170,6 +170,28 @@ def test_decoder_and_prior_join_embeddings_by_index(data_dir, tmp_path):
     np.testing.assert_array_equal(b["z_i"][:, 0], -b["index"])
 
 
+def test_only_a_decoder_with_a_caption_encoder_reads_the_captions(data_dir, tmp_path):
+    """A decoder's batch carries no caption; with model.caption_vocab > 0 it carries each
+    example's caption tokenized (`caption_ids`), joined by index like the embeddings."""
+    from unclip_jax.data import sources
+    _fake_embeddings(str(tmp_path), "validation", 64)
+    cfg = config("decoder", data_dir, batch_size=8, embeddings_dir=str(tmp_path))
+    b = next(make_pipeline(cfg, "validation", process_index=0, process_count=1, keep_index=True))
+    assert set(b) == {"image", "index", "z_i", "text_states", "text_mask"}
+    with cfg.unlocked():
+        cfg.model.caption_vocab, cfg.model.caption_len = 256, 32
+
+    def tok(captions):                  # the fake embeddings' mask is all True
+        return char_tokenizer(captions)[0], np.ones((len(captions), 32), bool)
+    b = next(make_pipeline(cfg, "validation", process_index=0, process_count=1, keep_index=True,
+                           tokenizer=tok))
+    records = sources.read_records(sources.builder_for("unclip_shapes/small", data_dir),
+                                   "validation")
+    caption = {int(e["index"]): e["caption"].decode() for e in records.as_numpy_iterator()}
+    assert b["caption_ids"].dtype == np.int32
+    np.testing.assert_array_equal(b["caption_ids"], tok([caption[int(i)] for i in b["index"]])[0])
+
+
 def test_bad_input_messages(data_dir, tmp_path):
     with pytest.raises(UserError, match="unknown dataset 'imagenet'.*choose one of"):
         make_pipeline(config("clip", data_dir, name="imagenet"), process_index=0, process_count=1)

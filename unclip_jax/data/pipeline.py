@@ -165,8 +165,9 @@ def decode(encoded) -> tf.Tensor:
     return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
-def _preprocess(stage: str, data) -> Callable:
-    """(example, stateless seed [2]) → dict of tensors for one example."""
+def _preprocess(stage: str, data, decoder_captions: bool = False) -> Callable:
+    """(example, stateless seed [2]) → dict of tensors for one example; a decoder's example
+    keeps its caption only with `decoder_captions` (its own caption encoder reads it)."""
     degradation = str(data.get("degradation", "none"))
     if degradation not in DEGRADATIONS:
         raise UserError(f"config.data.degradation={degradation!r}; choose one of {DEGRADATIONS}")
@@ -183,8 +184,10 @@ def _preprocess(stage: str, data) -> Callable:
             return out
         if stage == "decoder":
             s = int(data.image_size)
-            return {"image": degrade.resize(image, s), "index": ex["index"],
-                    "caption": ex["caption"]}
+            out = {"image": degrade.resize(image, s), "index": ex["index"]}
+            if decoder_captions:
+                out["caption"] = ex["caption"]
+            return out
         size, crop, low_crop = _upsampler_sizes(data)
         low_size = int(data.low_res_size)
         image = degrade.resize(image, size)
@@ -321,7 +324,8 @@ def make_pipeline(config, split: str = "train", *, process_index: int | None = N
                         f"fewer than its batch of {b}; lower config.train.batch_size")
     records = sources.read_records(builder, split).shard(process_count, process_index)
     make = _tf_stream(records, n_local, b, seed, process_index, int(data.shuffle_buffer),
-                      _preprocess(stage, data), keep_index)
+                      _preprocess(stage, data, int(config.model.get("caption_vocab", 0) or 0) > 0),
+                      keep_index)
 
     if stage == "clip":
         tok = _resolve_tokenizer(config, tokenizer)

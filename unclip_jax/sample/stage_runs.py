@@ -90,6 +90,29 @@ def initial_noise(pipe, n: int, key) -> np.ndarray:
     return pipe.programs.example_noise(stage_key(key, "x_T"), n, (s, s, 3))
 
 
+_DECODER_TEXT = ("states", "mask", "embeds", "ids")
+
+
+def _decoder_text(model, text: dict | None) -> dict | None:
+    """The entries of `text` (`encode_text`'s dict) that `model` reads: 'states' [B, L, W],
+    'mask' [B, L], and 'embeds' [B, D] (a decoder with `text_embed_dim`) and 'ids' [B, L] int32
+    (one with its own caption encoder); UserError when one of those two is missing."""
+    if text is None:
+        return None
+    out = {"states": text["states"], "mask": text["mask"]}
+    if getattr(model, "caption_vocab", 0):
+        if text.get("ids") is None:
+            raise UserError("this decoder has its own caption encoder; pass text=encode_text(...) "
+                            "with its token 'ids'")
+        out["ids"] = text["ids"]
+    if getattr(model, "text_embed_dim", 0):
+        if "embeds" not in text:
+            raise UserError("this decoder also takes the pooled CLIP text embedding; pass "
+                            "text=encode_text(...) with its 'embeds'")
+        out["embeds"] = text["embeds"]
+    return out
+
+
 def decoder_sample(pipe, z_i, x_T, key, *, text: dict | None = None, steps=None,
                    guidance=None, eta: float = 0.0, ddim: bool | None = None,
                    negative: dict | None = None, edit: dict | None = None) -> np.ndarray:
@@ -108,46 +131,32 @@ def decoder_sample(pipe, z_i, x_T, key, *, text: dict | None = None, steps=None,
     if negative is not None and not use_text:
         raise UserError("a negative prompt for the decoder needs the prompt's text too")
     uncond = pipe.uncond_text("decoder") if use_text and negative is None else None
-    pad = pipe.programs.pad
-    ids = None
-    if use_text and getattr(st.model, "caption_vocab", 0):
-        if text.get("ids") is None:
-            raise UserError("this decoder has its own caption encoder; pass text=encode_text(...) "
-                            "with its token 'ids'")
-        (ids,), _, _ = pad(text["ids"])
-    if use_text and getattr(st.model, "text_embed_dim", 0):
-        if "embeds" not in text:
-            raise UserError("this decoder also takes the pooled CLIP text embedding; pass "
-                            "text=encode_text(...) with its 'embeds'")
-        (z, xt, s, m, zt), idx, n = pad(z_i, x_T, text["states"], text["mask"], text["embeds"])
-    elif use_text:
-        (z, xt, s, m), idx, n = pad(z_i, x_T, text["states"], text["mask"])
-        zt = None
-    else:
-        (z, xt), idx, n = pad(z_i, x_T)
-        s = m = zt = None
+    (z, xt), idx, n = pipe.programs.pad(z_i, x_T)
+    cond = pipe.programs.pad_dict(_decoder_text(st.model, text), _DECODER_TEXT)
     key = stage_key(key, "decoder")
     neg = pipe.programs.pad_dict(negative, ("embeds", "states", "mask", "z_i", "ids"))
     ed = pipe.programs.pad_dict(edit, ("x0", "mask"))
 
-    def one(k, z, xt, s, m, zt, ids, neg, ed, params, sched, uncond, ed_static):
+    def one(k, z, xt, cond, neg, ed, params, sched, uncond, ed_static):
         if neg is not None:
             uncond = neg
         if ed is not None:
             ed = dict(ed, **ed_static)
-        return stage_fns.decoder_sample(params, st.model, st.config.diffusion, z, s, m, xt, k,
+        cond = cond or {}
+        return stage_fns.decoder_sample(params, st.model, st.config.diffusion, z,
+                                        cond.get("states"), cond.get("mask"), xt, k,
                                         sched=sched, guidance=guidance, ddim=ddim, eta=eta,
-                                        use_text=use_text, z_t=zt, uncond=uncond, edit=ed,
-                                        caption_ids=ids)
+                                        use_text=use_text, z_t=cond.get("embeds"),
+                                        uncond=uncond, edit=ed, caption_ids=cond.get("ids"))
 
-    def fn(params, sched, uncond, ed_static, key, idx, z, xt, s, m, zt, ids, neg, ed):
+    def fn(params, sched, uncond, ed_static, key, idx, z, xt, cond, neg, ed):
         return per_example(functools.partial(one, params=params, sched=sched, uncond=uncond,
                                              ed_static=ed_static),
-                           example_keys(key, idx), z, xt, s, m, zt, ids, neg, ed)
+                           example_keys(key, idx), z, xt, cond, neg, ed)
     out = pipe.run_program("decoder", st, (steps, guidance, ddim, eta, use_text, uncond is None,
                                     negative is None, edit is None),
                     fn, (st.params, sched, uncond, edit_static(edit), key, idx, z, xt,
-                         s, m, zt, ids, neg, ed))
+                         cond, neg, ed))
     return np.asarray(out)[:n]
 
 
