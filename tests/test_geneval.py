@@ -191,6 +191,7 @@ def test_bad_prompt_sets_are_user_errors(tmp_path):
     (["--prompts", "nope"], "unknown prompt set 'nope'"),
     (["--prompts", "geneval", "--images_per_prompt", "0"], "images_per_prompt=0 must be an integer ≥ 1"),
     ([], "eval needs --data-dir DATA"),
+    (["--images", "grids"], "--images writes the images of --prompts sets; add --prompts"),
     (["--train_detector", "--prompts", "geneval"], "--train-detector needs --detector DIR"),
 ])
 def test_eval_prompts_bad_input_one_line(argv, message, tmp_path, capsys):
@@ -243,7 +244,8 @@ def test_eval_prompts_wiring_with_an_oracle_detector(monkeypatch, tmp_path, caps
     monkeypatch.setattr(geneval.SceneDetector, "load", classmethod(lambda cls, d: _Oracle()))
     out = tmp_path / "r.json"
     assert cli.main(["eval", "--prompts", "geneval", "--images_per_prompt", "2",
-                     "--num_resamples", "50", "--out", str(out)]) == 0
+                     "--num_resamples", "50", "--out", str(out),
+                     "--images", str(tmp_path / "grids")]) == 0
     assert "| two_object | 12 × 2 |" in capsys.readouterr().out
     res = json.loads(out.read_text())
     one = res["sets"]["single_seen"]["metrics"]
@@ -256,6 +258,27 @@ def test_eval_prompts_wiring_with_an_oracle_detector(monkeypatch, tmp_path, caps
     assert two["relative_position"]["mean"] == 0.5
     assert set(one) == set(geneval.SINGLE_METRICS) and set(two) == set(geneval.TWO_METRICS)
     assert res["settings"]["model"] == "bundled"
+    # per image: what the detector read (here the drawn scene) and which metrics it passed
+    seen = sets["single_seen"]
+    records = res["sets"]["single_seen"]["images"]
+    assert res["sets"]["single_seen"]["prompts"] == [e["prompt"] for e in seen]
+    assert [(r["prompt"], r["image"]) for r in records] == [(p, i) for p in range(24)
+                                                           for i in range(2)]
+    for r in records:
+        o = seen[r["prompt"]]["objects"][0]
+        assert r["correct"] == {"colour": r["image"] == 0, "shape": True, "position": True,
+                                "size": True, "count": True}
+        assert len(r["objects"]) == 1 and r["objects"][0]["p"] == pytest.approx(0.9)
+        assert {k: r["objects"][0][k] for k in ("position", "shape", "size")} == \
+            {"position": o["position"], "shape": o["shape"], "size": o["size"]}
+        assert (r["objects"][0]["colour"] == o["colour"]) == (r["image"] == 0)
+    pairs = res["sets"]["two_object"]["images"]
+    assert all(len(r["objects"]) == 2 and r["correct"]["count"] for r in pairs)
+    # each set's images as one grid: a row of 2 per prompt (8 px tiles, 2 px gaps)
+    from PIL import Image
+    for name, rows in (("single_seen", 24), ("single_heldout", 12), ("two_object", 12)):
+        with Image.open(tmp_path / "grids" / f"{name}.png") as im:
+            assert im.size == (2 * 10 + 2, rows * 10 + 2)
 
 
 @pytest.mark.parametrize("prior, loaded, text", [("text", "none", True), ("ar", "ar", False),

@@ -14,8 +14,12 @@ object over seen colour–shape pairs, one object over held-out pairs, two objec
 images with the per-cell scene detector (default: the bundled one) and print per-attribute
 accuracy, exact object count, binding and relative position with bootstrap intervals:
 
-  unclip-jax eval --prompts geneval [--checkpoint MODEL] [--images-per-prompt 4] [--out r.json]
+  unclip-jax eval --prompts geneval [--checkpoint MODEL] [--images-per-prompt 4] [--out r.json] \\
+      [--images DIR]
   unclip-jax eval --train-detector --detector DIR [--detector-steps 2000]
+
+The JSON holds, per image, what the detector read and which metrics it passed; --images writes
+each set's images as one PNG grid (a row per prompt).
 """
 from __future__ import annotations
 
@@ -43,6 +47,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", default="validation", help="validation or test_heldout")
     parser.add_argument("--out", default=None, help="JSON file to write")
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
+    parser.add_argument("--images", default=None, metavar="DIR",
+                        help="--prompts only: also write each set's images as DIR/SET.png, a "
+                             "row per prompt (--out's JSON says what the detector read in each)")
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--prior-steps", default=None)
@@ -100,7 +107,7 @@ def run_prompts(args) -> int:
         detector=args.detector, prior_steps=args.prior_steps, decoder_steps=args.decoder_steps,
         upsampler_steps=args.upsampler_steps, prior_guidance=args.prior_guidance,
         decoder_guidance=args.decoder_guidance, seed=args.seed, prior=args.prior,
-        renoise=args.renoise, num_resamples=args.num_resamples)
+        renoise=args.renoise, num_resamples=args.num_resamples, images_dir=args.images)
     table = geneval.format_markdown(results)
     print(table)
     if args.out:
@@ -133,6 +140,9 @@ def run(args) -> int:
         return run_prompts(args)
     if args.train_detector and args.checkpoint is None:
         return 0
+    if args.images is not None:
+        raise UserError("--images writes the images of --prompts sets; add --prompts geneval "
+                        "(or a set name)")
     if args.data_dir is None:
         raise UserError("eval needs --data-dir DATA (split evaluation) or --prompts geneval "
                         "(GenEval-style prompt sets)")

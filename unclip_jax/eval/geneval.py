@@ -21,6 +21,7 @@ from unclip_jax.errors import UserError
 from unclip_jax.eval import geneval_prompts, geneval_scores, metrics
 from unclip_jax.eval.scene_detector import BUNDLED_DETECTOR, CELL_NAMES, HEADS, SceneDetector
 from unclip_jax.sample.checks import check_count
+from unclip_jax.sample.images import save_grid
 from unclip_jax.sample import editing
 
 SINGLE_METRICS = ("colour", "shape", "position", "size", "count")
@@ -50,6 +51,24 @@ def score_set(pred: dict, entries: list[dict], images_per_prompt: int) -> dict[s
         relations = [e["relation"] for e in entries for _ in range(k)]
         return geneval_scores.two_object_scores(pred, pairs, relations)
     raise UserError("a prompt set mixes one- and two-object prompts; split it into two files")
+
+
+def image_records(pred: dict, entries: list[dict], images_per_prompt: int,
+                  scores: dict[str, np.ndarray]) -> list[dict]:
+    """One record per image (prompt-major, as `score_set`), GenEval's per-image results:
+    {'prompt': index into `entries`, 'image': index among its K, 'objects': what the detector
+    read, one {'position', 'colour', 'shape', 'size', 'p'} per cell it calls occupied (p: its
+    object probability), 'correct': {metric: bool}} — which prompts fail, and how."""
+    k = int(images_per_prompt)
+    records = []
+    for j in range(len(entries) * k):
+        objects = [{"position": CELL_NAMES[c],
+                    **{h: HEADS[h][int(pred[h][j, c])] for h in ("colour", "shape", "size")},
+                    "p": round(float(pred["object_prob"][j, c]), 3)}
+                   for c in np.flatnonzero(pred["object"][j])]
+        records.append({"prompt": j // k, "image": j % k, "objects": objects,
+                        "correct": {m: bool(v[j]) for m, v in scores.items()}})
+    return records
 
 
 def true_scenes(entries: list[dict], images_per_prompt: int, seed: int) -> list[dict]:
@@ -102,7 +121,8 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
                      prior_steps=None, decoder_steps=None, upsampler_steps=None,
                      prior_guidance=None, decoder_guidance=None, seed: int = 0,
                      prior: str = "auto", renoise: float | None = None,
-                     num_resamples: int = 1000, progress: bool = True) -> dict:
+                     num_resamples: int = 1000, progress: bool = True,
+                     images_dir: str | None = None) -> dict:
     """Generate `images_per_prompt` images per prompt of each set in `prompts` with the model
     directory `checkpoint` (None: the bundled model), detect, score.
 
@@ -111,10 +131,12 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
     the paper's §5.1 zero-shot baseline), or 'true' (no prior: the CLIP image embedding of a
     real render of the prompt's scene, `true_scenes`; the decoder's ceiling). renoise (prior
     'true' only): start the decoder from that render noised to this strength, see
-    `decode_true_scenes`.
+    `decode_true_scenes`. images_dir: also write each set's images there as one PNG grid,
+    NAME.png (a row per prompt, in the order of its 'prompts' list).
 
-    Returns {'settings', 'sets': {set: {'num_prompts', 'metrics': {metric: {'mean', 'lo', 'hi',
-    'n'}}}}, 'detector': {'image_size', 'validation_accuracy'}, 'timings_s'}.
+    Returns {'settings', 'sets': {set: {'num_prompts', 'prompts': [str], 'output_size',
+    'metrics': {metric: {'mean', 'lo', 'hi', 'n'}}, 'images': `image_records`}},
+    'detector': {'image_size', 'validation_accuracy'}, 'timings_s'}.
     """
     k = check_count("images_per_prompt", images_per_prompt)
     if prior not in PRIORS:
@@ -153,14 +175,20 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
                                    prior_guidance=prior_guidance,
                                    decoder_guidance=decoder_guidance,
                                    text_as_image_embed=prior == "text")
-        scores = score_set(det.predict(np.asarray(images)), entries, k)
+        images = np.asarray(images)
+        pred = det.predict(images)
+        scores = score_set(pred, entries, k)
+        if images_dir:
+            save_grid(os.path.join(images_dir, f"{name}.png"), images, ncols=k)
         ci_key = jax.random.fold_in(jax.random.fold_in(root, 1000), s)
         out["sets"][name] = {
-            "num_prompts": len(entries), "output_size": int(np.asarray(images).shape[1]),
+            "num_prompts": len(entries), "prompts": [e["prompt"] for e in entries],
+            "output_size": int(images.shape[1]),
             "metrics": {m: metrics.bootstrap_ci(v.astype(np.float64),
                                                 jax.random.fold_in(ci_key, i),
                                                 num_resamples=num_resamples)
-                        for i, (m, v) in enumerate(scores.items())}}
+                        for i, (m, v) in enumerate(scores.items())},
+            "images": image_records(pred, entries, k, scores)}
         out["timings_s"][name] = round(time.time() - start, 1)
     return out
 
