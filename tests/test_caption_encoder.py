@@ -204,8 +204,8 @@ def test_decoder32k_is_decoder32i_with_a_caption_encoder():
 
 
 def test_decoder32l_continues_the_bundled_decoder_with_half_its_steps_in_the_band():
-    """decoder32l is decoder32k with t_band_p 0.5, and its model is the bundled decoder's as
-    exported (so `train.init_from=bundled` loads it as is, no growth)."""
+    """decoder32l is decoder32k with t_band_p 0.5, and its model is decoder32k's tree as the
+    bundled decoder was exported (so `train.init_from` takes such an export as is, no growth)."""
     from unclip_jax.configs import shapes
     from unclip_jax.paths import BUNDLED_MODEL
     k, l_ = (json.loads(json.dumps(shapes.get_config(n).to_dict()))
