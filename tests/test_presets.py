@@ -92,3 +92,21 @@ def test_wheel_ships_presets_inside_the_package_only(tmp_path):
             for d, _, files in os.walk(src / "unclip_jax") for f in files
             if not f.endswith((".py", ".pyc"))}
     assert data and data <= set(names), data - set(names)   # e.g. eval/prompts/*.json
+
+
+@pytest.mark.parametrize("name,steps,keep", [("upsampler1_32b", 3000, 1000),
+                                              ("upsampler1_32c", 6000, 2000)])
+def test_upsampler1_continuations_keep_the_bundled_upsampler1(name, steps, keep):
+    """upsampler1_32b / _32c are upsampler1_32 trained on: the same model and data, their own
+    step counts, and the model is the bundled upsampler1's tree (so `train.init_from` takes
+    its export)."""
+    import json
+    from unclip_jax.paths import BUNDLED_MODEL
+    a, b = (json.loads(json.dumps(load_config(f"shapes:{n}").to_dict()))
+            for n in ("upsampler1_32", name))
+    assert b["train"] == {**a["train"], "steps": steps, "keep_every": keep}
+    assert {k: v for k, v in b.items() if k != "train"} == \
+        {k: v for k, v in a.items() if k != "train"}
+    with open(os.path.join(BUNDLED_MODEL, "upsampler1", "config.json")) as f:
+        bundled = json.load(f)["model"]
+    assert {k: bundled.get(k) for k in b["model"]} == b["model"]
