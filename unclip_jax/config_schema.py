@@ -125,9 +125,12 @@ def data(image_size, *, name="", **kw):
     d = dict(name=name, data_dir="", image_size=image_size, low_res_size=0, crop_size=0,
              degradation="none", embeddings_dir="", shuffle_buffer=2048,
              decoder_embedding="image",   # decoder: condition on z_i ('image') or z_t ('text')
-             caption_tokenizer="")   # decoder with model.caption_vocab > 0: tokenizer dir of
+             caption_tokenizer="",   # decoder with model.caption_vocab > 0: tokenizer dir of
                                      # the CLIP that wrote the embeddings ('bundled': the
                                      # bundled model's)
+             caption_colour_swap=0.0)  # ... and on unclip_shapes: probability that the ids
+                                       # its caption encoder reads are of the caption with
+                                       # one object's colour changed (hard_negatives)
     d.update(kw)
     return mlc.ConfigDict(d)
 

@@ -17,6 +17,11 @@ Edits never create a colour–shape pair of `render.HELDOUT_PAIRS`, so the held-
 unseen in every training caption. The template (and background) of the original caption is
 kept, so a negative differs from the positive only in the edited words.
 
+`batch_colour_swaps` uses the colour edit the other way, as caption augmentation for a decoder
+that reads the caption's token ids itself (`config.data.caption_colour_swap`): with the image,
+z_i and the CLIP token states unchanged, the shape word has to name the shape next to a colour
+word that does not.
+
     negs = scene_negatives(objects, background, caption, k=4, rng=np.random.default_rng(0))
 """
 from __future__ import annotations
@@ -146,15 +151,36 @@ def scene_negatives(objects: list[dict], background: str, caption: str, k: int,
     return out
 
 
+def _batch_scenes(captions: Sequence[str], scenes: Sequence[tuple], seeds: np.ndarray):
+    """(caption, objects, background, rng) per example of a pipeline batch, each caption
+    checked against its rebuilt scene; seeds [B, 2] per-example seeds."""
+    for cap, (objs, background, scene_caption), seed in zip(captions, scenes, seeds):
+        if cap != scene_caption:
+            raise UserError(f"the caption {cap!r} is not its scene's ({scene_caption!r}); was "
+                            "the dataset built with another generator or seed?")
+        yield cap, objs, background, np.random.default_rng([int(s) % (2 ** 63) for s in seed])
+
+
 def batch_negatives(captions: Sequence[str], scenes: Sequence[tuple], k: int,
                     seeds: np.ndarray, kinds: Sequence[str]) -> list[str]:
     """Hard negatives for a pipeline batch: captions (B str), scenes (B `scene` tuples),
     seeds [B, 2] per-example seeds → B·k captions, example-major."""
     out = []
-    for cap, (objs, background, scene_caption), seed in zip(captions, scenes, seeds):
-        if cap != scene_caption:
-            raise UserError(f"the caption {cap!r} is not its scene's ({scene_caption!r}); was "
-                            "the dataset built with another generator or seed?")
-        rng = np.random.default_rng([int(s) % (2 ** 63) for s in seed])
+    for cap, objs, background, rng in _batch_scenes(captions, scenes, seeds):
         out.extend(scene_negatives(objs, background, cap, k, rng, kinds))
+    return out
+
+
+def batch_colour_swaps(captions: Sequence[str], scenes: Sequence[tuple], seeds: np.ndarray,
+                       p: float) -> list[str]:
+    """Caption augmentation for a decoder's own caption encoder: each caption (B str), with
+    probability p, becomes its scene's caption with one object's colour changed (an `edit` of
+    kind 'colour': never into a held-out pair, the template kept); the others are returned
+    unchanged. scenes: B `scene` tuples; seeds [B, 2] → B captions."""
+    out = []
+    for cap, objs, background, rng in _batch_scenes(captions, scenes, seeds):
+        if rng.random() < p:
+            cap = render.caption(edit(objs, "colour", rng), background,
+                                 template_of(cap, background))
+        out.append(cap)
     return out

@@ -187,6 +187,8 @@ def _preprocess(stage: str, data, decoder_captions: bool = False) -> Callable:
             out = {"image": degrade.resize(image, s), "index": ex["index"]}
             if decoder_captions:
                 out["caption"] = ex["caption"]
+                if float(data.get("caption_colour_swap", 0.0) or 0.0) > 0:
+                    out["swap_seed"] = seed
             return out
         size, crop, low_crop = _upsampler_sizes(data)
         low_size = int(data.low_res_size)
@@ -274,6 +276,36 @@ def caption_ids(tokenizer, captions: list[str], text_mask: np.ndarray) -> np.nda
     return ids
 
 
+def _colour_swap(config, builder, split: str):
+    """None, or the decoder's caption augmentation `config.data.caption_colour_swap` as
+    fn(tok, captions, index [b], seeds [b, 2], ids [b, L], text_mask [b, L]) → ids [b, L]:
+    the ids of `hard_negatives.batch_colour_swaps` where the swapped caption tokenizes to the
+    same mask, the original ids elsewhere (the CLIP states stay those of the true caption)."""
+    p = float(config.data.get("caption_colour_swap", 0.0) or 0.0)
+    if p <= 0:
+        return None
+    if p > 1:
+        raise UserError(f"config.data.caption_colour_swap={p} is a probability; give one in [0, 1]")
+    name = str(config.data.name)
+    if not int(config.model.get("caption_vocab", 0) or 0):
+        raise UserError("config.data.caption_colour_swap changes the ids a decoder's own caption "
+                        "encoder reads, and this decoder has none (model.caption_vocab = 0); "
+                        "set it to 0")
+    if not name.startswith("unclip_shapes"):
+        raise UserError(f"config.data.caption_colour_swap needs scene labels, which only "
+                        f"unclip_shapes has (dataset {name!r}); set it to 0")
+    from unclip_jax.data import hard_negatives as hn
+    scene_seed = int(builder.builder_config.seed)
+
+    def fn(tok, captions, index, seeds, ids, text_mask):
+        scenes = [hn.scene(scene_seed, split, int(i)) for i in index]
+        swapped, mask = tok(hn.batch_colour_swaps(captions, scenes, seeds, p))
+        same = np.all(np.asarray(mask, bool) == np.asarray(text_mask, bool), axis=1)
+        return np.where(same[:, None] & np.asarray(text_mask, bool),
+                        np.asarray(swapped, np.int32), ids).astype(np.int32)
+    return fn
+
+
 def _resolve_embeddings(config, split, n, embeddings) -> EmbeddingStore:
     if isinstance(embeddings, EmbeddingStore):
         if embeddings.manifest["split"] != split:
@@ -355,6 +387,7 @@ def make_pipeline(config, split: str = "train", *, process_index: int | None = N
         source = decoder_embedding(data) if stage == "decoder" else "z_i"
         tok = (_resolve_caption_tokenizer(config, tokenizer) if stage == "decoder"
                and int(config.model.get("caption_vocab", 0) or 0) else None)
+        swap = _colour_swap(config, builder, split) if stage == "decoder" else None
 
         def finish(raw):
             cond = store.lookup(raw["index"])
@@ -363,8 +396,11 @@ def make_pipeline(config, split: str = "train", *, process_index: int | None = N
                 cond["z_i"] = cond.pop(source)
                 cond.pop("z_t", None)
                 if tok is not None:
-                    cond["caption_ids"] = caption_ids(
-                        tok, [c.decode("utf-8") for c in captions], cond["text_mask"])
+                    texts = [c.decode("utf-8") for c in captions]
+                    cond["caption_ids"] = caption_ids(tok, texts, cond["text_mask"])
+                    if swap is not None:
+                        cond["caption_ids"] = swap(tok, texts, raw["index"], raw.pop("swap_seed"),
+                                                   cond["caption_ids"], cond["text_mask"])
             if not keep_index:
                 raw.pop("index")
             raw.update(cond)
