@@ -147,7 +147,7 @@ class FakeTokenizer:
 
 
 def test_caption_ids_must_line_up_with_the_embeddings_mask():
-    from unclip_jax.data.pipeline import caption_ids
+    from unclip_jax.data.decoder_captions import caption_ids
     tok = FakeTokenizer()
     mask = np.zeros((2, 6), bool)
     mask[0, :3], mask[1, :1] = True, True
@@ -160,7 +160,7 @@ def test_caption_ids_must_line_up_with_the_embeddings_mask():
 
 def test_a_tokenizer_larger_than_the_encoder_vocab_is_refused():
     from unclip_jax.configs import shapes
-    from unclip_jax.data.pipeline import _resolve_caption_tokenizer
+    from unclip_jax.data.decoder_captions import resolve_tokenizer as _resolve_caption_tokenizer
     cfg = shapes.get_config("decoder32k")
     assert _resolve_caption_tokenizer(cfg, FakeTokenizer()).vocab_size == 20
     cfg.model.caption_vocab = 16
@@ -173,7 +173,7 @@ def test_a_tokenizer_larger_than_the_encoder_vocab_is_refused():
 
 def test_bundled_tokenizer_fits_the_decoder32k_preset():
     from unclip_jax.configs import shapes
-    from unclip_jax.data.pipeline import _resolve_caption_tokenizer
+    from unclip_jax.data.decoder_captions import resolve_tokenizer as _resolve_caption_tokenizer
     cfg = shapes.get_config("decoder32k")
     tok = _resolve_caption_tokenizer(cfg, None)
     ids, mask = tok(["a small red circle in the top left corner"])
