@@ -112,3 +112,13 @@ def test_bad_colour_swap_settings_are_clear_errors(data_dir, tmp_path):
     with pytest.raises(UserError, match="is a probability; give one in"):
         make_pipeline(cfg, "validation", process_index=0, process_count=1,
                       tokenizer=WordTokenizer())
+
+
+def test_colour_swaps_need_scene_labels():
+    from unclip_jax.data.decoder_captions import colour_swap
+    cfg = config("decoder", "unused", caption_colour_swap=0.3, name="image_folder")
+    with cfg.unlocked():
+        cfg.model.caption_vocab = 256
+    with pytest.raises(UserError, match="needs scene labels, which only unclip_shapes has "
+                                        ".dataset 'image_folder'.; set it to 0"):
+        colour_swap(cfg, None, "train")
