@@ -71,7 +71,7 @@ def test_eval_prompts_lists_every_prompt_and_rebuild_writes_the_bundled_files(tm
                      for x in [f"{name} ({len(entries)} prompts)"]
                      + [f"  {e['prompt']}" for e in entries]]
     assert cli.main(["eval-prompts", "--rebuild", str(tmp_path / "p")]) == 0
-    for name in geneval_prompts.SET_NAMES:
+    for name in geneval_prompts.SET_NAMES + geneval_prompts.DEV_SET_NAMES:
         with open(tmp_path / "p" / f"{name}.json", "rb") as a, \
                 open(os.path.join(geneval_prompts.PROMPT_DIR, f"{name}.json"), "rb") as b:
             assert a.read() == b.read(), name

@@ -147,9 +147,10 @@ def validation_captions():
 
 
 def test_prompt_files_parse_and_are_not_validation_captions(validation_captions):
-    sets = geneval_prompts.load_prompt_sets("geneval")
-    assert {k: len(v) for k, v in sets.items()} == {"single_seen": 24, "single_heldout": 12,
-                                                     "two_object": 12}
+    sets = geneval_prompts.load_prompt_sets("geneval,dev")
+    assert {k: len(v) for k, v in sets.items()} == {
+        "single_seen": 24, "single_heldout": 12, "two_object": 12,
+        "dev_single_seen": 20, "dev_single_heldout": 12, "dev_two_object": 12}
     heldout = set(render.HELDOUT_PAIRS)
     for name, entries in sets.items():
         for e in entries:
@@ -157,10 +158,24 @@ def test_prompt_files_parse_and_are_not_validation_captions(validation_captions)
             assert e["prompt"] == render.caption(
                 [dict(o, jitter=0, angle=0) for o in e["objects"]], "white", 0)
             pairs = {(o["colour"], o["shape"]) for o in e["objects"]}
-            assert (pairs <= heldout) == (name == "single_heldout")
+            assert (pairs <= heldout) == name.endswith("single_heldout")
         assert len({e["prompt"] for e in entries}) == len(entries)
-    assert all(len(e["objects"]) == 2 and e["relation"] in geneval_prompts.RELATIONS
-               for e in sets["two_object"])
+    for name in ("two_object", "dev_two_object"):
+        assert all(len(e["objects"]) == 2 and e["relation"] in geneval_prompts.RELATIONS
+                   for e in sets[name])
+    # the dev sets share no prompt with the test sets; dev_single_seen's pairs are the seen
+    # pairs the test sets leave out, every seen pair is in one of the two
+    test = {e["prompt"] for n in geneval_prompts.SET_NAMES for e in sets[n]}
+    dev = {e["prompt"] for n in geneval_prompts.DEV_SET_NAMES for e in sets[n]}
+    assert not test & dev
+
+    def pairs_of(name):
+        return {(o["colour"], o["shape"]) for e in sets[name] for o in e["objects"]}
+    assert not pairs_of("single_seen") & pairs_of("dev_single_seen")
+    assert pairs_of("single_seen") | pairs_of("dev_single_seen") == \
+        set(itertools.product(render.COLOURS, render.SHAPES)) - heldout
+    assert pairs_of("dev_two_object") <= pairs_of("dev_single_seen")
+    assert pairs_of("dev_single_heldout") == heldout
     # the exclusion is needed: many one-object phrases of the grammar are validation captions
     phrases = {render.object_phrase(dict(colour=c, shape=s, size=z, position=p))
                for c, s, z, p in itertools.product(render.COLOURS, render.SHAPES, render.SIZES,

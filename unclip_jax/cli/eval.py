@@ -35,7 +35,8 @@ def add_arguments(parser) -> None:
                         help="TFDS data_dir of the unclip_shapes build (split evaluation)")
     parser.add_argument("--prompts", default=None,
                         help="GenEval-style evaluation on prompt sets instead of a split: geneval "
-                             "(all), single_seen, single_heldout, two_object, a .json file, or a "
+                             "(the test sets single_seen, single_heldout, two_object), dev (the "
+                             "dev_ sets, for choosing settings), a set name, a .json file, or a "
                              "comma list; --checkpoint defaults to the bundled model")
     parser.add_argument("--detector", default=None,
                         help="scene-detector directory (default: the bundled one)")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 def add_arguments(parser) -> None:
     parser.add_argument("sets", nargs="?", default="geneval",
-                        help="geneval (all), single_seen, single_heldout, two_object, a .json "
-                             "file, or a comma list")
+                        help="geneval (the test sets: single_seen, single_heldout, two_object), "
+                             "dev (dev_single_seen, dev_single_heldout, dev_two_object: for "
+                             "choosing settings), a set name, a .json file, or a comma list")
     parser.add_argument("--rebuild", metavar="DIR", default=None,
                         help="write the sets built by rule into DIR instead of printing")
 

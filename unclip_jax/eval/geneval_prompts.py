@@ -13,6 +13,16 @@ pairs never occur in validation; their 108 one-object phrases are nearly all cap
 test_heldout split, which is generated with them, so that split is not excluded.)
 `geneval` names all three sets.
 
+Beside them, `dev` names three development sets, by the same rule but disjoint from them, for
+choosing checkpoints and sampling settings, so that the sets above stay a test nothing was
+tuned on:
+
+  dev_single_seen     20 one-object prompts over the 20 seen colour–shape pairs the test
+                      sets do not use
+  dev_single_heldout  12 one-object prompts over the held-out pairs (3 each) in cells and
+                      sizes the test set does not use for that pair
+  dev_two_object      12 two-object prompts over the 20 dev pairs
+
     sets = load_prompt_sets('geneval')    # {set name: [entry, ...]}
     entry = {'prompt': 'a small red circle on the left',
              'objects': [{'colour': 'red', 'shape': 'circle', 'size': 'small', 'position': 'left'}],
@@ -30,7 +40,8 @@ from unclip_jax.data import render
 from unclip_jax.errors import UserError
 
 SET_NAMES = ("single_seen", "single_heldout", "two_object")
-ALIASES = {"geneval": SET_NAMES}
+DEV_SET_NAMES = tuple(f"dev_{n}" for n in SET_NAMES)
+ALIASES = {"geneval": SET_NAMES, "dev": DEV_SET_NAMES}
 PROMPT_DIR = os.path.join(os.path.dirname(__file__), "prompts")
 RELATIONS = ("left of", "right of", "above", "below")
 EXCLUDED_SPLITS = ("validation",)
@@ -78,14 +89,41 @@ def _first_unseen(candidates, excluded: set[str]) -> dict:
     raise ValueError("every candidate is a dataset caption")
 
 
-def build_prompt_sets(excluded: set[str] | None = None) -> dict[str, list[dict]]:
-    """The three prompt sets by rule. Seen pair k: colour k mod 8, shape (k + 2·(k // 8))
-    mod 6 (the next shape if that pair is held out). One-object prompt k takes cell k mod 9
-    and size (k + k // 9) mod 3, two-object prompt k the seen pair k, the next seen pair of
-    another colour and shape, and layout k (the next size or cell whenever a phrase is an
-    `excluded` caption)."""
-    excluded = split_captions() if excluded is None else excluded
+def _single(pairs, excluded: set[str], offset: int = 0) -> list[dict]:
+    """One-object prompt k over pairs[k]: cell (k + offset) mod 9, size (k + k // 9) mod 3
+    (the next size, then the next cell, whenever a phrase is `excluded`)."""
     cells, sizes = _ATTRS["position"], _ATTRS["size"]
+    return [_first_unseen(([dict(colour=colour, shape=shape, size=sizes[(k + k // 9 + j) % 3],
+                                 position=cells[(k + offset + i) % 9])]
+                           for i in range(9) for j in range(3)), excluded)
+            for k, (colour, shape) in enumerate(pairs)]
+
+
+def _two(pairs, excluded: set[str], num: int = 12, layout_offset: int = 0) -> list[dict]:
+    """Two-object prompt k: pairs[k], the next pair (from k + 7 on) of another colour and
+    shape, layout k + layout_offset (reversed on the second pass over `_LAYOUTS`)."""
+    sizes, out = _ATTRS["size"], []
+    for k in range(num):
+        (ca, sa), (cb, sb) = pairs[k], next(
+            (c, s) for j in range(7, 7 + len(pairs)) for c, s in [pairs[(k + j) % len(pairs)]]
+            if c != pairs[k][0] and s != pairs[k][1])
+        m = k + layout_offset
+        pa, pb = _LAYOUTS[m % len(_LAYOUTS)]
+        if (m // len(_LAYOUTS)) % 2:
+            pa, pb = pb, pa
+        out.append(_first_unseen(
+            ([dict(colour=ca, shape=sa, size=sizes[(k + j) % 3], position=pa),
+              dict(colour=cb, shape=sb, size=sizes[(k + j + 1) % 3], position=pb)]
+             for j in range(3)), excluded))
+    return out
+
+
+def build_prompt_sets(excluded: set[str] | None = None) -> dict[str, list[dict]]:
+    """The test sets and the dev sets by rule. Seen pair k: colour k mod 8, shape
+    (k + 2·(k // 8)) mod 6 (the next shape if that pair is held out); the dev pairs are the
+    other 20 seen pairs, colour-major. One-object and two-object prompts: `_single`, `_two`.
+    The dev sets also exclude every test prompt, and start 4 cells and 3 layouts further on."""
+    excluded = split_captions() if excluded is None else excluded
     colours, shapes = _ATTRS["colour"], _ATTRS["shape"]
     seen = []            # 24 distinct pairs: every colour 3×, every shape 4×, none held out
     for k in range(24):
@@ -93,31 +131,17 @@ def build_prompt_sets(excluded: set[str] | None = None) -> dict[str, list[dict]]
         while (colours[k % 8], shapes[shape]) in render.HELDOUT_PAIRS:
             shape = (shape + 1) % 6
         seen.append((colours[k % 8], shapes[shape]))
-
-    def single(pairs):
-        out = []
-        for k, (colour, shape) in enumerate(pairs):
-            out.append(_first_unseen(
-                ([dict(colour=colour, shape=shape, size=sizes[(k + k // 9 + j) % 3],
-                       position=cells[(k + i) % 9])]
-                 for i in range(9) for j in range(3)), excluded))
-        return out
-
-    two = []
-    for k in range(12):
-        (ca, sa), (cb, sb) = seen[k], next(  # the next pair differing in colour and shape
-            (c, s) for j in range(7, 7 + len(seen)) for c, s in [seen[(k + j) % len(seen)]]
-            if c != seen[k][0] and s != seen[k][1])
-        pa, pb = _LAYOUTS[k % len(_LAYOUTS)]
-        if k >= len(_LAYOUTS):
-            pa, pb = pb, pa
-        two.append(_first_unseen(
-            ([dict(colour=ca, shape=sa, size=sizes[(k + j) % 3], position=pa),
-              dict(colour=cb, shape=sb, size=sizes[(k + j + 1) % 3], position=pb)]
-             for j in range(3)), excluded))
-    return {"single_seen": single(seen),
-            "single_heldout": single([p for p in render.HELDOUT_PAIRS for _ in range(3)]),
-            "two_object": two}
+    heldout = [p for p in render.HELDOUT_PAIRS for _ in range(3)]
+    test = {"single_seen": _single(seen, excluded),
+            "single_heldout": _single(heldout, excluded),
+            "two_object": _two(seen, excluded)}
+    dev_pairs = [(c, s) for c in colours for s in shapes
+                 if (c, s) not in seen and (c, s) not in render.HELDOUT_PAIRS]
+    not_dev = set(excluded) | {e["prompt"] for entries in test.values() for e in entries}
+    dev = {"dev_single_seen": _single(dev_pairs, not_dev, offset=4),
+           "dev_single_heldout": _single(heldout, not_dev, offset=4),
+           "dev_two_object": _two(dev_pairs, not_dev, layout_offset=3)}
+    return {**test, **dev}
 
 
 def check_entry(entry: dict, where: str) -> dict:
@@ -145,10 +169,10 @@ def check_entry(entry: dict, where: str) -> dict:
 
 
 def load_prompt_set(name: str) -> list[dict]:
-    """Entries of the bundled set `name` (one of SET_NAMES) or of a JSON file `name`
+    """Entries of the bundled set `name` (one of SET_NAMES, DEV_SET_NAMES) or of a JSON file `name`
     (a list of entries, or {'prompts': [...]})."""
     path = name if name.endswith(".json") else os.path.join(PROMPT_DIR, f"{name}.json")
-    if not name.endswith(".json") and name not in SET_NAMES:
+    if not name.endswith(".json") and name not in SET_NAMES + DEV_SET_NAMES:
         raise UserError(f"unknown prompt set {name!r}; choose one of "
                         f"{', '.join((*ALIASES, *SET_NAMES))} or a .json file")
     if not os.path.isfile(path):
@@ -166,10 +190,10 @@ def load_prompt_set(name: str) -> list[dict]:
 
 
 def load_prompt_sets(spec: str) -> dict[str, list[dict]]:
-    """`spec`: 'geneval', a set name, a .json file, or a comma list of these → {name: entries}."""
+    """`spec`: 'geneval', 'dev', a set name, a .json file, or a comma list of these → {name: entries}."""
     names = [n.strip() for n in str(spec).split(",") if n.strip()]
     if not names:
-        raise UserError("--prompts is empty; choose geneval, a set name or a .json file")
+        raise UserError("--prompts is empty; choose geneval, dev, a set name or a .json file")
     out = {}
     for n in names:
         for m in ALIASES.get(n, (n,)):
