@@ -208,6 +208,10 @@ def test_bad_prompt_sets_are_user_errors(tmp_path):
     ([], "eval needs --data-dir DATA"),
     (["--images", "grids"], "--images writes the images of --prompts sets; add --prompts"),
     (["--train_detector", "--prompts", "geneval"], "--train-detector needs --detector DIR"),
+    (["--prior-best-of", "2"], "--prior-best-of applies to --prompts sets; add --prompts"),
+    (["--prompts", "dev", "--prior-best-of", "0"], "prior_best_of=0 must be an integer ≥ 1"),
+    (["--prompts", "dev", "--prior", "text", "--prior-best-of", "2"],
+     "prior_best_of picks among prior samples; prior='text' samples none"),
 ])
 def test_eval_prompts_bad_input_one_line(argv, message, tmp_path, capsys):
     out = tmp_path / "r.json"
@@ -317,6 +321,27 @@ def test_eval_prompts_prior_choice_reaches_the_pipeline(prior, loaded, text, mon
                      "--num_resamples", "10", "--prior", prior, "--out", str(out)]) == 0
     assert calls == [loaded, text]
     assert json.loads(out.read_text())["settings"]["prior"] == prior
+
+
+@pytest.mark.parametrize("flag, best_of", [([], None), (["--prior-best-of", "4"], 4)])
+def test_eval_prompts_prior_best_of_reaches_the_pipeline(flag, best_of, monkeypatch, tmp_path):
+    from unclip_jax.sample.unclip import UnCLIP
+    calls = []
+
+    class _Recorder(_Drawer):
+        def generate(self, prompts, key, **kw):
+            calls.append(kw["prior_best_of"])
+            return super().generate(prompts, key, **kw)
+
+    entries = geneval_prompts.load_prompt_sets("dev_single_heldout")["dev_single_heldout"]
+    monkeypatch.setattr(UnCLIP, "from_directory",
+                        classmethod(lambda cls, root=None, **kw: _Recorder(entries)))
+    monkeypatch.setattr(geneval.SceneDetector, "load", classmethod(lambda cls, d: _Oracle()))
+    out = tmp_path / "r.json"
+    assert cli.main(["eval", "--prompts", "dev_single_heldout", "--images_per_prompt", "1",
+                     "--num_resamples", "10", *flag, "--out", str(out)]) == 0
+    assert calls == [best_of]
+    assert json.loads(out.read_text())["settings"]["prior_best_of"] == best_of
 
 
 def test_true_scenes_are_the_prompts_scenes():

@@ -57,6 +57,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--decoder-steps", default=None)
     parser.add_argument("--upsampler-steps", default=None)
     parser.add_argument("--prior-guidance", type=float, default=None)
+    parser.add_argument("--prior-best-of", type=int, default=None,
+                        help="--prompts only: prior candidates per image, the one nearest z_t "
+                             "kept (default: the prior config's model.sample_candidates)")
     parser.add_argument("--decoder-guidance", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prior", choices=("auto", "diffusion", "ar", "text", "true"),
@@ -107,8 +110,9 @@ def run_prompts(args) -> int:
         args.checkpoint, prompts=args.prompts, images_per_prompt=args.images_per_prompt,
         detector=args.detector, prior_steps=args.prior_steps, decoder_steps=args.decoder_steps,
         upsampler_steps=args.upsampler_steps, prior_guidance=args.prior_guidance,
-        decoder_guidance=args.decoder_guidance, seed=args.seed, prior=args.prior,
-        renoise=args.renoise, num_resamples=args.num_resamples, images_dir=args.images)
+        decoder_guidance=args.decoder_guidance, prior_best_of=args.prior_best_of,
+        seed=args.seed, prior=args.prior, renoise=args.renoise,
+        num_resamples=args.num_resamples, images_dir=args.images)
     table = geneval.format_markdown(results)
     print(table)
     if args.out:
@@ -143,6 +147,9 @@ def run(args) -> int:
         return 0
     if args.images is not None:
         raise UserError("--images writes the images of --prompts sets; add --prompts geneval "
+                        "(or a set name)")
+    if args.prior_best_of is not None:
+        raise UserError("--prior-best-of applies to --prompts sets; add --prompts geneval "
                         "(or a set name)")
     if args.data_dir is None:
         raise UserError("eval needs --data-dir DATA (split evaluation) or --prompts geneval "

@@ -119,8 +119,8 @@ def decode_true_scenes(pipe, entries: list[dict], images_per_prompt: int, key, *
 def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
                      images_per_prompt: int = 4, detector: str | None = None,
                      prior_steps=None, decoder_steps=None, upsampler_steps=None,
-                     prior_guidance=None, decoder_guidance=None, seed: int = 0,
-                     prior: str = "auto", renoise: float | None = None,
+                     prior_guidance=None, decoder_guidance=None, prior_best_of=None,
+                     seed: int = 0, prior: str = "auto", renoise: float | None = None,
                      num_resamples: int = 1000, progress: bool = True,
                      images_dir: str | None = None) -> dict:
     """Generate `images_per_prompt` images per prompt of each set in `prompts` with the model
@@ -131,7 +131,8 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
     the paper's §5.1 zero-shot baseline), or 'true' (no prior: the CLIP image embedding of a
     real render of the prompt's scene, `true_scenes`; the decoder's ceiling). renoise (prior
     'true' only): start the decoder from that render noised to this strength, see
-    `decode_true_scenes`. images_dir: also write each set's images there as one PNG grid,
+    `decode_true_scenes`. prior_best_of: prior candidates per image, the one nearest z_t kept
+    (None: the prior config's `model.sample_candidates`; needs a prior). images_dir: also write each set's images there as one PNG grid,
     NAME.png (a row per prompt, in the order of its 'prompts' list).
 
     Returns {'settings', 'sets': {set: {'num_prompts', 'prompts': [str], 'output_size',
@@ -146,6 +147,11 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
             raise UserError("renoise starts the decoder from the real render of each prompt's "
                             "scene; it needs prior='true' (--prior true)")
         renoise = editing.check_strength(renoise)
+    if prior_best_of is not None:
+        if prior in ("text", "true"):
+            raise UserError(f"prior_best_of picks among prior samples; prior={prior!r} samples "
+                            "none (use auto, diffusion or ar)")
+        prior_best_of = check_count("prior_best_of", prior_best_of)
     sets = geneval_prompts.load_prompt_sets(prompts)
     det = SceneDetector.load(detector or BUNDLED_DETECTOR)
     from unclip_jax.sample.unclip import UnCLIP
@@ -156,7 +162,8 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
                         "images_per_prompt": k, "seed": int(seed),
                         "prior_steps": prior_steps, "decoder_steps": decoder_steps,
                         "upsampler_steps": upsampler_steps, "prior_guidance": prior_guidance,
-                        "decoder_guidance": decoder_guidance, "prior": prior,
+                        "decoder_guidance": decoder_guidance, "prior_best_of": prior_best_of,
+                        "prior": prior,
                         "renoise": renoise},
            "sets": {}, "timings_s": {},
            "detector": {"image_size": det.image_size,
@@ -174,6 +181,7 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
                                    decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
                                    prior_guidance=prior_guidance,
                                    decoder_guidance=decoder_guidance,
+                                   prior_best_of=prior_best_of,
                                    text_as_image_embed=prior == "text")
         images = np.asarray(images)
         pred = det.predict(images)
