@@ -300,48 +300,44 @@ def test_eval_prompts_wiring_with_an_oracle_detector(monkeypatch, tmp_path, caps
             assert im.size == (2 * 10 + 2, rows * 10 + 2)
 
 
-@pytest.mark.parametrize("prior, loaded, text", [("text", "none", True), ("ar", "ar", False),
-                                                 ("auto", "auto", False)])
-def test_eval_prompts_prior_choice_reaches_the_pipeline(prior, loaded, text, monkeypatch,
-                                                        tmp_path):
+def _run_recorded(monkeypatch, tmp_path, set_name, argv, *fields):
+    """`unclip-jax eval --prompts SET_NAME ARGV` on a drawing stand-in for UnCLIP;
+    → (what it recorded: from_directory's `prior`, then each generate call's `fields`,
+    the results' settings)."""
     from unclip_jax.sample.unclip import UnCLIP
     calls = []
 
     class _Recorder(_Drawer):
         def generate(self, prompts, key, **kw):
-            calls.append(kw["text_as_image_embed"])
+            calls.extend(kw[f] for f in fields)
             return super().generate(prompts, key, **kw)
 
-    entries = geneval_prompts.load_prompt_sets("single_seen")["single_seen"]
+    entries = geneval_prompts.load_prompt_sets(set_name)[set_name]
     monkeypatch.setattr(UnCLIP, "from_directory", classmethod(
         lambda cls, root=None, **kw: calls.append(kw["prior"]) or _Recorder(entries)))
     monkeypatch.setattr(geneval.SceneDetector, "load", classmethod(lambda cls, d: _Oracle()))
     out = tmp_path / "r.json"
-    assert cli.main(["eval", "--prompts", "single_seen", "--images_per_prompt", "1",
-                     "--num_resamples", "10", "--prior", prior, "--out", str(out)]) == 0
+    assert cli.main(["eval", "--prompts", set_name, "--images_per_prompt", "1",
+                     "--num_resamples", "10", *argv, "--out", str(out)]) == 0
+    return calls, json.loads(out.read_text())["settings"]
+
+
+@pytest.mark.parametrize("prior, loaded, text", [("text", "none", True), ("ar", "ar", False),
+                                                 ("auto", "auto", False)])
+def test_eval_prompts_prior_choice_reaches_the_pipeline(prior, loaded, text, monkeypatch,
+                                                        tmp_path):
+    calls, settings = _run_recorded(monkeypatch, tmp_path, "single_seen", ["--prior", prior],
+                                    "text_as_image_embed")
     assert calls == [loaded, text]
-    assert json.loads(out.read_text())["settings"]["prior"] == prior
+    assert settings["prior"] == prior
 
 
 @pytest.mark.parametrize("flag, best_of", [([], None), (["--prior-best-of", "4"], 4)])
 def test_eval_prompts_prior_best_of_reaches_the_pipeline(flag, best_of, monkeypatch, tmp_path):
-    from unclip_jax.sample.unclip import UnCLIP
-    calls = []
-
-    class _Recorder(_Drawer):
-        def generate(self, prompts, key, **kw):
-            calls.append(kw["prior_best_of"])
-            return super().generate(prompts, key, **kw)
-
-    entries = geneval_prompts.load_prompt_sets("dev_single_heldout")["dev_single_heldout"]
-    monkeypatch.setattr(UnCLIP, "from_directory",
-                        classmethod(lambda cls, root=None, **kw: _Recorder(entries)))
-    monkeypatch.setattr(geneval.SceneDetector, "load", classmethod(lambda cls, d: _Oracle()))
-    out = tmp_path / "r.json"
-    assert cli.main(["eval", "--prompts", "dev_single_heldout", "--images_per_prompt", "1",
-                     "--num_resamples", "10", *flag, "--out", str(out)]) == 0
-    assert calls == [best_of]
-    assert json.loads(out.read_text())["settings"]["prior_best_of"] == best_of
+    calls, settings = _run_recorded(monkeypatch, tmp_path, "dev_single_heldout", flag,
+                                    "prior_best_of")
+    assert calls == ["auto", best_of]
+    assert settings["prior_best_of"] == best_of
 
 
 def test_true_scenes_are_the_prompts_scenes():
