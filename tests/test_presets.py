@@ -110,3 +110,18 @@ def test_upsampler1_continuations_keep_the_bundled_upsampler1(name, steps, keep)
     with open(os.path.join(BUNDLED_MODEL, "upsampler1", "config.json")) as f:
         bundled = json.load(f)["model"]
     assert {k: bundled.get(k) for k in b["model"]} == b["model"]
+
+
+def test_prior3b_continues_the_bundled_prior():
+    """prior3b is prior3 trained on from the bundled prior: the same model, data and CLIP,
+    its own step count and kept checkpoints, and the bundled prior's model tree."""
+    import json
+    from unclip_jax.paths import BUNDLED_MODEL
+    a, b = (json.loads(json.dumps(load_config(f"shapes:{n}").to_dict()))
+            for n in ("prior3", "prior3b"))
+    assert b["train"] == {**a["train"], "steps": 2400, "keep_every": 400, "init_from": "bundled"}
+    assert {k: v for k, v in b.items() if k != "train"} == \
+        {k: v for k, v in a.items() if k != "train"}
+    with open(os.path.join(BUNDLED_MODEL, "prior", "config.json")) as f:
+        bundled = json.load(f)["model"]
+    assert {k: bundled.get(k) for k in b["model"]} == b["model"]
