@@ -190,7 +190,7 @@ def test_prompt_files_are_the_rule(validation_captions):
 
 
 def test_bad_prompt_sets_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="unknown prompt set 'nope'"):
+    with pytest.raises(UserError, match="unknown prompt set 'nope'.*dev_single_seen"):
         geneval_prompts.load_prompt_sets("nope")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"prompt": "a red circle", "objects": [

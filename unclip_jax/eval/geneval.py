@@ -132,8 +132,9 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
     real render of the prompt's scene, `true_scenes`; the decoder's ceiling). renoise (prior
     'true' only): start the decoder from that render noised to this strength, see
     `decode_true_scenes`. prior_best_of: prior candidates per image, the one nearest z_t kept
-    (None: the prior config's `model.sample_candidates`; needs a prior). images_dir: also write each set's images there as one PNG grid,
-    NAME.png (a row per prompt, in the order of its 'prompts' list).
+    (None: the prior config's `model.sample_candidates`; needs a prior). images_dir: also
+    write each set's images there as one PNG grid, NAME.png (a row per prompt, in the order
+    of its 'prompts' list).
 
     Returns {'settings', 'sets': {set: {'num_prompts', 'prompts': [str], 'output_size',
     'metrics': {metric: {'mean', 'lo', 'hi', 'n'}}, 'images': `image_records`}},

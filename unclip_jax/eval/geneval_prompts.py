@@ -169,12 +169,12 @@ def check_entry(entry: dict, where: str) -> dict:
 
 
 def load_prompt_set(name: str) -> list[dict]:
-    """Entries of the bundled set `name` (one of SET_NAMES, DEV_SET_NAMES) or of a JSON file `name`
-    (a list of entries, or {'prompts': [...]})."""
+    """Entries of the bundled set `name` (one of SET_NAMES, DEV_SET_NAMES) or of a JSON file
+    `name` (a list of entries, or {'prompts': [...]})."""
     path = name if name.endswith(".json") else os.path.join(PROMPT_DIR, f"{name}.json")
     if not name.endswith(".json") and name not in SET_NAMES + DEV_SET_NAMES:
         raise UserError(f"unknown prompt set {name!r}; choose one of "
-                        f"{', '.join((*ALIASES, *SET_NAMES))} or a .json file")
+                        f"{', '.join((*ALIASES, *SET_NAMES, *DEV_SET_NAMES))} or a .json file")
     if not os.path.isfile(path):
         raise UserError(f"prompt file {path} does not exist")
     try:
@@ -190,7 +190,8 @@ def load_prompt_set(name: str) -> list[dict]:
 
 
 def load_prompt_sets(spec: str) -> dict[str, list[dict]]:
-    """`spec`: 'geneval', 'dev', a set name, a .json file, or a comma list of these → {name: entries}."""
+    """`spec`: 'geneval', 'dev', a set name, a .json file, or a comma list of these
+    → {name: entries}."""
     names = [n.strip() for n in str(spec).split(",") if n.strip()]
     if not names:
         raise UserError("--prompts is empty; choose geneval, dev, a set name or a .json file")
