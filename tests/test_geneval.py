@@ -228,8 +228,9 @@ class _Drawer:
     colour), and records the scenes so the oracle detector can read them back exactly."""
     scenes: list = []
 
-    def __init__(self, entries):
+    def __init__(self, entries, prior_stage="prior"):
         self.by_prompt = {e["prompt"]: e for e in entries}
+        self.stages = {prior_stage: None} if prior_stage else {}
 
     def generate(self, prompts, key, *, num_images_per_prompt, **kw):
         colours = list(render.COLOURS)
@@ -313,8 +314,10 @@ def _run_recorded(monkeypatch, tmp_path, set_name, argv, *fields):
             return super().generate(prompts, key, **kw)
 
     entries = geneval_prompts.load_prompt_sets(set_name)[set_name]
+    stage_of = {"ar": "ar_prior", "none": None}     # what the loaded pipeline would hold
     monkeypatch.setattr(UnCLIP, "from_directory", classmethod(
-        lambda cls, root=None, **kw: calls.append(kw["prior"]) or _Recorder(entries)))
+        lambda cls, root=None, **kw: calls.append(kw["prior"]) or _Recorder(
+            entries, stage_of.get(kw["prior"], "prior"))))
     monkeypatch.setattr(geneval.SceneDetector, "load", classmethod(lambda cls, d: _Oracle()))
     out = tmp_path / "r.json"
     assert cli.main(["eval", "--prompts", set_name, "--images_per_prompt", "1",
@@ -330,6 +333,7 @@ def test_eval_prompts_prior_choice_reaches_the_pipeline(prior, loaded, text, mon
                                     "text_as_image_embed")
     assert calls == [loaded, text]
     assert settings["prior"] == prior
+    assert settings["prior_stage"] == {"none": None, "ar": "ar_prior"}.get(loaded, "prior")
 
 
 @pytest.mark.parametrize("flag, best_of", [([], None), (["--prior-best-of", "4"], 4)])
@@ -361,6 +365,8 @@ def test_eval_prompts_true_prior_decodes_renders_of_the_prompts(monkeypatch, tmp
     seen = {}
 
     class _Decoder:
+        stages = {"decoder": None}                  # prior 'true' loads no prior
+
         def image_size(self, stage):
             return 24
 
@@ -387,7 +393,7 @@ def test_eval_prompts_true_prior_decodes_renders_of_the_prompts(monkeypatch, tmp
     assert seen["captions"] == [e["prompt"] for e in entries for _ in range(2)]
     assert seen["images"].shape == (48, 24, 24, 3) and seen["images"].dtype == np.uint8
     assert all(len(np.unique(im.reshape(-1, 3), axis=0)) > 1 for im in seen["images"])
-    assert res["settings"]["prior"] == "true"
+    assert res["settings"]["prior"] == "true" and res["settings"]["prior_stage"] is None
     assert res["sets"]["single_seen"]["metrics"]["shape"]["mean"] == 1.0
 
 
@@ -411,6 +417,8 @@ def test_eval_prompts_renoise_starts_the_decoder_from_the_noised_render(monkeypa
     seen = {}
 
     class _Decoder:
+        stages = {"decoder": None}
+
         def image_size(self, stage):
             return {"clip": 24, "decoder": 16}[stage]
 

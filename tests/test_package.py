@@ -16,8 +16,9 @@ import pipeline_fixtures
 import test_train_stages
 from unclip_jax import cli, export, package
 from unclip_jax.clip.tokenizer import Tokenizer, build_tokenizer
-from unclip_jax.errors import UserError
+from unclip_jax.errors import CheckpointError, UserError
 from unclip_jax.package import final_loss, human_bytes, package_model, parse_pairs
+from unclip_jax.sample.loading import stage_directories
 from unclip_jax.sample.unclip import UnCLIP
 from unclip_jax.train.loop import restore_for_inference, train
 
@@ -253,6 +254,64 @@ def test_user_mistakes_name_the_fix_and_write_nothing(runs, packaged, tmp_path, 
     ]:
         assert cli.main(["package", "--out", out, *argv]) == 2
         assert message in capsys.readouterr().err
+
+
+def _priors(root, prior="auto"):
+    return sorted({"prior", "ar_prior"} & set(stage_directories(root, prior)))
+
+
+def _copy_without_tokenizer(model, out):
+    """The packaged priors without tokenizer/ (which needs a clip/ to load)."""
+    shutil.copytree(model, out)
+    shutil.rmtree(os.path.join(out, "tokenizer"))
+
+
+def test_default_prior_is_recorded_kept_and_loaded_by_auto(runs, packaged, tmp_path, capsys):
+    out = str(tmp_path / "model")
+    _copy_without_tokenizer(packaged[0], out)
+    assert _priors(out) == ["prior"]                  # no default_prior: the diffusion prior
+    assert cli.main(["package", "--out", out, "--default-prior", "ar"]) == 0
+    manifest = json.load(open(os.path.join(out, "MANIFEST.json")))
+    assert manifest["default_prior"] == "ar"
+    assert manifest["stages"] == packaged[1]["stages"]      # setting it touches no stage
+    assert _priors(out) == ["ar_prior"] and _priors(out, "diffusion") == ["prior"]
+    # re-packaging a stage without --default-prior keeps it
+    manifest = package_model({"prior": runs["prior"]["dir"]}, out, tokenizer=None)
+    assert manifest["default_prior"] == "ar" and _priors(out) == ["ar_prior"]
+    manifest = package_model({}, out, tokenizer=None, default_prior="diffusion")
+    assert manifest["default_prior"] == "diffusion" and _priors(out) == ["prior"]
+
+
+def test_default_prior_mistakes_name_the_fix(runs, packaged, tmp_path, capsys):
+    fresh = tmp_path / "only_prior"
+    with pytest.raises(UserError, match=r"--default-prior ar: the model will have no ar_prior/; "
+                                        r"add --stage ar_prior=WORKDIR"):
+        package_model({"prior": runs["prior"]["dir"]}, str(fresh), tokenizer=None,
+                      default_prior="ar")
+    assert not fresh.exists()
+    with pytest.raises(UserError, match=r"--default-prior 'gan'; choose one of diffusion, ar"):
+        package_model({}, packaged[0], tokenizer=None, default_prior="gan")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["package", "--out", str(fresh), "--default-prior", "gan"])
+    assert exit_.value.code == 2
+    assert "--default-prior: invalid choice: 'gan'" in capsys.readouterr().err
+    # a MANIFEST edited by hand: loading says what is wrong and executes nothing
+    out = tmp_path / "model"
+    _copy_without_tokenizer(packaged[0], out)
+    manifest = json.load(open(out / "MANIFEST.json"))
+    (out / "MANIFEST.json").write_text(json.dumps(dict(manifest, default_prior="__import__('os')")))
+    with pytest.raises(CheckpointError, match=r"MANIFEST.json: default_prior=\"__import__\('os'\)\"; "
+                                              r"it must be one of diffusion, ar \(or absent\)"):
+        stage_directories(str(out))
+    (out / "MANIFEST.json").write_text(json.dumps(dict(manifest, default_prior="ar")))
+    shutil.rmtree(out / "ar_prior")
+    with pytest.raises(CheckpointError, match=r"names 'ar' as the default prior but .*ar_prior does "
+                                              r"not exist; pass prior=diffusion or re-package"):
+        UnCLIP.from_directory(str(out), progress=False)
+    assert _priors(str(out), "diffusion") == ["prior"]      # a named prior still loads
+    (out / "MANIFEST.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"MANIFEST.json is not valid JSON .*re-package"):
+        stage_directories(str(out))
 
 
 @pytest.mark.parametrize("init_from, shipped", [("/home/me/runs/export/decoder", ""),

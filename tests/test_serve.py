@@ -208,7 +208,8 @@ def test_uploads_regenerate_from_the_downloads(dirs, tmp_path, monkeypatch):
 def test_both_priors_share_one_load_and_regenerate(dirs, tmp_path, monkeypatch):
     """A model with prior/ and ar_prior/: both choices are offered, the AR one reuses the
     loaded CLIP/decoder/upsamplers (the same objects), each result regenerates through the
-    CLI with its prior, and a repeated request of the same shape compiles nothing new."""
+    CLI with its prior, and a repeated request of the same shape compiles nothing new. With
+    `default_prior` 'ar' in its MANIFEST the AR prior is offered first."""
     from unclip_jax.sample import programs
     root = tmp_path / "model"
     root.mkdir()
@@ -234,6 +235,13 @@ def test_both_priors_share_one_load_and_regenerate(dirs, tmp_path, monkeypatch):
     finally:
         session.close()
     assert not os.path.exists(session.workdir)
+    # a MANIFEST naming the AR prior as the default: it is loaded first and offered first
+    (root / "MANIFEST.json").write_text(json.dumps({"stages": {}, "default_prior": "ar"}))
+    session = serve_session.Session(str(root), compile_cache=False)
+    try:
+        assert session.priors == ["ar", "diffusion"] and "ar_prior" in session.base.stages
+    finally:
+        session.close()
 
 
 # ---------------------------------------------------------------------- in a browser

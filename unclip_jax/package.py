@@ -3,7 +3,7 @@
     unclip-jax package --out model/ --stage clip=runs/clip --stage prior=runs/prior \\
         --stage decoder=runs/decoder --tokenizer runs/tokenizer [--dtype float16] \\
         [--commit SHA] [--dataset NAME] [--note decoder="retrained with 8 groups"] \\
-        [--base bundled|MODEL]
+        [--base bundled|MODEL] [--default-prior diffusion|ar]
 
 Each stage's EMA parameters are exported (`unclip_jax.train.loop.export_from_workdir`) into
 `OUT/<stage>/` in the inference format (`unclip_jax.export`), cast to `dtype` (they load back
@@ -25,6 +25,10 @@ so a failure (bad workdir, missing checkpoint) leaves OUT as it was.
 `--base MODEL` (or `--base bundled`, the model shipped in the package) fills the stages and the
 tokenizer that neither `--stage` nor OUT has by copying MODEL's directories as they are (their
 MANIFEST entries marked `base`): one retrained stage becomes a complete model.
+
+`--default-prior` writes the top-level `default_prior` ('diffusion' or 'ar'): the prior
+`prior='auto'` loads when the model has both (`sample.loading.stage_directories`). It is
+kept when OUT is packaged again without it, and not taken from `--base`.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from typing import Any
 from unclip_jax import atomic, export, paths
 from unclip_jax.errors import CheckpointError, UserError
 from unclip_jax.stages import STAGES
+from unclip_jax.sample.loading import DEFAULT_PRIOR_KEY, PRIOR_DIRS
 from unclip_jax.train.checkpoint import GCS_COMMIT_FILE
 from unclip_jax.train.init_from import BUNDLED
 DTYPES = ("float16", "float32", "bfloat16")
@@ -281,6 +286,18 @@ def merge_manifest(old: dict, new_stages: dict[str, dict], out_dir: str, *, comm
 
 
 # ------------------------------------------------------------------ the command
+def check_default_prior(name: str, stages, out_dir: str, base_dir: str | None) -> None:
+    """UserError unless `name` is a prior ('diffusion', 'ar') the packaged model will hold:
+    given as a --stage, already in `out_dir`, or copied from `base_dir`."""
+    if name not in PRIOR_DIRS:
+        raise UserError(f"--default-prior {name!r}; choose one of {', '.join(PRIOR_DIRS)}")
+    sub = PRIOR_DIRS[name]
+    if not (sub in stages or os.path.isdir(os.path.join(out_dir, sub))
+            or (base_dir is not None and os.path.isdir(os.path.join(base_dir, sub)))):
+        raise UserError(f"--default-prior {name}: the model will have no {sub}/; add "
+                        f"--stage {sub}=WORKDIR (or --base a model that has one)")
+
+
 def base_model_dir(base: str) -> str:
     """`--base` → a model directory: 'bundled' is the model shipped in the package."""
     if base == BUNDLED:
@@ -311,7 +328,7 @@ def _copy_base_stages(base: str, label: str, skip, out_dir: str, staging: str) -
 def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None,
                   dtype: str = "float16", commit: str | None = None,
                   dataset: str | None = None, notes: dict[str, str] | None = None,
-                  base: str | None = None) -> dict:
+                  base: str | None = None, default_prior: str | None = None) -> dict:
     """Export training workdirs into the model directory `out_dir` and return its MANIFEST.
 
     stages: {stage name (one of `STAGES`): training workdir}. tokenizer: a Hugging Face
@@ -320,13 +337,14 @@ def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None
     recorded as is; None → this repository's `git rev-parse HEAD` (null outside git).
     notes: {stage: text} stored in that stage's entry. base: a model directory (or 'bundled')
     whose other stages and tokenizer fill what neither `stages` nor `out_dir` has (copied as
-    they are, their MANIFEST entries marked with 'base').
+    they are, their MANIFEST entries marked with 'base'). default_prior: 'diffusion' or 'ar',
+    recorded as the MANIFEST's `default_prior` (None keeps OUT's).
     Raises UserError (nothing written) for an unknown stage, a missing workdir, tokenizer or
-    checkpoint, a workdir of another stage, an unsupported dtype, or a note for a stage that
-    is not packaged.
+    checkpoint, a workdir of another stage, an unsupported dtype, a note for a stage that
+    is not packaged, or a default prior the packaged model will not have.
     """
     notes = dict(notes or {})
-    if not stages and tokenizer is None and base is None:
+    if not stages and tokenizer is None and base is None and default_prior is None:
         raise UserError("nothing to package; give at least one --stage STAGE=WORKDIR")
     base_dir = base_model_dir(base) if base is not None else None
     check_stage_names(stages)
@@ -346,6 +364,8 @@ def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None
                         "tokenizer directory the CLIP stage was trained with (--tokenizer DIR)")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir} is a file; pass a directory")
+    if default_prior is not None:
+        check_default_prior(default_prior, stages, out_dir, base_dir)
     old = read_manifest(out_dir) if os.path.isdir(out_dir) else {}
     commit = commit if commit is not None else repository_commit()
 
@@ -376,6 +396,8 @@ def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     manifest = merge_manifest(old, entries, out_dir, commit=commit, dataset=dataset, dtype=dtype)
+    if default_prior is not None:
+        manifest[DEFAULT_PRIOR_KEY] = default_prior
     _write_json(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
 

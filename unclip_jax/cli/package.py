@@ -24,6 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--base", default=None, metavar="MODEL",
                         help=f"take the stages and tokenizer not given (and not already in OUT) "
                              f"from this model directory, or '{BUNDLED}' for the bundled model")
+    parser.add_argument("--default-prior", default=None, choices=("diffusion", "ar"),
+                        help="the prior `--prior auto` loads when the model has both (recorded "
+                             "in the MANIFEST; default: kept from OUT, else the diffusion prior)")
 
 
 def run(args) -> int:
@@ -32,7 +35,7 @@ def run(args) -> int:
     notes = parse_pairs(args.note, "--note", "TEXT")
     manifest = package_model(stages, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
                              commit=args.commit, dataset=args.dataset, notes=notes,
-                             base=args.base)
+                             base=args.base, default_prior=args.default_prior)
     for line in summary_lines(manifest, [n for n in STAGES if n in stages]):
         print(line)
     copied = [n for n in STAGES if manifest["stages"].get(n, {}).get("base") == args.base

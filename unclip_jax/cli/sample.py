@@ -33,7 +33,8 @@ def add_arguments(p) -> None:
     _sampling.negative_argument(p)
     p.add_argument("--prior", choices=("auto", "diffusion", "ar", "text"), default="auto",
                    help="where z_i comes from: the diffusion prior (prior/), the AR prior "
-                        "(ar_prior/), auto (the diffusion prior if the model has one), or text "
+                        "(ar_prior/), auto (the model's default: its MANIFEST's default_prior, "
+                        "else the diffusion prior if it has one), or text "
                         "(no prior: the caption's CLIP text embedding, the paper's zero-shot "
                         "baseline)")
     _sampling.common_arguments(p, "sample")

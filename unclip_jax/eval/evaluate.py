@@ -160,7 +160,9 @@ def evaluate(checkpoint_dir: str, data_dir: str, *, split: str = "validation",
         raise UserError(f"checkpoint directory {checkpoint_dir} does not exist; pass the model "
                         "directory with clip/, tokenizer/, prior/, decoder/ ...")
     start = time.time()
-    pipe = UnCLIP.from_directory(checkpoint_dir, progress=progress)
+    # 'unclip' is the diffusion prior's row whatever the model's default prior is
+    pipe = UnCLIP.from_directory(checkpoint_dir, progress=progress,
+                                 prior="diffusion" if "unclip" in variants else "auto")
     pipe.require("clip", "tokenizer", "decoder")
     if "unclip" in variants:
         pipe.require("prior")

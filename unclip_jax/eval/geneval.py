@@ -126,9 +126,10 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
     """Generate `images_per_prompt` images per prompt of each set in `prompts` with the model
     directory `checkpoint` (None: the bundled model), detect, score.
 
-    prior: where z_i comes from, as `unclip-jax sample --prior`: 'auto' (the diffusion prior if
-    the model has one), 'diffusion', 'ar', or 'text' (the caption's CLIP text embedding z_t,
-    the paper's §5.1 zero-shot baseline), or 'true' (no prior: the CLIP image embedding of a
+    prior: where z_i comes from, as `unclip-jax sample --prior`: 'auto' (the model's default:
+    its MANIFEST's `default_prior`, else the diffusion prior if it has one; the settings'
+    `prior_stage` says which was loaded), 'diffusion', 'ar', or 'text' (the caption's CLIP
+    text embedding z_t, the paper's §5.1 zero-shot baseline), or 'true' (no prior: the CLIP image embedding of a
     real render of the prompt's scene, `true_scenes`; the decoder's ceiling). renoise (prior
     'true' only): start the decoder from that render noised to this strength, see
     `decode_true_scenes`. prior_best_of: prior candidates per image, the one nearest z_t kept
@@ -164,7 +165,8 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
                         "prior_steps": prior_steps, "decoder_steps": decoder_steps,
                         "upsampler_steps": upsampler_steps, "prior_guidance": prior_guidance,
                         "decoder_guidance": decoder_guidance, "prior_best_of": prior_best_of,
-                        "prior": prior,
+                        "prior": prior, "prior_stage": next(
+                            (n for n in ("prior", "ar_prior") if n in pipe.stages), None),
                         "renoise": renoise},
            "sets": {}, "timings_s": {},
            "detector": {"image_size": det.image_size,

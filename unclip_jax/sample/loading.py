@@ -10,7 +10,9 @@ A model directory ROOT holds one `unclip_jax.export` directory per stage:
     ROOT/upsampler1/   first upsampler (optional)
     ROOT/upsampler2/   second upsampler (optional; needs upsampler1)
 
-A missing tail (no upsamplers, or only the first) gives smaller images. Loading reads JSON
+A missing tail (no upsamplers, or only the first) gives smaller images. With both priors
+present, `prior='auto'` loads the one ROOT/MANIFEST.json names as `default_prior`
+('diffusion' or 'ar', written by `unclip-jax package --default-prior`), else prior/. Loading reads JSON
 and array files only; it never executes code from the directory. ROOT may be a gs:// URL:
 each stage is read from a local mirror of it (`paths.mirror`, downloaded once and kept up
 to date) and is still named by its URL.
@@ -18,6 +20,7 @@ to date) and is still named by its URL.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -27,6 +30,8 @@ from unclip_jax.stages import STAGES, UPSAMPLERS, build_model
 
 MODEL_DIRS = STAGES[:1] + ("tokenizer",) + STAGES[1:]   # subdirectories of a model directory
 PRIOR_CHOICES = ("auto", "diffusion", "ar", "none")   # from_directory(prior=...)
+PRIOR_DIRS = {"diffusion": "prior", "ar": "ar_prior"}   # a named prior → its subdirectory
+DEFAULT_PRIOR_KEY = "default_prior"                     # MANIFEST.json: the prior 'auto' loads
 BUNDLED_MODEL = paths.BUNDLED_MODEL
 
 
@@ -75,10 +80,28 @@ def default_model() -> str:
                     "--checkpoint DIR (a directory with clip/, tokenizer/, prior/, decoder/, ...)")
 
 
+def default_prior(root: str) -> str | None:
+    """The prior ROOT/MANIFEST.json names as `default_prior` ('diffusion' or 'ar'); None when
+    there is no MANIFEST or it names none. CheckpointError for an unreadable MANIFEST or
+    another value. Reads JSON only."""
+    path = paths.join(root, export.MANIFEST)
+    if not paths.isfile(path):
+        return None
+    try:
+        data = json.loads(paths.read_text(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); re-package the model") from None
+    value = data.get(DEFAULT_PRIOR_KEY) if isinstance(data, dict) else None
+    if value is not None and value not in PRIOR_DIRS:
+        raise CheckpointError(f"{path}: {DEFAULT_PRIOR_KEY}={value!r}; it must be one of "
+                              f"{', '.join(PRIOR_DIRS)} (or absent)")
+    return value
+
+
 def stage_directories(root: str | None, prior: str = "auto") -> dict[str, str]:
     """{stage: ROOT/stage} of the subdirectories present (ROOT None: the bundled model),
-    keeping one prior: 'diffusion' (prior/), 'ar' (ar_prior/), 'auto' (prior/ if present,
-    else ar_prior/) or 'none'."""
+    keeping one prior: 'diffusion' (prior/), 'ar' (ar_prior/), 'auto' (the MANIFEST's
+    `default_prior` when it names one, else prior/ if present, else ar_prior/) or 'none'."""
     if prior not in PRIOR_CHOICES:
         raise UserError(f"prior={prior!r}; choose one of {', '.join(PRIOR_CHOICES)}")
     if root is None:
@@ -94,8 +117,16 @@ def stage_directories(root: str | None, prior: str = "auto") -> dict[str, str]:
     if not found:
         raise CheckpointError(f"{root} has none of the stage subdirectories "
                               f"{', '.join(MODEL_DIRS)}; see `unclip-jax sample --help`")
-    keep = {"diffusion": "prior", "ar": "ar_prior", "none": None,
-            "auto": "prior" if "prior" in found else "ar_prior"}[prior]
+    if prior == "auto":
+        named = default_prior(root)
+        if named is not None and PRIOR_DIRS[named] not in found:
+            raise CheckpointError(
+                f"{paths.join(root, export.MANIFEST)} names {named!r} as the default prior but "
+                f"{paths.join(root, PRIOR_DIRS[named])} does not exist; pass prior="
+                f"{'ar' if named == 'diffusion' else 'diffusion'} or re-package the model")
+        keep = PRIOR_DIRS[named] if named else ("prior" if "prior" in found else "ar_prior")
+    else:
+        keep = {**PRIOR_DIRS, "none": None}[prior]
     if prior in ("diffusion", "ar") and keep not in found:
         raise CheckpointError(f"prior={prior!r} needs {paths.join(root, keep)}, which does "
                               f"not exist; this model has "

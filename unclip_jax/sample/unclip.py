@@ -84,8 +84,9 @@ class UnCLIP(DiffusersStyle):
         bundled shapes model (unclip_jax/assets/shapes).
 
         prior: which prior to load when ROOT has both — 'diffusion' (prior/), 'ar'
-        (ar_prior/), 'auto' (prior/ if present, else ar_prior/) or 'none' (neither; for
-        `generate(text_as_image_embed=True)` and the manipulations).
+        (ar_prior/), 'auto' (the MANIFEST's `default_prior`, else prior/ if present, else
+        ar_prior/) or 'none' (neither; for `generate(text_as_image_embed=True)` and the
+        manipulations).
         """
         return cls.load(**stage_directories(root, prior), devices=devices, progress=progress,
                         compile_cache=compile_cache)

@@ -182,6 +182,8 @@ class Session:
                                             compile_cache=compile_cache)
         if not self.pipes:                      # no prior: a decoder on z_t, or manipulations
             self.pipes["auto"] = base
+        # the model's default prior (what `prior='auto'` loaded) is offered first
+        self.pipes = dict(sorted(self.pipes.items(), key=lambda kv: kv[1] is not base))
         self.base = base
         self.keep = int(keep)
         self.workdir = tempfile.mkdtemp(prefix="unclip-jax-serve-")
@@ -190,7 +192,8 @@ class Session:
 
     @property
     def priors(self) -> list[str]:
-        """The `--prior` choices this model offers ('diffusion', 'ar', or 'auto')."""
+        """The `--prior` choices this model offers ('diffusion', 'ar', or 'auto'), its default
+        prior first."""
         return list(self.pipes)
 
     def describe(self) -> str:
