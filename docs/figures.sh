@@ -15,14 +15,15 @@ PROMPTS=("a large red circle on the left" "a small blue square at the top"
          "a large green triangle in the centre on a black background"
          "a medium yellow star in the bottom right corner")
 
-# samples of the full chain (prior → 32 px decoder → 64 px → 256 px)
+# samples of the full chain (the model's default prior, the AR prior → 32 px decoder → 64 px
+# → 256 px)
 unclip-jax sample "${PROMPTS[@]}" -n 4 --seed 0 --cols 8 --out docs/samples_shapes.png --overwrite
 
 # §5.1 ablation, one grid per row of docs/results.md, same prompts and seed
 unclip-jax sample "${PROMPTS[@]}" -n 4 --seed 0 --cols 8 --prior text \
   --out docs/ablation_zeroshot_text.png --overwrite                         # (c)
-unclip-jax sample "${PROMPTS[@]}" -n 4 --seed 0 --cols 8 --prior ar \
-  --out docs/ablation_ar_prior.png --overwrite                              # AR prior
+unclip-jax sample "${PROMPTS[@]}" -n 4 --seed 0 --cols 8 --prior diffusion \
+  --out docs/ablation_diffusion_prior.png --overwrite                       # (b)
 if [[ -n "$TEXT_MODEL" ]]; then
   unclip-jax sample "${PROMPTS[@]}" -n 4 --seed 0 --cols 8 --checkpoint "$TEXT_MODEL" \
     --out docs/ablation_text_decoder.png --overwrite                        # (a)

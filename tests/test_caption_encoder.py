@@ -217,13 +217,14 @@ def test_decoder32l_continues_the_bundled_decoder_with_half_its_steps_in_the_ban
         bundled = json.load(f)["model"]
     assert {key: bundled.get(key) for key in l_["model"]} == l_["model"]
     # decoder32m continues it with the same recipe; decoder32n swaps its caption colours,
-    # decoder32o more of them, decoder32p continues decoder32o
+    # decoder32o more of them, decoder32p continues decoder32o and decoder32q decoder32p
     assert json.loads(json.dumps(shapes.get_config("decoder32m").to_dict())) == l_
     n = json.loads(json.dumps(shapes.get_config("decoder32n").to_dict()))
     assert n["data"] == {**l_["data"], "caption_colour_swap": 0.3}
     o = json.loads(json.dumps(shapes.get_config("decoder32o").to_dict()))
     assert o == {**n, "data": {**n["data"], "caption_colour_swap": 0.5}}
-    assert json.loads(json.dumps(shapes.get_config("decoder32p").to_dict())) == o
+    for continuation in ("decoder32p", "decoder32q"):
+        assert json.loads(json.dumps(shapes.get_config(continuation).to_dict())) == o
     assert l_["data"]["caption_colour_swap"] == 0.0
     assert {s: v for s, v in n.items() if s != "data"} == \
         {s: v for s, v in l_.items() if s != "data"}

@@ -34,6 +34,16 @@ def test_sample_command_defaults_to_the_embedded_model():
     assert os.path.samefile(default_model(), BUNDLED_MODEL)
 
 
+def test_the_default_prior_is_the_one_the_manifest_names(manifest):
+    """The bundled model ships both priors; `prior='auto'` loads the MANIFEST's default (the
+    AR prior, chosen on the dev prompt sets) and 'diffusion' still loads the other."""
+    from unclip_jax.sample.loading import PRIOR_DIRS, stage_directories
+    assert manifest["default_prior"] == "ar"
+    auto = stage_directories(None)
+    assert PRIOR_DIRS["ar"] in auto and "prior" not in auto
+    assert "prior" in stage_directories(None, "diffusion")
+
+
 def test_manifest_describes_every_shipped_stage(manifest):
     shipped = sorted(n for n in MODEL_DIRS if os.path.isdir(os.path.join(BUNDLED_MODEL, n)))
     assert {"clip", "tokenizer", "decoder"} <= set(shipped)
