@@ -39,20 +39,18 @@ import os
 import shutil
 import subprocess
 import tempfile
-from typing import Any
 
 from unclip_jax import atomic, export, paths
 from unclip_jax.errors import CheckpointError, UserError
 from unclip_jax.stages import STAGES
 from unclip_jax.sample.loading import DEFAULT_PRIOR_KEY, PRIOR_DIRS
 from unclip_jax.train.checkpoint import GCS_COMMIT_FILE
-from unclip_jax.train.init_from import BUNDLED
+from unclip_jax.train.init_from import BUNDLED   # --base bundled: the model shipped in the package
 DTYPES = ("float16", "float32", "bfloat16")
 MANIFEST = "MANIFEST.json"
 TOKENIZER = "tokenizer"
 FINAL_ROWS = 5           # final_loss = mean loss of this many last logged rows
 _STAGING_PREFIX = ".package-"
-BUNDLED = "bundled"       # --base bundled: the model shipped in the package
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -400,14 +398,3 @@ def package_model(stages: dict[str, str], out_dir: str, *, tokenizer: str | None
         manifest[DEFAULT_PRIOR_KEY] = default_prior
     _write_json(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
-
-
-def summary_lines(manifest: dict, names) -> list[str]:
-    """One line per stage: 'prior: 1200 steps, final loss 0.2305, 1.2 MiB'."""
-    lines = []
-    for name in names:
-        e = manifest["stages"][name]
-        loss = "n/a" if e["final_loss"] is None else f"{e['final_loss']:.4g}"
-        lines.append(f"{name}: {e['steps']} steps, final loss {loss}, "
-                     f"{human_bytes(e['size_bytes'])}")
-    return lines

@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from unclip_jax.package import human_bytes, package_model, parse_pairs, summary_lines
+    from unclip_jax.package import human_bytes, package_model, parse_pairs
     stages = parse_pairs(args.stage, "--stage", "WORKDIR")
     notes = parse_pairs(args.note, "--note", "TEXT")
     manifest = package_model(stages, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
@@ -45,3 +45,15 @@ def run(args) -> int:
     print(f"wrote {os.path.join(args.out, MANIFEST)} "
           f"({human_bytes(manifest['total_size_bytes'])} in all)")
     return 0
+
+
+def summary_lines(manifest: dict, names) -> list[str]:
+    """One line per stage: 'prior: 1200 steps, final loss 0.2305, 1.2 MiB'."""
+    from unclip_jax.package import human_bytes
+    lines = []
+    for name in names:
+        e = manifest["stages"][name]
+        loss = "n/a" if e["final_loss"] is None else f"{e['final_loss']:.4g}"
+        lines.append(f"{name}: {e['steps']} steps, final loss {loss}, "
+                     f"{human_bytes(e['size_bytes'])}")
+    return lines
