@@ -129,10 +129,10 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
     prior: where z_i comes from, as `unclip-jax sample --prior`: 'auto' (the model's default:
     its MANIFEST's `default_prior`, else the diffusion prior if it has one; the settings'
     `prior_stage` says which was loaded), 'diffusion', 'ar', or 'text' (the caption's CLIP
-    text embedding z_t, the paper's §5.1 zero-shot baseline), or 'true' (no prior: the CLIP image embedding of a
-    real render of the prompt's scene, `true_scenes`; the decoder's ceiling). renoise (prior
-    'true' only): start the decoder from that render noised to this strength, see
-    `decode_true_scenes`. prior_best_of: prior candidates per image, the one nearest z_t kept
+    text embedding z_t, the paper's §5.1 zero-shot baseline), or 'true' (no prior: the CLIP
+    image embedding of a real render of the prompt's scene, `true_scenes`; the decoder's
+    ceiling). renoise (prior 'true' only): start the decoder from that render noised to this
+    strength, see `decode_true_scenes`. prior_best_of: prior candidates per image, the one nearest z_t kept
     (None: the prior config's `model.sample_candidates`; needs a prior). images_dir: also
     write each set's images there as one PNG grid, NAME.png (a row per prompt, in the order
     of its 'prompts' list).

@@ -11,11 +11,11 @@ A model directory ROOT holds one `unclip_jax.export` directory per stage:
     ROOT/upsampler2/   second upsampler (optional; needs upsampler1)
 
 A missing tail (no upsamplers, or only the first) gives smaller images. With both priors
-present, `prior='auto'` loads the one ROOT/MANIFEST.json names as `default_prior`
-('diffusion' or 'ar', written by `unclip-jax package --default-prior`), else prior/. Loading reads JSON
-and array files only; it never executes code from the directory. ROOT may be a gs:// URL:
-each stage is read from a local mirror of it (`paths.mirror`, downloaded once and kept up
-to date) and is still named by its URL.
+present, `prior='auto'` loads the one ROOT/MANIFEST.json names as `default_prior` ('diffusion'
+or 'ar', written by `unclip-jax package --default-prior`), else prior/. Loading reads JSON and
+array files only; it never executes code from the directory. ROOT may be a gs:// URL: each
+stage is read from a local mirror of it (`paths.mirror`, downloaded once and kept up to date)
+and is still named by its URL.
 """
 from __future__ import annotations
 
