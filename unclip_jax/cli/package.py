@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from unclip_jax.package import BUNDLED, DTYPES, MANIFEST, STAGES
+from unclip_jax.package import BUNDLED, DTYPES, MANIFEST, PRIOR_DIRS, STAGES
 
 
 def add_arguments(parser) -> None:
@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--base", default=None, metavar="MODEL",
                         help=f"take the stages and tokenizer not given (and not already in OUT) "
                              f"from this model directory, or '{BUNDLED}' for the bundled model")
-    parser.add_argument("--default-prior", default=None, choices=("diffusion", "ar"),
+    parser.add_argument("--default-prior", default=None, choices=tuple(PRIOR_DIRS),
                         help="the prior `--prior auto` loads when the model has both (recorded "
                              "in the MANIFEST; default: kept from OUT, else the diffusion prior)")
 

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from unclip_jax.data import render
+from unclip_jax import stages
 from unclip_jax.errors import UserError
 from unclip_jax.eval import geneval_prompts, geneval_scores, metrics
 from unclip_jax.eval.scene_detector import BUNDLED_DETECTOR, CELL_NAMES, HEADS, SceneDetector
@@ -132,10 +133,10 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
     text embedding z_t, the paper's §5.1 zero-shot baseline), or 'true' (no prior: the CLIP
     image embedding of a real render of the prompt's scene, `true_scenes`; the decoder's
     ceiling). renoise (prior 'true' only): start the decoder from that render noised to this
-    strength, see `decode_true_scenes`. prior_best_of: prior candidates per image, the one nearest z_t kept
-    (None: the prior config's `model.sample_candidates`; needs a prior). images_dir: also
-    write each set's images there as one PNG grid, NAME.png (a row per prompt, in the order
-    of its 'prompts' list).
+    strength, see `decode_true_scenes`. prior_best_of: prior candidates per image, the one
+    nearest z_t kept (None: the prior config's `model.sample_candidates`; needs a prior).
+    images_dir: also write each set's images there as one PNG grid, NAME.png (a row per
+    prompt, in the order of its 'prompts' list).
 
     Returns {'settings', 'sets': {set: {'num_prompts', 'prompts': [str], 'output_size',
     'metrics': {metric: {'mean', 'lo', 'hi', 'n'}}, 'images': `image_records`}},
@@ -166,7 +167,7 @@ def evaluate_prompts(checkpoint: str | None = None, *, prompts: str = "geneval",
                         "upsampler_steps": upsampler_steps, "prior_guidance": prior_guidance,
                         "decoder_guidance": decoder_guidance, "prior_best_of": prior_best_of,
                         "prior": prior, "prior_stage": next(
-                            (n for n in ("prior", "ar_prior") if n in pipe.stages), None),
+                            (n for n in stages.PRIORS if n in pipe.stages), None),
                         "renoise": renoise},
            "sets": {}, "timings_s": {},
            "detector": {"image_size": det.image_size,

@@ -35,10 +35,10 @@ from unclip_jax.errors import UserError
 from unclip_jax.sample import records
 from unclip_jax.sample.checks import check_prompts, check_seed
 from unclip_jax.sample.images import to_rgb
-from unclip_jax.sample.loading import default_model
+from unclip_jax.sample.loading import PRIOR_DIRS, default_model
 
 # which `sample --prior` value loads which prior directory
-PRIORS = {"diffusion": "prior", "ar": "ar_prior"}
+PRIORS = PRIOR_DIRS             # --prior choice → the model subdirectory it loads
 
 
 @dataclasses.dataclass
